@@ -1,0 +1,1 @@
+"""Local stand-ins for Apiframe and Runbase, faithful to their public documentation."""

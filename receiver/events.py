@@ -1,0 +1,148 @@
+"""The job and the event: the one place their JSON shapes are defined."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    DEAD = "dead"
+
+
+EVENT_TYPES = ("job.succeeded", "job.failed")
+MODEL = "kling-3.0"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(12)
+
+
+def new_event_id() -> str:
+    return "evt_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class JobError:
+    code: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> JobError | None:
+        if not data:
+            return None
+        return cls(code=str(data.get("code", "")), message=str(data.get("message", "")))
+
+
+@dataclass
+class Delivery:
+    handler: str
+    status: DeliveryStatus
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    report: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "handler": self.handler,
+            "status": str(self.status),
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class Job:
+    id: str
+    provider: str
+    status: JobStatus
+    request: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    model: str = MODEL
+    provider_job_id: str | None = None
+    output_urls: list[str] = field(default_factory=list)
+    error: JobError | None = None
+    progress: int | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    submitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    completed_via: str | None = None
+    deliveries: list[Delivery] = field(default_factory=list)
+    event_id: str | None = None
+
+    def to_json(self, *, deliveries: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "provider": self.provider,
+            "provider_job_id": self.provider_job_id,
+            "model": self.model,
+            "status": str(self.status),
+            "request": self.request,
+            "metadata": self.metadata,
+            "output_urls": list(self.output_urls),
+            "error": self.error.to_json() if self.error else None,
+            "progress": self.progress,
+            "created_at": iso(self.created_at),
+            "submitted_at": iso(self.submitted_at),
+            "completed_at": iso(self.completed_at),
+            "completed_via": self.completed_via,
+        }
+        if deliveries:
+            data["deliveries"] = [d.to_json() for d in self.deliveries]
+        return data
+
+
+def event_type(status: JobStatus) -> str:
+    return "job.succeeded" if status is JobStatus.SUCCEEDED else "job.failed"
+
+
+def make_event(job: Job, event_id: str) -> dict[str, Any]:
+    """The final event of a terminal job; built once, stored, and re-sent unchanged."""
+    return {
+        "id": event_id,
+        "type": event_type(job.status),
+        "created_at": iso(job.completed_at or utcnow()),
+        "job": job.to_json(deliveries=False),
+    }

@@ -1,0 +1,1 @@
+"""Provider clients: Apiframe (webhooks) and Runbase (polling only)."""

@@ -1,0 +1,154 @@
+"""What every provider client offers, and the typed errors they raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from receiver.events import JobError, JobStatus
+from receiver.request import KlingRequest
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """A provider's report on one job, mapped to the receiver's job statuses."""
+
+    provider_job_id: str
+    status: JobStatus
+    progress: int | None = None
+    output_urls: list[str] = field(default_factory=list)
+    error: JobError | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class ProviderError(Exception):
+    """A provider refused or failed a request. Never carries a key or secret."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.provider = provider
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+        self.request_id = request_id
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        parts = [f"{self.provider}"]
+        if self.status_code is not None:
+            parts.append(f"HTTP {self.status_code}")
+        if self.code:
+            parts.append(self.code)
+        text = " ".join(parts) + f": {self.message}"
+        if self.request_id:
+            text += f" (request id {self.request_id})"
+        return text
+
+    def to_job_error(self) -> JobError:
+        return JobError(code=self.code or type(self).__name__, message=str(self))
+
+
+class UnsupportedParameter(ProviderError):
+    """The request sets a parameter this provider cannot take; nothing was sent."""
+
+    def __init__(self, provider: str, parameter: str, reason: str | None = None) -> None:
+        self.parameter = parameter
+        message = reason or f"{parameter} is not supported by {provider}"
+        super().__init__(provider, message, code="unsupported_parameter")
+
+
+class InvalidRequest(ProviderError):
+    """400: the provider rejected the request body."""
+
+    def __init__(self, *args: Any, details: Any = None, **kwargs: Any) -> None:
+        self.details = details
+        super().__init__(*args, **kwargs)
+
+
+class AuthenticationError(ProviderError):
+    """401: missing or invalid API key."""
+
+
+class Forbidden(ProviderError):
+    """403: the key may not do this (spend limit, IP allow-list, ...)."""
+
+
+class InsufficientCredits(ProviderError):
+    """402: the account cannot pay for the job."""
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        credits_required: float | None = None,
+        credits_available: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.credits_required = credits_required
+        self.credits_available = credits_available
+        if credits_required is not None or credits_available is not None:
+            message = (
+                f"{message} (credits required {_figure(credits_required)}, "
+                f"available {_figure(credits_available)})"
+            )
+        super().__init__(provider, message, **kwargs)
+
+
+class NotFound(ProviderError):
+    """404: the provider does not know this job."""
+
+
+class Conflict(ProviderError):
+    """409: the idempotency key was used before with another body."""
+
+
+class RateLimited(ProviderError):
+    """429: slow down; `retry_after` is the provider's wait in seconds when it gave one."""
+
+    retryable = True
+
+    def __init__(self, *args: Any, retry_after: float | None = None, **kwargs: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(*args, **kwargs)
+
+
+class ProviderUnavailable(ProviderError):
+    """5xx or a network failure: worth retrying where the request is safe to repeat."""
+
+    retryable = True
+
+
+def _figure(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    return f"{value:g}"
+
+
+class ProviderClient(Protocol):
+    """One provider's API: submit a job and read its status."""
+
+    name: str
+
+    def check(self, request: KlingRequest) -> None:
+        """Raise UnsupportedParameter for a parameter this provider cannot take."""
+
+    async def submit(
+        self, job_id: str, request: KlingRequest, webhook_url: str | None = None
+    ) -> ProviderStatus:
+        """Create the job; `job_id` is the local id (Apiframe derives its Idempotency-Key from it)."""
+
+    async def get_status(self, provider_job_id: str) -> ProviderStatus:
+        """Read the job's current status."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
