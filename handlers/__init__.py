@@ -237,7 +237,7 @@ def _check_acyclic(specs: list[HandlerSpec]) -> None:
         visit(spec.name, ())
 
 
-class RetryLater(Exception):  # noqa: N818  # reads as an instruction to the dispatcher, not an error
+class RetryLater(Exception):
     """Raised by a handler that was told when to come back (e.g. HTTP 429 with Retry-After)."""
 
     def __init__(self, delay: float, message: str = "") -> None:
