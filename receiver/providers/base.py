@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -126,6 +127,37 @@ class ProviderUnavailable(ProviderError):
     """5xx or a network failure: worth retrying where the request is safe to repeat."""
 
     retryable = True
+
+
+class NotSent(ProviderUnavailable):
+    """The connection was never made: the provider provably did not receive the request."""
+
+
+class UnexpectedResponse(ProviderUnavailable):
+    """The provider answered with a body this client cannot read (not JSON, missing field, new status)."""
+
+
+def percent(value: Any) -> int | None:
+    """A provider's progress figure as a whole percentage in 0..100; None when there is none."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return max(0, min(100, int(value)))
+
+
+def job_error(provider: str, status: JobStatus, error: Any) -> JobError | None:
+    """The error of a failed or canceled job; `error` is a provider's string or `{"message", "code"}`."""
+    if status not in (JobStatus.FAILED, JobStatus.CANCELED):
+        return None
+    code = None
+    if isinstance(error, dict):
+        code, error = error.get("code"), error.get("message")
+    message = error if isinstance(error, str) and error else None
+    if status is JobStatus.CANCELED:
+        return JobError(code="canceled", message=message or f"the job was canceled at {provider}")
+    text = message or f"{provider} reported the job failed without a message"
+    if isinstance(code, str) and code:
+        text = f"{text} ({code})"
+    return JobError(code="provider_failed", message=text)
 
 
 def _figure(value: float | None) -> str:
