@@ -1,0 +1,266 @@
+"""What both emulators share: the sample file, injected errors, the request log and the /_emulator routes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+SAMPLE = Path(__file__).with_name("sample.mp4")
+QUEUED_SHARE = 0.1  # share of a job's delay spent queued before it starts processing
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class BadRequestBody(ValueError):
+    """The body is not JSON, or not a JSON object."""
+
+
+@dataclass
+class Injection:
+    """An error status the next `remaining` API requests answer with."""
+
+    status: int
+    remaining: int
+    retry_after: float | None = None
+    code: str | None = None
+
+
+def key_digest(key: str) -> str:
+    """A short fingerprint that tells keys apart in logs without revealing them."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def is_http_url(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def base_url(request: Request) -> str:
+    """The URL this emulator was reached at; output URLs are built on it."""
+    return str(request.base_url).rstrip("/")
+
+
+def phase_share(elapsed: float, delay: float) -> float | None:
+    """Where a job stands: None while queued, 0..1 while processing, 1.0 once final."""
+    if elapsed >= delay:
+        return 1.0
+    if elapsed < delay * QUEUED_SHARE:
+        return None
+    return (elapsed - delay * QUEUED_SHARE) / (delay * (1 - QUEUED_SHARE))
+
+
+def processing_time(delay: float, share: float) -> float:
+    """Seconds after submit at which a job has done `share` of its processing."""
+    return delay * QUEUED_SHARE + share * delay * (1 - QUEUED_SHARE)
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise BadRequestBody("the body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequestBody("the body must be a JSON object")
+    return body
+
+
+def check_number(name: str, value: object, low: float, high: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+        raise ValueError(f"{name} must be a number of at least {low:g}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}")
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}")
+
+
+class RequestIdMiddleware:
+    """Adds an `x-request-id` header to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(8)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class Emulator:
+    """A provider stand-in: its API routes plus `/healthz`, `/files/{name}.mp4` and `/_emulator/*`.
+
+    Subclasses name their settings in `knobs`, add routes in `api_routes()` (each wrapped with `api()`,
+    which answers injected errors and logs the request) and say how an injected error looks.
+    """
+
+    knobs: ClassVar[tuple[str, ...]] = ()
+    middleware: ClassVar[Sequence[Middleware]] = ()
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)  # noqa: S311  # simulated failures, not cryptography
+        self.requests: list[dict[str, Any]] = []
+        self._injections: deque[Injection] = deque()
+        self._lock = threading.Lock()  # inject() is called from the test's thread
+        self.app = Starlette(
+            routes=[*self._common_routes(), *self.api_routes()],
+            middleware=list(self.middleware),
+            lifespan=self._lifespan,
+        )
+
+    # -- what a subclass provides --------------------------------------------------------------------
+
+    def api_routes(self) -> list[BaseRoute]:
+        return []
+
+    def control_routes(self) -> list[BaseRoute]:
+        return []
+
+    def error_response(self, injection: Injection) -> Response:
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        """Raise ValueError naming a setting that is out of range."""
+
+    def file_available(self, name: str) -> bool:
+        return True
+
+    def log_entry(self, request: Request, status: int) -> dict[str, Any]:
+        return {"t": time.monotonic(), "method": request.method, "path": request.url.path, "status": status}
+
+    async def aclose(self) -> None:
+        """Release what the emulator holds; runs at app shutdown."""
+
+    # -- settings and injected errors ----------------------------------------------------------------
+
+    def configure(self, **changes: Any) -> None:
+        """Change settings at runtime; all or nothing. Running jobs keep the settings they started with."""
+        unknown = sorted(set(changes) - set(self.knobs))
+        if unknown:
+            raise ValueError(f"unknown setting: {', '.join(unknown)}")
+        before = {name: getattr(self, name) for name in changes}
+        for name, value in changes.items():
+            setattr(self, name, value)
+        try:
+            self.validate()
+        except ValueError:
+            for name, value in before.items():
+                setattr(self, name, value)
+            raise
+        if "seed" in changes:
+            self.rng.seed(self.seed)
+
+    def config(self) -> dict[str, Any]:
+        """The current settings, without the API key."""
+        settings = {name: getattr(self, name) for name in self.knobs if name != "api_key"}
+        settings["api_key_set"] = getattr(self, "api_key", None) is not None
+        return settings
+
+    def _queue(self, injection: Injection) -> None:
+        if not 400 <= injection.status <= 599:
+            raise ValueError("status must be an HTTP error status, 400 to 599")
+        if injection.remaining < 1:
+            raise ValueError("count must be at least 1")
+        with self._lock:
+            self._injections.append(injection)
+
+    def _take_injection(self) -> Injection | None:
+        with self._lock:
+            if not self._injections:
+                return None
+            injection = self._injections[0]
+            injection.remaining -= 1
+            if injection.remaining == 0:
+                self._injections.popleft()
+            return injection
+
+    def api(self, endpoint: Endpoint) -> Endpoint:
+        """Wrap an API endpoint: an injected error wins over it, and every answer is logged."""
+
+        async def wrapped(request: Request) -> Response:
+            injection = self._take_injection()
+            response = self.error_response(injection) if injection else await endpoint(request)
+            self.requests.append(self.log_entry(request, response.status_code))
+            return response
+
+        return wrapped
+
+    # -- routes every emulator has -------------------------------------------------------------------
+
+    def _common_routes(self) -> list[BaseRoute]:
+        return [
+            Route("/healthz", self._healthz),
+            Route("/files/{name}.mp4", self._file),
+            Route("/_emulator/requests", self._requests),
+            Route("/_emulator/inject", self._inject, methods=["POST"]),
+            Route("/_emulator/config", self._config, methods=["GET", "POST"]),
+            *self.control_routes(),
+        ]
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def _file(self, request: Request) -> Response:
+        if not self.file_available(request.path_params["name"]):
+            return JSONResponse({"error": "file not found or expired"}, status_code=404)
+        return FileResponse(SAMPLE, media_type="video/mp4")
+
+    async def _requests(self, request: Request) -> Response:
+        return JSONResponse({"requests": list(self.requests)})
+
+    async def _inject(self, request: Request) -> Response:
+        try:
+            body = await read_json_object(request)
+            self.inject(**body)
+        except (TypeError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"injected": body})
+
+    async def _config(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                self.configure(**await read_json_object(request))
+            except (TypeError, ValueError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(self.config())
+
+    def inject(self, status: int, count: int = 1) -> None:
+        self._queue(Injection(status=status, remaining=count))
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.aclose()
