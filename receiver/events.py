@@ -111,6 +111,8 @@ class Job:
     completed_via: str | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     event_id: str | None = None
+    deadline_at: datetime | None = None
+    poll_count: int = 0
 
     def to_json(self, *, deliveries: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {

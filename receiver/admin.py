@@ -1,0 +1,105 @@
+"""Admin routes behind RECEIVER_ADMIN_TOKEN: submit, read, replay, tick."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.config import SettingsError
+from receiver.events import TERMINAL, JobStatus
+from receiver.hooks import error
+from receiver.providers.base import ProviderError, UnsupportedParameter
+from receiver.request import KlingRequest, ValidationError
+from receiver.service import PROVIDERS, Receiver
+
+MAX_LIMIT = 1000
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def admin(fn: Callable[[Request, Receiver], Awaitable[Response]]) -> Endpoint:
+    async def guarded(request: Request) -> Response:
+        receiver: Receiver = request.app.state.receiver
+        token = receiver.settings.admin_token
+        if not token:
+            return error(403, "admin routes are off: set RECEIVER_ADMIN_TOKEN")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return error(401, "missing or wrong bearer token")
+        return await fn(request, receiver)
+
+    return guarded
+
+
+@admin
+async def submit(request: Request, receiver: Receiver) -> Response:
+    try:
+        data = json.loads(await request.body())
+    except ValueError:
+        return error(400, "body is not JSON")
+    if not isinstance(data, dict):
+        return error(400, "body is not a JSON object")
+    provider = data.pop("provider", None)
+    errors: dict[str, str] = {}
+    if provider not in PROVIDERS:
+        errors["provider"] = f"required, one of {', '.join(PROVIDERS)}"
+    try:
+        kling = KlingRequest.from_dict(data)
+    except ValidationError as exc:
+        errors.update(exc.errors)
+    if errors:
+        return JSONResponse({"error": "invalid request", "errors": errors}, status_code=422)
+    try:
+        job = await receiver.submit(provider, kling)
+    except UnsupportedParameter as exc:
+        return JSONResponse(
+            {"error": "invalid request", "errors": {exc.parameter: exc.message}}, status_code=422
+        )
+    except SettingsError as exc:
+        return error(503, str(exc))
+    except ProviderError as exc:
+        status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 502
+        return error(status, exc.message, provider=exc.provider, code=exc.code, request_id=exc.request_id)
+    return JSONResponse(job.to_json(), status_code=202)
+
+
+@admin
+async def get_job(request: Request, receiver: Receiver) -> Response:
+    job = await receiver.store.get_job(request.path_params["job_id"])
+    if job is None:
+        return error(404, "no such job")
+    return JSONResponse(job.to_json())
+
+
+@admin
+async def list_jobs(request: Request, receiver: Receiver) -> Response:
+    status = request.query_params.get("status")
+    if status is not None and status not in set(JobStatus):
+        return error(400, f"status: one of {', '.join(JobStatus)}")
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        return error(400, f"limit: a whole number from 1 to {MAX_LIMIT}")
+    jobs = await receiver.store.list_jobs(status, int(raw))
+    return JSONResponse({"jobs": [job.to_json() for job in jobs]})
+
+
+@admin
+async def replay(request: Request, receiver: Receiver) -> Response:
+    job = await receiver.store.get_job(request.path_params["job_id"])
+    if job is None:
+        return error(404, "no such job")
+    if job.status not in TERMINAL:
+        return error(409, f"job is {job.status}: only a finished job has an event to replay")
+    try:
+        count = await receiver.replay(job.id, request.query_params.get("handler"))
+    except SettingsError as exc:
+        return error(400, f"handler: {exc}")
+    return JSONResponse({"replayed": count, "event_id": job.event_id})
+
+
+@admin
+async def tick(request: Request, receiver: Receiver) -> Response:
+    return JSONResponse(await request.app.state.worker.tick())

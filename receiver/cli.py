@@ -1,0 +1,314 @@
+"""The `receiver` command line. A user's mistake is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from handlers import ConfigError
+from receiver import logs
+from receiver.config import Settings, SettingsError, load_settings
+from receiver.events import TERMINAL, Job
+from receiver.providers.base import ProviderError
+from receiver.request import KlingRequest, ValidationError
+from receiver.service import Receiver, UnknownProvider
+from receiver.worker import Worker
+
+USER_ERRORS = (SettingsError, ConfigError, ValidationError, UnknownProvider, ProviderError)
+
+
+class CommandError(Exception):
+    """A user's mistake found by a command; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="web app plus, unless --no-worker, the in-process worker")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--no-worker", action="store_true", help="serve webhooks only; run `receiver worker` apart"
+    )
+    sub.add_parser("worker", help="polling and dispatch in a loop, no web app")
+    sub.add_parser("tick", help="one round of polling and dispatch, then exit (cron, serverless)")
+
+    submit = sub.add_parser("submit", help="record and submit a job")
+    submit.add_argument("--provider", required=True, choices=["apiframe", "runbase"])
+    submit.add_argument("--prompt", required=True)
+    submit.add_argument("--mode", choices=["standard", "pro", "4k"])
+    submit.add_argument("--aspect-ratio", choices=["16:9", "9:16", "1:1"])
+    submit.add_argument("--duration", type=int, metavar="S")
+    submit.add_argument("--start-image", metavar="URL")
+    submit.add_argument("--end-image", metavar="URL")
+    submit.add_argument("--audio", action="store_true", help="generate audio")
+    submit.add_argument("--negative-prompt", metavar="TEXT")
+    submit.add_argument("--multi-prompt", metavar="TEXT")
+    submit.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--wait", action="store_true", help="follow the job to the end")
+    submit.add_argument("--json", action="store_true")
+
+    jobs = sub.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--status")
+    jobs.add_argument("--limit", type=int, default=100)
+    jobs.add_argument("--json", action="store_true")
+    show = sub.add_parser("show", help="one job and its deliveries")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    replay = sub.add_parser("replay", help="re-deliver a finished job's event (same event id)")
+    replay.add_argument("id")
+    replay.add_argument("--handler", metavar="NAME")
+    sub.add_parser("dead", help="list dead deliveries")
+
+    demo = sub.add_parser("demo", help="everything at once on this machine, then a summary")
+    demo.add_argument("--keep", metavar="DIR", help="keep the demo's files in DIR")
+    emulate = sub.add_parser("emulate", help="a provider emulator on its own, for your tests")
+    from receiver.emulators import cli as emulators_cli
+
+    emulators_cli.add_arguments(emulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
+    err = Console(stderr=True, highlight=False)
+    try:
+        if args.command == "emulate":
+            from receiver.emulators import cli as emulators_cli
+
+            return emulators_cli.run(args)
+        if args.command == "demo":
+            from receiver import demo
+
+            return demo.run(keep=args.keep)
+        settings = load_settings()
+        if args.command == "serve":
+            return serve(settings, args)
+        return asyncio.run(_run(COMMANDS[args.command](settings, args)))
+    except USER_ERRORS as exc:
+        err.print(f"receiver: error: {logs.mask(str(exc))}", markup=False)
+        return 1 if isinstance(exc, ProviderError) else 2
+    except CommandError as exc:
+        err.print(f"receiver: {exc}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(command: Awaitable[int]) -> int:
+    return await command
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.app import create_app
+
+    receiver = Receiver.from_settings(settings)
+    receiver.signer  # noqa: B018  # fail now, not at the first webhook, when RECEIVER_SECRET is missing
+    app = create_app(receiver, run_worker=not args.no_worker)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+async def _with_receiver(settings: Settings, fn: Callable[[Receiver], Awaitable[int]]) -> int:
+    receiver = Receiver.from_settings(settings)
+    await receiver.open()
+    try:
+        return await fn(receiver)
+    finally:
+        await receiver.close()
+
+
+async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(receiver: Receiver) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Worker(receiver).run(stop)
+        return 0
+
+    return await _with_receiver(settings, run)
+
+
+async def cmd_tick(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(receiver: Receiver) -> int:
+        print(json.dumps(await Worker(receiver).tick()))
+        return 0
+
+    return await _with_receiver(settings, run)
+
+
+def request_from_args(args: argparse.Namespace) -> KlingRequest:
+    metadata: dict[str, Any] = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CommandError(f"error: --meta {item!r}: expected KEY=VALUE")
+        metadata[key] = value
+    data: dict[str, Any] = {
+        "prompt": args.prompt,
+        "mode": args.mode,
+        "aspect_ratio": args.aspect_ratio,
+        "duration": args.duration,
+        "start_image": args.start_image,
+        "end_image": args.end_image,
+        "generate_audio": args.audio,
+        "negative_prompt": args.negative_prompt,
+        "multi_prompt": args.multi_prompt,
+        "metadata": metadata,
+    }
+    return KlingRequest.from_dict({k: v for k, v in data.items() if v is not None})
+
+
+async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
+    request = request_from_args(args)
+
+    async def run(receiver: Receiver) -> int:
+        job = await receiver.submit(args.provider, request)
+        if args.wait:
+            job = await follow(receiver, job)
+        if args.json:
+            print(json.dumps(job.to_json(), indent=2))
+        elif args.wait:
+            Console().print(job_table(job))
+        else:
+            print(job.id)
+        return 0 if not args.wait or job.status == "succeeded" else 1
+
+    return await _with_receiver(settings, run)
+
+
+async def follow(receiver: Receiver, job: Job) -> Job:
+    """Drive polling and dispatch in this process while showing live status and progress."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    worker = Worker(receiver)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    console = Console(stderr=True)
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            bar = progress.add_task(f"{job.id} {job.status}", total=100)
+            while True:
+                current = await receiver.store.get_job(job.id)
+                assert current is not None
+                job = current
+                progress.update(bar, completed=job.progress or 0, description=f"{job.id} {job.status}")
+                pending = any(d.status in ("pending", "retrying") for d in job.deliveries)
+                if job.status in TERMINAL and not pending:
+                    return job
+                await asyncio.sleep(0.25)  # display refresh, not synchronisation
+    finally:
+        stop.set()
+        await task
+
+
+async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(receiver: Receiver) -> int:
+        jobs = await receiver.store.list_jobs(args.status, args.limit)
+        if args.json:
+            print(json.dumps({"jobs": [j.to_json() for j in jobs]}, indent=2))
+            return 0
+        table = Table("id", "provider", "status", "created", "via", "deliveries")
+        for j in jobs:
+            delivered = ", ".join(f"{d.handler}:{d.status}" for d in j.deliveries)
+            table.add_row(
+                j.id, j.provider, str(j.status), j.to_json()["created_at"], j.completed_via or "", delivered
+            )
+        Console().print(table)
+        return 0
+
+    return await _with_receiver(settings, run)
+
+
+def job_table(job: Job) -> Table:
+    data = job.to_json()
+    table = Table(show_header=False, title=job.id)
+    for key in (
+        "provider",
+        "provider_job_id",
+        "status",
+        "progress",
+        "completed_via",
+        "created_at",
+        "completed_at",
+    ):
+        table.add_row(key, str(data[key]))
+    table.add_row("prompt", str(job.request.get("prompt", "")))
+    table.add_row("output_urls", "\n".join(job.output_urls))
+    if job.error:
+        table.add_row("error", f"{job.error.code}: {job.error.message}")
+    for d in job.deliveries:
+        detail = f"{d.status} after {d.attempts} attempt(s)" + (f": {d.last_error}" if d.last_error else "")
+        table.add_row(f"delivery {d.handler}", detail)
+    return table
+
+
+async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(receiver: Receiver) -> int:
+        job = await receiver.store.get_job(args.id)
+        if job is None:
+            raise CommandError(f"error: no job {args.id!r}")
+        if args.json:
+            print(json.dumps(job.to_json(), indent=2))
+        else:
+            Console().print(job_table(job))
+        return 0
+
+    return await _with_receiver(settings, run)
+
+
+async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(receiver: Receiver) -> int:
+        job = await receiver.store.get_job(args.id)
+        if job is None:
+            raise CommandError(f"error: no job {args.id!r}")
+        if job.status not in TERMINAL:
+            raise CommandError(f"error: job {job.id} is {job.status}: only a finished job can be replayed")
+        count = await receiver.replay(job.id, args.handler)
+        counts = await Worker(receiver).dispatch()
+        print(json.dumps({"replayed": count, "event_id": job.event_id, **counts}))
+        return 0 if not counts["dead"] else 1
+
+    return await _with_receiver(settings, run)
+
+
+async def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(receiver: Receiver) -> int:
+        table = Table("job", "handler", "attempts", "last error")
+        for job_id, handler, attempts, last_error in await receiver.store.dead_deliveries():
+            table.add_row(job_id, handler, str(attempts), last_error or "")
+        Console().print(table)
+        return 0
+
+    return await _with_receiver(settings, run)
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
+    "worker": cmd_worker,
+    "tick": cmd_tick,
+    "submit": cmd_submit,
+    "jobs": cmd_jobs,
+    "show": cmd_show,
+    "replay": cmd_replay,
+    "dead": cmd_dead,
+}

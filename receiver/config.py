@@ -1,0 +1,162 @@
+"""Settings from the environment and the optional TOML file; the one place variables are read."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it (never its value if secret)."""
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    secret: str | None = None
+    old_secrets: tuple[str, ...] = ()
+    public_url: str = "http://127.0.0.1:8000"
+    database_url: str = "sqlite:///receiver.db"
+    config_path: str | None = None
+    admin_token: str | None = None
+    apiframe_api_key: str | None = None
+    apiframe_base_url: str = "https://api.apiframe.ai"
+    apiframe_webhook_field: str = "webhookUrl"
+    runbase_api_key: str | None = None
+    runbase_base_url: str = "https://runbase.net"
+    runbase_rate_limit: int = 20
+    runbase_rate_window: float = 10.0
+    job_timeout: float = 3600.0
+    expected_seconds: float = 150.0
+    token_max_age: float = 172800.0
+    require_signature: bool = False
+    handlers: list[dict[str, Any]] = field(default_factory=list)
+
+    def require_secret(self) -> str:
+        if not self.secret:
+            raise SettingsError("RECEIVER_SECRET is not set (it signs the per-job webhook URLs)")
+        return self.secret
+
+    def api_key(self, provider: str) -> str:
+        key = self.apiframe_api_key if provider == "apiframe" else self.runbase_api_key
+        if not key:
+            raise SettingsError(f"{provider.upper()}_API_KEY is not set")
+        return key
+
+    def base_url(self, provider: str) -> str:
+        return self.apiframe_base_url if provider == "apiframe" else self.runbase_base_url
+
+    def secrets(self) -> list[str]:
+        """Every value that must never reach a log line or an error message."""
+        values = [self.secret, self.admin_token, self.apiframe_api_key, self.runbase_api_key]
+        return [v for v in (*values, *self.old_secrets) if v]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    config_path = env.get("RECEIVER_CONFIG") or ("receiver.toml" if Path("receiver.toml").exists() else None)
+    file_settings: dict[str, Any] = {}
+    handlers: list[dict[str, Any]] = []
+    if config_path:
+        handlers, file_settings = _read_config(config_path, env)
+
+    def get(name: str, key: str, default: str | None = None) -> str | None:
+        if env.get(name):
+            return env[name]
+        value = file_settings.get(key)
+        return str(value) if value is not None else default
+
+    old = get("RECEIVER_OLD_SECRETS", "old_secrets", "") or ""
+    return Settings(
+        secret=get("RECEIVER_SECRET", "secret"),
+        old_secrets=tuple(s.strip() for s in old.split(",") if s.strip()),
+        public_url=(get("RECEIVER_PUBLIC_URL", "public_url") or Settings.public_url).rstrip("/"),
+        database_url=get("RECEIVER_DATABASE_URL", "database_url") or Settings.database_url,
+        config_path=config_path,
+        admin_token=get("RECEIVER_ADMIN_TOKEN", "admin_token"),
+        apiframe_api_key=get("APIFRAME_API_KEY", "apiframe_api_key"),
+        apiframe_base_url=(
+            get("APIFRAME_BASE_URL", "apiframe_base_url") or Settings.apiframe_base_url
+        ).rstrip("/"),
+        apiframe_webhook_field=get("APIFRAME_WEBHOOK_FIELD", "apiframe_webhook_field") or "webhookUrl",
+        runbase_api_key=get("RUNBASE_API_KEY", "runbase_api_key"),
+        runbase_base_url=(get("RUNBASE_BASE_URL", "runbase_base_url") or Settings.runbase_base_url).rstrip(
+            "/"
+        ),
+        runbase_rate_limit=int(
+            _number(get("RUNBASE_RATE_LIMIT", "runbase_rate_limit"), "RUNBASE_RATE_LIMIT", 20)
+        ),
+        runbase_rate_window=_number(
+            get("RUNBASE_RATE_WINDOW", "runbase_rate_window"), "RUNBASE_RATE_WINDOW", 10.0
+        ),
+        job_timeout=_number(get("RECEIVER_JOB_TIMEOUT", "job_timeout"), "RECEIVER_JOB_TIMEOUT", 3600.0),
+        expected_seconds=_number(
+            get("RECEIVER_EXPECTED_SECONDS", "expected_seconds"), "RECEIVER_EXPECTED_SECONDS", 150.0
+        ),
+        token_max_age=_number(
+            get("RECEIVER_TOKEN_MAX_AGE", "token_max_age"), "RECEIVER_TOKEN_MAX_AGE", 172800.0
+        ),
+        require_signature=_flag(get("RECEIVER_REQUIRE_SIGNATURE", "require_signature"), False),
+        handlers=handlers,
+    )
+
+
+def _number(raw: str | None, name: str, default: float) -> float:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be greater than 0")
+    return value
+
+
+def _flag(raw: str | None, default: bool) -> bool:
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _read_config(path: str, env: Mapping[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"RECEIVER_CONFIG: cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    data = _expand(data, env, path)
+    handlers = data.get("handlers", [])
+    if not isinstance(handlers, list) or not all(isinstance(h, dict) for h in handlers):
+        raise SettingsError(f"{path}: 'handlers' must be an array of tables ([[handlers]])")
+    settings = data.get("settings", {})
+    if not isinstance(settings, dict):
+        raise SettingsError(f"{path}: 'settings' must be a table")
+    return handlers, settings
+
+
+def _expand(value: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                raise SettingsError(f"{path}: ${{{name}}} is used but the variable is not set")
+            return env[name]
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, list):
+        return [_expand(v, env, path) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, env, path) for k, v in value.items()}
+    return value

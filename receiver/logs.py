@@ -1,0 +1,64 @@
+"""structlog set up once: JSON lines off a terminal, readable on one; secrets masked everywhere."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+_MASK = "***"
+_HOOK_TOKEN = re.compile(r"(/hooks/[A-Za-z0-9_-]+/)[^/\s\"'?#]+")
+_secrets: set[str] = set()
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Values (keys, secrets, tokens) that are masked wherever they appear in a log line."""
+    _secrets.update(v for v in values if v and len(v) >= 4)
+
+
+def mask(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, _MASK)
+    return _HOOK_TOKEN.sub(r"\1" + _MASK, text)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if isinstance(value, BaseException):
+        return mask(f"{type(value).__name__}: {value}")
+    return value
+
+
+def scrub_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _scrub(value)
+    return event_dict
+
+
+def configure(level: str = "info", *, json: bool | None = None) -> None:
+    """Call once at start-up. `json=None` picks JSON unless stderr is a terminal."""
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            scrub_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

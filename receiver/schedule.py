@@ -1,0 +1,51 @@
+"""When to look again: poll plans and delivery backoff. Pure functions of time, unit tested."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+
+MIN_GAP = 0.2
+MAX_STEP = 600.0
+
+
+def poll_offsets(provider: str, expected: float) -> Iterator[float]:
+    """Seconds after submit at which a job is polled.
+
+    Runbase (no webhooks): three cheap early looks for fast finishes and failures, then every tenth of
+    the expected time around it, then a widening back-off. Apiframe (webhooks): nothing until the
+    expected time plus a grace, then sparse reconciliation polls for the webhook that never came.
+    """
+    if provider == "runbase":
+        for fraction in (0.05, 0.15, 0.3):
+            yield max(MIN_GAP, expected * fraction)
+        t, step = expected * 0.8, max(MIN_GAP, expected * 0.1)
+        while t < expected * 1.5:
+            yield t
+            t += step
+        while True:
+            step = min(step * 1.5, max(60.0, expected))
+            yield t
+            t += step
+    else:
+        t, step = expected * 1.2, max(MIN_GAP, expected * 0.5)
+        while True:
+            yield t
+            t += step
+            step = min(step * 2, MAX_STEP)
+
+
+def next_poll_at(provider: str, submitted_at: datetime, now: datetime, expected: float) -> datetime:
+    """The first planned poll after `now` (at least MIN_GAP away)."""
+    elapsed = (now - submitted_at).total_seconds() + MIN_GAP
+    for offset in poll_offsets(provider, expected):
+        if offset >= elapsed:
+            return submitted_at + timedelta(seconds=offset)
+    raise AssertionError("poll_offsets never ends")
+
+
+def retry_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after `attempt` failures: base * 2^(attempt-1) plus up to 25% jitter, capped."""
+    nominal: float = base * 2 ** (attempt - 1)
+    return min(cap, nominal * (1 + 0.25 * rand()))

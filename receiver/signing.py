@@ -1,0 +1,63 @@
+"""Per-job webhook tokens: itsdangerous-signed, bound to one job and one provider, with a maximum age."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+_SALT = "receiver.webhook.v1"
+
+
+class TokenError(Exception):
+    """A webhook token that must be refused (401). Messages never include the token or a secret."""
+
+
+class TokenInvalid(TokenError):
+    """Malformed, tampered, or signed with a secret we do not hold."""
+
+
+class TokenExpired(TokenError):
+    """Older than the maximum age."""
+
+
+class TokenMismatch(TokenError):
+    """Valid, but for another provider than the route it was posted to."""
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    job_id: str
+    provider: str
+
+
+class WebhookSigner:
+    """Signs with the current secret; verifies with it and with every old secret (rotation)."""
+
+    def __init__(self, secret: str, old_secrets: tuple[str, ...] = (), max_age: float = 172800.0) -> None:
+        # itsdangerous signs with the last key and verifies with all of them.
+        self._serializer = URLSafeTimedSerializer([*old_secrets, secret], salt=_SALT)
+        self.max_age = max_age
+
+    def token(self, job_id: str, provider: str) -> str:
+        return str(self._serializer.dumps({"j": job_id, "p": provider}))
+
+    def url(self, public_url: str, job_id: str, provider: str) -> str:
+        return f"{public_url.rstrip('/')}/hooks/{provider}/{self.token(job_id, provider)}"
+
+    def verify(self, token: str, provider: str) -> TokenClaims:
+        try:
+            data = self._serializer.loads(token, max_age=int(self.max_age))
+        except SignatureExpired:
+            raise TokenExpired("webhook token expired") from None
+        except BadSignature:
+            raise TokenInvalid("webhook token is invalid") from None
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("j"), str)
+            or not isinstance(data.get("p"), str)
+        ):
+            raise TokenInvalid("webhook token is invalid")
+        if data["p"] != provider:
+            raise TokenMismatch("webhook token belongs to another provider")
+        return TokenClaims(job_id=data["j"], provider=data["p"])

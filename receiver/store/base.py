@@ -1,0 +1,118 @@
+"""The job store: one small interface, so SQLite and PostgreSQL are interchangeable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from receiver.events import Job, JobError, JobStatus
+
+
+@dataclass(frozen=True)
+class Update:
+    """A provider's report (from a webhook, a poll, a refused submit or the timeout)."""
+
+    status: JobStatus
+    provider_job_id: str | None = None
+    progress: int | None = None
+    output_urls: tuple[str, ...] = ()
+    error: JobError | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What `record` did: `terminal` is true only for the one call that ended the job."""
+
+    job: Job | None
+    changed: bool
+    terminal: bool
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    job_id: str
+    handler: str
+    attempts: int
+    event: dict[str, Any]
+    reports: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A handler the store makes a delivery row for when a job ends with a matching event."""
+
+    name: str
+    after: tuple[str, ...]
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+class Matcher(Protocol):
+    def __call__(self, event: dict[str, Any]) -> list[Route]: ...
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and create or migrate the schema."""
+
+    async def close(self) -> None: ...
+
+    async def create_job(self, job: Job, deadline: datetime) -> None: ...
+
+    async def mark_submitted(
+        self, job_id: str, provider_job_id: str, at: datetime, next_poll_at: datetime | None
+    ) -> None:
+        """The provider accepted the job; a job already ended by an early webhook keeps its status."""
+
+    async def record(
+        self, job_id: str, update: Update, via: str | None, now: datetime, routes: Matcher
+    ) -> Recorded:
+        """Apply a report in one transaction; the move to a terminal status happens once, together
+        with one delivery row per route that matches the final event."""
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]: ...
+
+    async def claim_due_polls(self, now: datetime, limit: int, lease_seconds: float) -> list[Job]:
+        """Due, unlocked, non-terminal jobs with a provider job id, leased in one statement."""
+
+    async def schedule_poll(self, job_id: str, next_poll_at: datetime | None) -> None:
+        """Store the next poll time, count the poll, and release the lease."""
+
+    async def poll_soon(self, job_id: str, at: datetime) -> None:
+        """Bring the next poll forward (a webhook we could not use is confirmed by a status read)."""
+
+    async def overdue_jobs(self, now: datetime, limit: int) -> list[str]:
+        """Ids of non-terminal jobs past their deadline."""
+
+    async def claim_due_deliveries(
+        self, now: datetime, limit: int, lease_seconds: float
+    ) -> list[DueDelivery]:
+        """Due deliveries whose `after` handlers have finished, leased in one statement."""
+
+    async def finish_delivery(
+        self,
+        job_id: str,
+        handler: str,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        """delivered; or retry at `retry_at`; or dead when neither."""
+
+    async def replay(self, job_id: str, routes: Matcher, now: datetime, handler: str | None = None) -> int:
+        """Make the job's final event due again for its handlers; returns how many deliveries."""
+
+    async def dead_deliveries(self, limit: int = 1000) -> list[tuple[str, str, int, str | None]]:
+        """(job_id, handler, attempts, last_error) of the dead letters."""
+
+    async def next_due(self) -> datetime | None:
+        """The earliest stored poll or delivery time: how long the worker may sleep."""
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """{"jobs": {status: n}, "deliveries": {status: n}} for the metrics."""

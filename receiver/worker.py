@@ -1,0 +1,170 @@
+"""The worker: due polls, overdue jobs and due deliveries, one round at a time or in a loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from handlers import HandlerSpec, PermanentError, RetryLater
+from receiver.config import SettingsError
+from receiver.logs import mask
+from receiver.providers.base import ProviderError
+from receiver.schedule import next_poll_at, retry_delay
+from receiver.service import Receiver, update_from
+from receiver.store import DueDelivery
+
+log = structlog.get_logger()
+
+POLL_BATCH = 50
+POLL_LEASE = 300.0
+DELIVERY_BATCH = 100
+CONCURRENCY = 16
+MAX_IDLE = 1.0  # other processes (CLI submit, replicas) add work this process is not woken for
+
+
+class Worker:
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self._wake = asyncio.Event()
+        receiver.on_record(self.wake)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def tick(self) -> dict[str, int]:
+        """One round: time out overdue jobs, poll due ones, then dispatch until nothing is due."""
+        counts: Counter[str] = Counter()
+        await self._expire(counts)
+        await self._poll(counts)
+        return _summary(counts, Counter(await self.dispatch()))
+
+    async def dispatch(self) -> dict[str, int]:
+        """Deliver everything due, round after round (a delivery may free one that waits `after` it)."""
+        counts: Counter[str] = Counter()
+        while await self._dispatch(counts):
+            pass
+        return _summary(counts)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick, then sleep until the next stored due time, a wake-up, or `stop`."""
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("worker.tick_failed")
+            due = await self.receiver.store.next_due()
+            idle = MAX_IDLE
+            if due is not None:
+                idle = min(MAX_IDLE, max(0.0, (due - self.receiver.clock()).total_seconds()))
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+
+    async def _expire(self, counts: Counter[str]) -> None:
+        for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):
+            if (await self.receiver.time_out(job_id)).terminal:
+                counts["timed_out"] += 1
+
+    async def _poll(self, counts: Counter[str]) -> None:
+        receiver = self.receiver
+        jobs = await receiver.store.claim_due_polls(receiver.clock(), POLL_BATCH, POLL_LEASE)
+
+        async def poll(job: Any) -> None:
+            next_at = None
+            try:
+                client = receiver.client(job.provider)
+                status = await client.get_status(job.provider_job_id)
+            except (ProviderError, SettingsError) as exc:
+                log.warning("poll.failed", job_id=job.id, provider=job.provider, error=str(exc))
+            else:
+                counts["polled"] += 1
+                if (await receiver.record(job.id, update_from(status), via="poll")).terminal:
+                    counts["completed"] += 1
+                    await receiver.store.schedule_poll(job.id, None)
+                    return
+            now = receiver.clock()
+            next_at = next_poll_at(
+                job.provider, job.submitted_at or job.created_at, now, receiver.settings.expected_seconds
+            )
+            if job.deadline_at is not None:
+                next_at = min(next_at, job.deadline_at)
+            await receiver.store.schedule_poll(job.id, next_at)
+
+        await _bounded([poll(job) for job in jobs])
+
+    async def _dispatch(self, counts: Counter[str]) -> bool:
+        receiver = self.receiver
+        lease = max((spec.timeout for spec in receiver.specs), default=60.0) + 60.0
+        due = await receiver.store.claim_due_deliveries(receiver.clock(), DELIVERY_BATCH, lease)
+        await _bounded([self._deliver(d, counts) for d in due])
+        return bool(due)
+
+    async def _deliver(self, due: DueDelivery, counts: Counter[str]) -> None:
+        receiver = self.receiver
+        spec = receiver.by_name.get(due.handler)
+        store = receiver.store
+        fields = {"job_id": due.job_id, "handler": due.handler, "event_id": due.event.get("id")}
+        if spec is None:
+            await store.finish_delivery(
+                due.job_id, due.handler, delivered=False, error="handler is no longer configured"
+            )
+            counts["dead"] += 1
+            return
+        event = dict(due.event)
+        if spec.after:
+            event["reports"] = due.reports
+        attempt = due.attempts + 1
+        try:
+            report = await asyncio.wait_for(spec.handler.handle(event), spec.timeout)
+        except PermanentError as exc:
+            error = mask(str(exc) or type(exc).__name__)
+            log.warning("delivery.dead", attempt=attempt, error=error, **fields)
+            await store.finish_delivery(due.job_id, due.handler, delivered=False, error=error)
+            counts["dead"] += 1
+            return
+        except Exception as exc:
+            error = mask(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            retry_at = None
+            if attempt < spec.max_attempts:
+                wait = exc.delay if isinstance(exc, RetryLater) else _backoff(spec, attempt)
+                retry_at = receiver.clock() + timedelta(seconds=wait)
+            log.warning("delivery.failed", attempt=attempt, error=error, retry=retry_at is not None, **fields)
+            await store.finish_delivery(
+                due.job_id, due.handler, delivered=False, error=error, retry_at=retry_at
+            )
+            counts["retried" if retry_at else "dead"] += 1
+            return
+        log.info("delivery.delivered", attempt=attempt, **fields)
+        await store.finish_delivery(due.job_id, due.handler, delivered=True, report=report)
+        counts["delivered"] += 1
+
+
+def _summary(*counts: Counter[str]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c)
+    return {key: total[key] for key in ("polled", "completed", "timed_out", "delivered", "retried", "dead")}
+
+
+def _backoff(spec: HandlerSpec, attempt: int) -> float:
+    return retry_delay(attempt, spec.retry_base, spec.retry_max)
+
+
+async def _bounded(coros: list[Awaitable[None]]) -> None:
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+
+    async def run(coro: Awaitable[None]) -> None:
+        async with semaphore:
+            await coro
+
+    await asyncio.gather(*(run(c) for c in coros))
