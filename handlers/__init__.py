@@ -135,6 +135,10 @@ def build_handlers(tables: list[dict[str, Any]]) -> list[HandlerSpec]:
         except ConfigError as exc:
             raise ConfigError(f"{label}: key 'type': {exc}") from None
         options = {k: v for k, v in table.items() if k not in COMMON_KEYS}
+        default_timeout = _class_timeout(cls)
+        timeout = _number(label, table, "timeout", default_timeout or 60.0, minimum=0.001)
+        if default_timeout is not None and "timeout" in table:
+            options["timeout"] = timeout
         _check_options(label, cls, options)
         try:
             handler = cls(**options)
@@ -154,7 +158,7 @@ def build_handlers(tables: list[dict[str, Any]]) -> list[HandlerSpec]:
                 max_attempts=int(_number(label, table, "max_attempts", 8, minimum=1)),
                 retry_base=_number(label, table, "retry_base", 5.0, minimum=0),
                 retry_max=_number(label, table, "retry_max", 3600.0, minimum=0),
-                timeout=_number(label, table, "timeout", 60.0, minimum=0.001),
+                timeout=timeout,
             )
         )
     names = {spec.name for spec in specs}
@@ -168,6 +172,18 @@ def build_handlers(tables: list[dict[str, Any]]) -> list[HandlerSpec]:
                 raise ConfigError(f"handler {spec.name!r}: key 'after' names the handler itself")
     _check_acyclic(specs)
     return specs
+
+
+def _class_timeout(cls: type[Any]) -> float | None:
+    """A handler whose class takes `timeout` (storage) gets the table's value too, and its own
+    default replaces the dispatcher's 60 s: a long copy must not be cut at a limit it never chose."""
+    param = inspect.signature(cls).parameters.get("timeout")
+    if param is None:
+        return None
+    default = param.default
+    if isinstance(default, int | float) and not isinstance(default, bool) and default > 0:
+        return float(default)
+    return 60.0
 
 
 def _check_options(label: str, cls: type[Any], options: dict[str, Any]) -> None:
