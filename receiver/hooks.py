@@ -58,6 +58,8 @@ async def _hook(request: Request, receiver: Receiver, worker: Worker) -> Respons
         return error(400, "body is not a JSON object")
     reported = data.get("jobId")
     if reported is not None and job.provider_job_id is not None and reported != job.provider_job_id:
+        if await receiver.store.find_job(provider, str(reported)) is not None:
+            return error(401, "webhook token belongs to another job")
         return error(400, "body names another job (jobId)")
     if job.status in TERMINAL:
         return JSONResponse({"ok": True, "status": str(job.status), "duplicate": True})

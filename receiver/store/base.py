@@ -74,6 +74,9 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
+    async def find_job(self, provider: str, provider_job_id: str) -> str | None:
+        """The local id of the job the provider knows by this id."""
+
     async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]: ...
 
     async def claim_due_polls(self, now: datetime, limit: int, lease_seconds: float) -> list[Job]:

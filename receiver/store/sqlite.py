@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_due_poll ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS jobs_provider_job ON jobs (provider, provider_job_id);
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id TEXT NOT NULL REFERENCES jobs (id),
     handler TEXT NOT NULL,
@@ -210,6 +211,15 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             return _job(conn, row) if row else None
+
+        return await self._run(run, write=False)
+
+    async def find_job(self, provider: str, provider_job_id: str) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE provider = ? AND provider_job_id = ?", (provider, provider_job_id)
+            ).fetchone()
+            return row["id"] if row else None
 
         return await self._run(run, write=False)
 

@@ -1,0 +1,141 @@
+"""A whole receiver on loopback for integration tests: both emulators, the app, a forward sink."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from receiver.app import create_app
+from receiver.background import BackgroundServer
+from receiver.config import Settings
+from receiver.emulators.apiframe import ApiframeEmulator
+from receiver.emulators.runbase import RunbaseEmulator
+from receiver.service import Receiver
+
+SECRET = "test-receiver-secret-0123456789"
+ADMIN = "test-admin-token"
+APIFRAME_KEY = "afk_test_key_123"
+RUNBASE_KEY = "rb_test_key_456"
+FORWARD_SECRET = "whsec_" + base64.b64encode(b"forward-secret-for-tests").decode()
+
+
+@dataclass
+class Stack:
+    receiver: Receiver
+    url: str
+    admin: httpx.Client
+    apiframe: ApiframeEmulator
+    apiframe_url: str
+    runbase: RunbaseEmulator
+    runbase_url: str
+
+    def submit(self, provider: str, **fields: Any) -> dict[str, Any]:
+        answer = self.admin.post(
+            "/jobs", json={"provider": provider, "prompt": "a red fox in snow", **fields}
+        )
+        assert answer.status_code == 202, answer.text
+        job: dict[str, Any] = answer.json()
+        return job
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        answer = self.admin.get(f"/jobs/{job_id}")
+        assert answer.status_code == 200, answer.text
+        job: dict[str, Any] = answer.json()
+        return job
+
+    def settled(self, job_id: str, status: str = "delivered") -> dict[str, Any] | None:
+        """The job once it has deliveries and all of them are in `status`; None before."""
+        job = self.job(job_id)
+        deliveries = job["deliveries"]
+        return job if deliveries and all(d["status"] == status for d in deliveries) else None
+
+    def hook_url(self, job_id: str, provider: str = "apiframe") -> str:
+        return self.receiver.signer.url(self.url, job_id, provider)
+
+
+def apiframe_body(provider_job_id: str, *, event: str = "completed", result: Any = None) -> bytes:
+    if event == "completed":
+        data: dict[str, Any] = {
+            "event": "completed", "jobId": provider_job_id, "status": "COMPLETED", "progress": 100,
+            "result": result if result is not None else {"videoUrl": "http://127.0.0.1:9/v.mp4"},
+            "model": "kling-3.0", "creditCost": 10, "completedAt": "2026-01-01T00:00:00Z",
+        }  # fmt: skip
+    elif event == "progress":
+        data = {"event": "progress", "jobId": provider_job_id, "status": "PROCESSING", "progress": 40,
+                "model": "kling-3.0"}  # fmt: skip
+    else:
+        data = {"event": "failed", "jobId": provider_job_id, "status": "FAILED", "error": "boom",
+                "model": "kling-3.0"}  # fmt: skip
+    return json.dumps(data).encode()
+
+
+def apiframe_signature(body: bytes, key: str = APIFRAME_KEY) -> str:
+    return "sha256=" + hmac.new(hashlib.sha256(key.encode()).digest(), body, hashlib.sha256).hexdigest()
+
+
+def verify_forward(headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """Check a forwarded event with the standardwebhooks package: an independent implementation."""
+    payload: dict[str, Any] = Webhook(FORWARD_SECRET).verify(body, headers)
+    return payload
+
+
+@contextmanager
+def receiver_stack(
+    tmp_path: Path,
+    forward_url: str | None,
+    *,
+    apiframe: dict[str, Any] | None = None,
+    runbase: dict[str, Any] | None = None,
+    run_worker: bool = True,
+    handlers: list[dict[str, Any]] | None = None,
+    **settings: Any,
+) -> Iterator[Stack]:
+    apiframe_emulator = ApiframeEmulator(
+        api_key=APIFRAME_KEY, **{"delay": 0.3, "seed": 1, **(apiframe or {})}
+    )
+    runbase_emulator = RunbaseEmulator(api_key=RUNBASE_KEY, **{"delay": 0.3, "seed": 1, **(runbase or {})})
+    if handlers is None:
+        handlers = [{"name": "forward", "type": "forward", "url": forward_url, "secret": FORWARD_SECRET,
+                     "retry_base": 0}]  # fmt: skip
+    with ExitStack() as stack:
+        apiframe_server = stack.enter_context(BackgroundServer(apiframe_emulator.app))
+        runbase_server = stack.enter_context(BackgroundServer(runbase_emulator.app))
+        server = BackgroundServer()
+        config = replace(
+            Settings(),
+            secret=SECRET,
+            admin_token=ADMIN,
+            public_url=server.url,
+            database_url=f"sqlite:///{tmp_path / 'receiver.db'}",
+            apiframe_api_key=APIFRAME_KEY,
+            apiframe_base_url=apiframe_server.url,
+            runbase_api_key=RUNBASE_KEY,
+            runbase_base_url=runbase_server.url,
+            handlers=handlers,
+            **{"expected_seconds": 0.3, **settings},
+        )
+        receiver = Receiver.from_settings(config)
+        server.app = create_app(receiver, run_worker=run_worker)
+        stack.enter_context(server)
+        admin = stack.enter_context(
+            httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+        )
+        yield Stack(
+            receiver,
+            server.url,
+            admin,
+            apiframe_emulator,
+            apiframe_server.url,
+            runbase_emulator,
+            runbase_server.url,
+        )

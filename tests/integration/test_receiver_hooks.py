@@ -1,0 +1,151 @@
+"""The webhook route refuses what it must, and records a completion exactly once under races."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
+import httpx
+import pytest
+from receiver_stack import SECRET, apiframe_body, apiframe_signature, receiver_stack
+
+from receiver.signing import WebhookSigner
+
+QUIET = {"apiframe": {"webhook": "drop", "delay": 600}, "expected_seconds": 600}
+
+
+def test_bad_tokens_and_signatures_get_401_and_cause_no_delivery(tmp_path: Path, sink) -> None:
+    with receiver_stack(tmp_path, sink.url, **QUIET) as stack:
+        job = stack.submit("apiframe")
+        other = stack.submit("apiframe")
+        body = apiframe_body(job["provider_job_id"])
+        signed = {"X-Webhook-Signature": apiframe_signature(body)}
+        good = stack.hook_url(job["id"])
+        with mock.patch("itsdangerous.timed.time.time", return_value=time.time() - 3 * 86400):
+            expired = stack.hook_url(job["id"])
+        cases = {
+            "tampered": good[:-3] + ("aaa" if not good.endswith("aaa") else "bbb"),
+            "expired": expired,
+            "other job": stack.hook_url(other["id"]),
+            "other provider": f"{stack.url}/hooks/apiframe/{stack.receiver.signer.token(job['id'], 'runbase')}",
+            "wrong secret": WebhookSigner("not-the-secret").url(stack.url, job["id"], "apiframe"),
+        }
+        answers = {name: httpx.post(url, content=body, headers=signed) for name, url in cases.items()}
+        answers["bad signature"] = httpx.post(
+            good, content=body, headers={"X-Webhook-Signature": apiframe_signature(body, "afk_other")}
+        )
+        answers["signature of another body"] = httpx.post(
+            good, content=body, headers={"X-Webhook-Signature": apiframe_signature(body + b" ")}
+        )
+        after = stack.job(job["id"])
+        tick = stack.admin.post("/tick").json()
+
+    assert {name: a.status_code for name, a in answers.items()} == {name: 401 for name in answers}
+    for answer in answers.values():
+        assert SECRET not in answer.text
+    assert after["status"] == "submitted"
+    assert after["deliveries"] == []
+    assert tick["delivered"] == 0
+    assert sink.posts == []
+
+
+def test_route_answers_for_unknown_jobs_bad_bodies_and_big_bodies(tmp_path: Path, sink) -> None:
+    with receiver_stack(tmp_path, sink.url, **QUIET) as stack:
+        job = stack.submit("apiframe")
+        url = stack.hook_url(job["id"])
+        unknown = httpx.post(stack.hook_url("job_unknown"), content=apiframe_body("x"))
+        not_json = httpx.post(url, content=b"not json")
+        a_list = httpx.post(url, content=b"[1, 2]")
+        names_other = httpx.post(url, content=apiframe_body("2f1c6f0e-0000-4000-8000-000000000000"))
+        too_big = httpx.post(url, content=b"{" + b" " * (1024 * 1024) + b"}")
+        after = stack.job(job["id"])
+
+    assert unknown.status_code == 404
+    assert not_json.status_code == 400
+    assert a_list.status_code == 400
+    assert names_other.status_code == 400
+    assert too_big.status_code == 413
+    assert after["status"] == "submitted"
+
+
+def test_progress_webhook_updates_progress_only(tmp_path: Path, sink) -> None:
+    with receiver_stack(tmp_path, sink.url, **QUIET) as stack:
+        job = stack.submit("apiframe")
+        answer = httpx.post(
+            stack.hook_url(job["id"]), content=apiframe_body(job["provider_job_id"], event="progress")
+        )
+        after = stack.job(job["id"])
+
+    assert answer.status_code == 200
+    assert after["status"] == "running"
+    assert after["progress"] == 40
+    assert after["deliveries"] == []
+
+
+def test_signature_is_required_when_the_setting_says_so(tmp_path: Path, sink) -> None:
+    with receiver_stack(tmp_path, sink.url, require_signature=True, **QUIET) as stack:
+        job = stack.submit("apiframe")
+        body = apiframe_body(job["provider_job_id"])
+        unsigned = httpx.post(stack.hook_url(job["id"]), content=body)
+        signed = httpx.post(
+            stack.hook_url(job["id"]), content=body, headers={"X-Webhook-Signature": apiframe_signature(body)}
+        )
+
+    assert unsigned.status_code == 401
+    assert signed.status_code == 200
+
+
+def test_ten_concurrent_webhooks_and_a_racing_poll_give_one_delivery(tmp_path: Path, sink, wait) -> None:
+    settings = {"apiframe": {"webhook": "drop", "delay": 0}, "expected_seconds": 0.01}
+    with receiver_stack(tmp_path, sink.url, run_worker=False, **settings) as stack:
+        job = stack.submit("apiframe")
+        body = apiframe_body(job["provider_job_id"])
+        headers = {"X-Webhook-Signature": apiframe_signature(body)}
+        url = stack.hook_url(job["id"])
+        start = threading.Barrier(11)
+        answers: list[int] = []
+
+        def send() -> None:
+            start.wait()
+            answers.append(httpx.post(url, content=body, headers=headers).status_code)
+
+        def tick() -> None:
+            start.wait()
+            answers.append(stack.admin.post("/tick").status_code)
+
+        threads = [threading.Thread(target=send) for _ in range(10)] + [threading.Thread(target=tick)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stack.admin.post("/tick")
+        done = stack.job(job["id"])
+
+    assert answers == [200] * 11
+    assert done["status"] == "succeeded"
+    assert done["deliveries"] == [
+        {"handler": "forward", "status": "delivered", "attempts": 1, "last_error": None}
+    ]
+    assert len(sink.posts) == 1
+
+
+@pytest.mark.parametrize("shape", ["videoUrl", "videos", "string"])
+def test_every_documented_result_shape_is_understood(tmp_path: Path, sink, shape: str) -> None:
+    result = {
+        "videoUrl": {"videoUrl": "http://127.0.0.1:9/a.mp4"},
+        "videos": {"videos": ["http://127.0.0.1:9/a.mp4"]},
+        "string": "http://127.0.0.1:9/a.mp4",
+    }[shape]
+    with receiver_stack(tmp_path, sink.url, **QUIET) as stack:
+        job = stack.submit("apiframe")
+        answer = httpx.post(
+            stack.hook_url(job["id"]), content=apiframe_body(job["provider_job_id"], result=result)
+        )
+        done = stack.job(job["id"])
+
+    assert answer.status_code == 200
+    assert done["output_urls"] == ["http://127.0.0.1:9/a.mp4"], answer.text
+    assert json.loads(answer.text)["status"] == "succeeded"

@@ -1,0 +1,126 @@
+"""Both roads to a completion, over real HTTP: Apiframe by webhook, Runbase by polling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+from receiver_stack import receiver_stack, verify_forward
+
+
+def test_apiframe_completion_arrives_by_webhook_and_is_forwarded_once(tmp_path: Path, sink, wait) -> None:
+    with receiver_stack(tmp_path, sink.url, expected_seconds=60) as stack:
+        job = stack.submit("apiframe", mode="standard", metadata={"team": "ads"})
+        assert job["status"] == "submitted"
+        assert job["provider_job_id"]
+        posts = sink.wait_for(1)
+        done = wait(lambda: stack.settled(job["id"]))
+
+    event = verify_forward(posts[0].headers, posts[0].body)
+    assert event["type"] == "job.succeeded"
+    assert event["job"]["id"] == job["id"]
+    assert event["job"]["metadata"] == {"team": "ads"}
+    assert event["job"]["completed_via"] == "webhook"
+    assert posts[0].headers["webhook-id"] == event["id"]
+    assert done["completed_via"] == "webhook"
+    assert done["output_urls"][0].endswith(".mp4")
+    assert done["deliveries"] == [
+        {"handler": "forward", "status": "delivered", "attempts": 1, "last_error": None}
+    ]
+    assert len(sink.posts) == 1
+
+
+def test_runbase_completion_arrives_by_polling_and_is_forwarded_once(tmp_path: Path, sink, wait) -> None:
+    with receiver_stack(tmp_path, sink.url) as stack:
+        job = stack.submit("runbase", aspect_ratio="9:16", duration=5)
+        posts = sink.wait_for(1, timeout=15)
+        done = wait(lambda: stack.settled(job["id"]))
+        submits = [r for r in stack.runbase.requests if r["method"] == "POST"]
+
+    event = verify_forward(posts[0].headers, posts[0].body)
+    assert event["job"]["completed_via"] == "poll"
+    assert event["job"]["request"]["aspect_ratio"] == "9:16"
+    assert done["status"] == "succeeded"
+    assert done["output_urls"]
+    assert len(sink.posts) == 1
+    assert len(submits) == 1
+
+
+def test_webhook_before_the_submit_answer_is_recorded(tmp_path: Path, sink, wait) -> None:
+    with receiver_stack(tmp_path, sink.url, apiframe={"webhook": "early", "delay": 0}) as stack:
+        job = stack.submit("apiframe")
+        posts = sink.wait_for(1)
+        done = wait(lambda: stack.settled(job["id"]))
+
+    assert done["status"] == "succeeded"
+    assert done["completed_via"] == "webhook"
+    assert done["provider_job_id"] == job["provider_job_id"]
+    assert json.loads(posts[0].body)["job"]["id"] == job["id"]
+    assert len(sink.posts) == 1
+
+
+def test_duplicate_webhooks_from_the_provider_deliver_once(tmp_path: Path, sink, wait) -> None:
+    with receiver_stack(tmp_path, sink.url, apiframe={"webhook": "duplicate"}, expected_seconds=60) as stack:
+        job = stack.submit("apiframe")
+        wait(lambda: sum(1 for w in stack.apiframe.webhooks_sent if w.get("event") == "completed") >= 2)
+        done = wait(lambda: stack.settled(job["id"]))
+
+    assert done["deliveries"][0]["attempts"] == 1
+    assert len(sink.posts) == 1
+
+
+def test_a_provider_failure_reaches_the_handlers_as_job_failed(tmp_path: Path, sink, wait) -> None:
+    with receiver_stack(tmp_path, sink.url, apiframe={"failure_rate": 1.0}, expected_seconds=60) as stack:
+        job = stack.submit("apiframe")
+        posts = sink.wait_for(1)
+        done = wait(lambda: stack.job(job["id"])["status"] == "failed" and stack.job(job["id"]))
+
+    event = verify_forward(posts[0].headers, posts[0].body)
+    assert event["type"] == "job.failed"
+    assert done["error"]["message"]
+
+
+def test_a_job_with_no_final_status_times_out_and_handlers_hear_of_it(tmp_path: Path, sink, wait) -> None:
+    with receiver_stack(
+        tmp_path, sink.url, apiframe={"webhook": "drop", "delay": 600}, job_timeout=0.5, expected_seconds=600
+    ) as stack:
+        job = stack.submit("apiframe")
+        posts = sink.wait_for(1, timeout=10)
+        done = stack.job(job["id"])
+
+    event = verify_forward(posts[0].headers, posts[0].body)
+    assert event["type"] == "job.failed"
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "timeout"
+    assert done["completed_via"] is None
+
+
+def test_refused_submit_answers_the_provider_status_and_ends_the_job_failed(tmp_path: Path, sink) -> None:
+    with receiver_stack(tmp_path, sink.url, apiframe={"credits": 5, "credit_cost": 10}) as stack:
+        answer = stack.admin.post("/jobs", json={"provider": "apiframe", "prompt": "x"})
+        jobs = stack.admin.get("/jobs").json()["jobs"]
+        sink.wait_for(1)
+
+    assert answer.status_code == 402
+    assert "required 10" in answer.json()["error"]
+    assert "available 5" in answer.json()["error"]
+    assert jobs[0]["status"] == "failed"
+    assert json.loads(sink.posts[0].body)["type"] == "job.failed"
+
+
+def test_unusable_webhook_is_confirmed_by_a_status_read(tmp_path: Path, sink, wait) -> None:
+    with receiver_stack(tmp_path, sink.url, apiframe={"webhook": "drop"}, expected_seconds=600) as stack:
+        job = stack.submit("apiframe")
+        wait(lambda: httpx.get(f"{stack.apiframe_url}/v2/jobs/{job['provider_job_id']}",
+                               headers={"X-API-Key": "afk_test_key_123"}).json()["status"] == "COMPLETED")  # fmt: skip
+        body = json.dumps({"event": "completed", "jobId": job["provider_job_id"], "status": "COMPLETED"})
+        answer = httpx.post(stack.hook_url(job["id"]), content=body)
+        sink.wait_for(1)
+        done = stack.job(job["id"])
+
+    assert answer.status_code == 200
+    assert answer.json()["confirm"] == "poll"
+    assert done["status"] == "succeeded"
+    assert done["completed_via"] == "poll"
+    assert done["output_urls"]
