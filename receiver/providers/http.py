@@ -191,7 +191,6 @@ class ProviderHTTP:
             log.warning("provider_transport_failed", error=type(exc).__name__, **fields)
             raise ProviderUnavailable(self.provider, self.redact(f"{type(exc).__name__}: {exc}")) from exc
         if response.is_success:
-            log.debug("provider_answered", status_code=response.status_code, **fields)
             return self._json_object(response)
         error = self.error_from(response)
         log.warning(

@@ -24,6 +24,7 @@ from receiver.providers.base import (
     InvalidRequest,
     NotFound,
     NotSent,
+    ProviderError,
     ProviderStatus,
     ProviderUnavailable,
     RateLimited,
@@ -156,7 +157,7 @@ async def test_same_job_id_with_another_body_is_a_conflict(emulated: Emulated) -
 )
 @pytest.mark.parametrize("operation", ["submit", "read"])
 async def test_injected_errors(
-    emulated: Emulated, status: int, error_type: type, message: str, operation: str
+    emulated: Emulated, status: int, error_type: type[ProviderError], message: str, operation: str
 ) -> None:
     client = emulated.client()
     emulated.emulator.inject(status)
@@ -176,9 +177,9 @@ async def test_injected_errors(
     if status == 402:
         assert "credits required 10" in str(error)
         assert "available 1000" in str(error)
-    if status == 429:
+    if isinstance(error, RateLimited):
         assert error.retry_after == 1.0
-    if status == 400:
+    if isinstance(error, InvalidRequest):
         assert error.details == []
     await client.aclose()
 

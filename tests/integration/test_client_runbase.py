@@ -21,6 +21,7 @@ from receiver.providers.base import (
     InvalidRequest,
     NotFound,
     NotSent,
+    ProviderError,
     ProviderStatus,
     ProviderUnavailable,
     RateLimited,
@@ -149,7 +150,7 @@ async def test_webhook_url_is_ignored(emulated: Emulated) -> None:
 )
 @pytest.mark.parametrize("operation", ["submit", "read"])
 async def test_injected_errors(
-    emulated: Emulated, status: int, code: str, error_type: type, operation: str
+    emulated: Emulated, status: int, code: str, error_type: type[ProviderError], operation: str
 ) -> None:
     client = emulated.client()
     emulated.emulator.inject(status, code=code)

@@ -339,7 +339,7 @@ def _answer(status: int, body: object, **headers: str) -> Handler:
     ],
 )
 async def test_error_statuses_map_to_typed_errors(
-    status: int, body: dict[str, object], error_type: type
+    status: int, body: dict[str, object], error_type: type[ProviderError]
 ) -> None:
     client = _client(_answer(status, body, **{"Retry-After": "7"}))
     with pytest.raises(error_type) as info:
@@ -348,7 +348,7 @@ async def test_error_statuses_map_to_typed_errors(
     assert type(error) is error_type
     assert error.status_code == status
     assert error.request_id == "req_1"
-    assert body["error"] in str(error)
+    assert str(body["error"]) in str(error)
     assert "req_1" in str(error)
     await client.aclose()
 

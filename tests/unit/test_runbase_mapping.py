@@ -18,6 +18,7 @@ from receiver.providers.base import (
     InvalidRequest,
     NotFound,
     NotSent,
+    ProviderError,
     ProviderUnavailable,
     RateLimited,
     UnexpectedResponse,
@@ -235,7 +236,7 @@ def _error(status: int, code: str, message: str = "refused") -> Handler:
         (500, "internal_error", ProviderUnavailable),
     ],
 )
-async def test_documented_errors(status: int, code: str, error_type: type) -> None:
+async def test_documented_errors(status: int, code: str, error_type: type[ProviderError]) -> None:
     client = _client(_error(status, code, message=f"the {code} message"))
     with pytest.raises(error_type) as info:
         await client.get_status(RUN)
