@@ -6,17 +6,18 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from handlers import ConfigError
 from receiver import logs
 from receiver.config import Settings, SettingsError, load_settings
 from receiver.events import TERMINAL, Job
-from receiver.providers.base import ProviderError
+from receiver.providers.base import ProviderError, UnsupportedParameter
 from receiver.request import KlingRequest, ValidationError
 from receiver.service import Receiver, UnknownProvider
 from receiver.worker import Worker
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="re-deliver a finished job's event (same event id)")
     replay.add_argument("id")
     replay.add_argument("--handler", metavar="NAME")
-    sub.add_parser("dead", help="list dead deliveries")
+    dead = sub.add_parser("dead", help="list dead deliveries")
+    dead.add_argument("--json", action="store_true")
 
     demo = sub.add_parser("demo", help="everything at once on this machine, then a summary")
     demo.add_argument("--keep", metavar="DIR", help="keep the demo's files in DIR")
@@ -81,7 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
-    err = Console(stderr=True, highlight=False)
     try:
         if args.command == "emulate":
             from receiver.emulators import cli as emulators_cli
@@ -96,10 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings, args)
         return asyncio.run(_run(COMMANDS[args.command](settings, args)))
     except USER_ERRORS as exc:
-        err.print(f"receiver: error: {logs.mask(str(exc))}", markup=False)
-        return 1 if isinstance(exc, ProviderError) else 2
+        print(f"receiver: error: {logs.mask(str(exc))}", file=sys.stderr)
+        refused = isinstance(exc, ProviderError) and not isinstance(exc, UnsupportedParameter)
+        return 1 if refused else 2
     except CommandError as exc:
-        err.print(f"receiver: {exc}", markup=False)
+        print(f"receiver: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -228,7 +230,7 @@ async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"jobs": [j.to_json() for j in jobs]}, indent=2))
             return 0
-        table = Table("id", "provider", "status", "created", "via", "deliveries")
+        table = Table(Column("id", no_wrap=True), "provider", "status", "created", "via", "deliveries")
         for j in jobs:
             delivered = ", ".join(f"{d.handler}:{d.status}" for d in j.deliveries)
             table.add_row(
@@ -294,8 +296,13 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
     async def run(receiver: Receiver) -> int:
-        table = Table("job", "handler", "attempts", "last error")
-        for job_id, handler, attempts, last_error in await receiver.store.dead_deliveries():
+        rows = await receiver.store.dead_deliveries()
+        if args.json:
+            keys = ("job_id", "handler", "attempts", "last_error")
+            print(json.dumps({"dead": [dict(zip(keys, row, strict=True)) for row in rows]}, indent=2))
+            return 0
+        table = Table(Column("job", no_wrap=True), "handler", "attempts", "last error")
+        for job_id, handler, attempts, last_error in rows:
             table.add_row(job_id, handler, str(attempts), last_error or "")
         Console().print(table)
         return 0
