@@ -1,0 +1,138 @@
+"""Secrets never reach a log line: mask() on text, and the structlog chain on every field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from receiver import logs
+
+SECRET = "sk_live_0123456789abcdef"
+TOKEN = "eyJqIjoiam9iXzEiLCJwIjoiYXBpZnJhbWUifQ.aZ1x2Q.p9Fh3k-Wq_2c"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test registers its own secrets and configures structlog; neither leaks to other tests."""
+    monkeypatch.setattr(logs, "_secrets", set())
+    yield
+    structlog.reset_defaults()
+
+
+def _lines(err: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in err.splitlines() if line.strip()]
+
+
+def test_registered_secret_is_masked_wherever_it_appears() -> None:
+    logs.register_secrets([SECRET])
+    assert logs.mask(f"key={SECRET}; again {SECRET}.") == "key=***; again ***."
+
+
+def test_none_empty_and_very_short_values_are_not_registered() -> None:
+    logs.register_secrets([None, "", "abc"])
+    assert logs.mask("abc is a common word") == "abc is a common word"
+
+
+def test_longer_secret_is_masked_whole_when_another_is_its_prefix() -> None:
+    logs.register_secrets(["abcd", "abcdefgh"])
+    assert logs.mask("x abcdefgh y") == "x *** y"
+
+
+def test_text_without_secrets_is_unchanged() -> None:
+    logs.register_secrets([SECRET])
+    assert logs.mask("job_1 succeeded in 150 s") == "job_1 succeeded in 150 s"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (f"/hooks/apiframe/{TOKEN}", "/hooks/apiframe/***"),
+        (f"https://hooks.example.com/hooks/runbase/{TOKEN}", "https://hooks.example.com/hooks/runbase/***"),
+        (f"POST /hooks/apiframe/{TOKEN}?retry=1 401", "POST /hooks/apiframe/***?retry=1 401"),
+        (f'{{"url": "/hooks/apiframe/{TOKEN}"}}', '{"url": "/hooks/apiframe/***"}'),
+        (f"/hooks/apiframe/{TOKEN}/extra", "/hooks/apiframe/***/extra"),
+    ],
+)
+def test_hook_tokens_in_urls_are_masked_without_registering_them(text: str, masked: str) -> None:
+    assert logs.mask(text) == masked
+
+
+def test_scrub_reaches_nested_fields_and_exceptions() -> None:
+    logs.register_secrets([SECRET])
+    event = {
+        "event": f"calling with {SECRET}",
+        "headers": {"authorization": f"Bearer {SECRET}"},
+        "urls": [f"/hooks/apiframe/{TOKEN}", "plain"],
+        "pair": ("a", SECRET),
+        "error": RuntimeError(f"refused key {SECRET}"),
+        "count": 3,
+    }
+    scrubbed = logs.scrub_secrets(None, "info", event)
+    assert scrubbed == {
+        "event": "calling with ***",
+        "headers": {"authorization": "Bearer ***"},
+        "urls": ["/hooks/apiframe/***", "plain"],
+        "pair": ["a", "***"],
+        "error": "RuntimeError: refused key ***",
+        "count": 3,
+    }
+
+
+def test_json_log_line_shows_the_mask_not_the_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.register_secrets([SECRET])
+    logs.configure("info", json=True)
+    structlog.get_logger().info(
+        "provider.call", job_id="job_1", api_key=SECRET, url=f"https://h.example.com/hooks/apiframe/{TOKEN}"
+    )
+    err = capsys.readouterr().err
+    assert SECRET not in err
+    assert TOKEN not in err
+    (line,) = _lines(err)
+    assert line["event"] == "provider.call"
+    assert line["job_id"] == "job_1"
+    assert line["api_key"] == "***"
+    assert line["url"] == "https://h.example.com/hooks/apiframe/***"
+    assert line["level"] == "info"
+    assert "timestamp" in line
+
+
+def test_secret_in_a_logged_traceback_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.register_secrets([SECRET])
+    logs.configure("info", json=True)
+    try:
+        raise ValueError(f"bad key {SECRET}")
+    except ValueError:
+        structlog.get_logger().exception("handler.failed", handler="slack")
+    err = capsys.readouterr().err
+    assert SECRET not in err
+    (line,) = _lines(err)
+    assert "ValueError: bad key ***" in str(line["exception"])
+
+
+def test_bound_context_is_scrubbed_too(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.register_secrets([SECRET])
+    logs.configure("info", json=True)
+    structlog.get_logger().bind(token=SECRET).warning("hook.refused")
+    err = capsys.readouterr().err
+    assert SECRET not in err
+    assert _lines(err)[0]["token"] == "***"
+
+
+def test_level_filters_lower_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("warning", json=True)
+    log = structlog.get_logger()
+    log.info("quiet")
+    log.warning("loud")
+    assert [line["event"] for line in _lines(capsys.readouterr().err)] == ["loud"]
+
+
+def test_console_renderer_masks_as_well(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.register_secrets([SECRET])
+    logs.configure("info", json=False)
+    structlog.get_logger().info("provider.call", api_key=SECRET)
+    err = capsys.readouterr().err
+    assert SECRET not in err
+    assert "***" in err
