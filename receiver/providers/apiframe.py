@@ -131,7 +131,7 @@ def verify_signature(api_key: str, raw_body: bytes, header: str | None) -> bool:
     """`X-Webhook-Signature: sha256=<hex>`: HMAC-SHA256 of the raw body keyed with SHA-256(api key)."""
     if not header or not header.startswith(SIGNATURE_PREFIX):
         return False
-    key = hashlib.sha256(api_key.encode()).digest()
+    key = hashlib.sha256(api_key.strip().encode()).digest()  # the key as sent: surrounding blanks dropped
     expected = hmac.new(key, raw_body, hashlib.sha256).hexdigest()
     given = header[len(SIGNATURE_PREFIX) :].strip().lower()
     return hmac.compare_digest(expected.encode(), given.encode(errors="replace"))
@@ -186,7 +186,7 @@ class ApiframeClient:
             PROVIDER,
             base_url,
             api_key=api_key,
-            auth_headers={"X-API-Key": api_key},
+            auth_header="X-API-Key",
             parse_error=parse_error,
             transport=transport,
             timeout=timeout,

@@ -144,7 +144,8 @@ class ProviderHTTP:
         base_url: str,
         *,
         api_key: str,
-        auth_headers: Mapping[str, str],
+        auth_header: str,
+        auth_scheme: str = "",
         parse_error: ErrorParser,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
@@ -152,8 +153,12 @@ class ProviderHTTP:
         backoff_initial: float = 1.0,
         backoff_max: float = 10.0,
     ) -> None:
+        api_key = api_key.strip()
         if not api_key:
             raise ValueError(f"{provider}: an API key is required")
+        # httpx would echo a bad header value (the key) in its error: refuse it here, without echoing.
+        if not all("!" <= char <= "~" for char in api_key):
+            raise ValueError(f"{provider}: the API key holds characters an HTTP header cannot carry")
         self.provider = provider
         self._api_key = api_key
         self._parse_error = parse_error
@@ -163,7 +168,11 @@ class ProviderHTTP:
         self.backoff_max = backoff_max
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers={"Accept": "application/json", "User-Agent": "kling-receiver", **auth_headers},
+            headers={
+                "Accept": "application/json",
+                "User-Agent": "kling-receiver",
+                auth_header: auth_scheme + api_key,
+            },
             transport=transport,
             timeout=timeout,
         )

@@ -516,6 +516,31 @@ async def test_key_never_reaches_logs_of_retries() -> None:
     await client.aclose()
 
 
+@pytest.mark.anyio
+async def test_key_is_sent_without_surrounding_blanks() -> None:
+    seen: list[httpx.Request] = []
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": JOB, "status": "QUEUED"})
+
+    client = ApiframeClient(f"  {KEY}\n", "https://api.test", transport=httpx.MockTransport(accept))
+    await client.get_status(JOB)
+    assert seen[0].headers["X-API-Key"] == KEY
+    raw = b"{}"
+    assert verify_signature(f"{KEY}\n", raw, _sign(KEY, raw))
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "key", ["", "   ", "afk_has\nnewline_secret", "afk_ünicode_secret", "afk_in ner_secret"]
+)
+def test_unusable_keys_are_refused_without_echo(key: str) -> None:
+    with pytest.raises(ValueError, match="apiframe") as info:
+        ApiframeClient(key)
+    assert "secret" not in str(info.value)
+
+
 # --- retry timing (pure) -----------------------------------------------------------------------
 
 
