@@ -1,0 +1,510 @@
+"""SQLiteStore on a real file: a job ends once, deliveries are claimed once per lease, in `after` order."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from receiver.clock import FrozenClock
+from receiver.events import DeliveryStatus, Job, JobError, JobStatus
+from receiver.store import Route, Update
+from receiver.store.sqlite import SQLiteStore
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+TIMEOUT = timedelta(hours=1)
+DONE = Update(JobStatus.SUCCEEDED, output_urls=("https://cdn.example.com/v.mp4",))
+FAILED = Update(JobStatus.FAILED, error=JobError("content_policy", "refused by the provider"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(str(tmp_path / "jobs.db"))
+    await store.open()
+    yield store
+    await store.close()
+
+
+class Routes:
+    """A Matcher that also remembers the events it was asked about."""
+
+    def __init__(self, *routes: Route, failed_only: tuple[str, ...] = ()) -> None:
+        self.routes = routes
+        self.failed_only = failed_only
+        self.seen: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> list[Route]:
+        self.seen.append(event)
+        return [r for r in self.routes if event["type"] == "job.failed" or r.name not in self.failed_only]
+
+
+LOG_AND_SLACK = Routes(Route("log", ()), Route("slack", ()))
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+async def _create(
+    store: SQLiteStore,
+    job_id: str = "job_1",
+    *,
+    created: datetime = T0,
+    provider: str = "runbase",
+    submit: str | None = "rb_1",
+    first_poll: float | None = 10.0,
+    timeout: timedelta = TIMEOUT,
+) -> None:
+    job = Job(
+        id=job_id,
+        provider=provider,
+        status=JobStatus.PENDING,
+        request={"prompt": "a fox", "mode": "pro"},
+        metadata={"campaign": "spring"},
+        created_at=created,
+    )
+    await store.create_job(job, created + timeout)
+    if submit is not None:
+        poll_at = created + timedelta(seconds=first_poll) if first_poll is not None else None
+        await store.mark_submitted(job_id, submit, created + timedelta(seconds=1), poll_at)
+
+
+async def _job(store: SQLiteStore, job_id: str = "job_1") -> Job:
+    job = await store.get_job(job_id)
+    assert job is not None
+    return job
+
+
+async def _finish(store: SQLiteStore, job_id: str = "job_1", routes: Routes = LOG_AND_SLACK) -> None:
+    assert (await store.record(job_id, DONE, "webhook", _at(150), routes)).terminal
+
+
+def _deliveries(job: Job) -> dict[str, tuple[str, int, str | None]]:
+    return {d.handler: (str(d.status), d.attempts, d.last_error) for d in job.deliveries}
+
+
+@pytest.mark.anyio
+async def test_create_then_get(store: SQLiteStore) -> None:
+    await _create(store, submit=None)
+    job = await _job(store)
+    assert job.id == "job_1"
+    assert job.provider == "runbase"
+    assert job.status is JobStatus.PENDING
+    assert job.request == {"prompt": "a fox", "mode": "pro"}
+    assert job.metadata == {"campaign": "spring"}
+    assert job.created_at == T0
+    assert job.deadline_at == T0 + TIMEOUT
+    assert job.provider_job_id is None
+    assert job.submitted_at is None
+    assert job.deliveries == []
+    assert await store.get_job("job_missing") is None
+
+
+@pytest.mark.anyio
+async def test_mark_submitted(store: SQLiteStore) -> None:
+    await _create(store)
+    job = await _job(store)
+    assert job.status is JobStatus.SUBMITTED
+    assert job.provider_job_id == "rb_1"
+    assert job.submitted_at == _at(1)
+
+
+@pytest.mark.anyio
+async def test_jobs_survive_closing_and_reopening_the_file(tmp_path: Path) -> None:
+    first = SQLiteStore(str(tmp_path / "data" / "jobs.db"))
+    await first.open()
+    await _create(first)
+    await first.close()
+    second = SQLiteStore.from_url(f"sqlite:///{tmp_path}/data/jobs.db")
+    await second.open()
+    try:
+        assert (await _job(second)).provider_job_id == "rb_1"
+    finally:
+        await second.close()
+
+
+@pytest.mark.anyio
+async def test_progress_moves_status_forward_only(store: SQLiteStore) -> None:
+    await _create(store)
+    running = await store.record(
+        "job_1", Update(JobStatus.RUNNING, progress=30), "webhook", _at(20), LOG_AND_SLACK
+    )
+    assert (running.changed, running.terminal) == (True, False)
+    assert running.job is not None
+    assert (running.job.status, running.job.progress) == (JobStatus.RUNNING, 30)
+
+    stale = await store.record(
+        "job_1", Update(JobStatus.SUBMITTED, progress=10), "poll", _at(30), LOG_AND_SLACK
+    )
+    assert (stale.changed, stale.terminal) == (False, False)
+    job = await _job(store)
+    assert (job.status, job.progress) == (JobStatus.RUNNING, 30)
+
+    await store.record("job_1", Update(JobStatus.RUNNING, progress=60), "webhook", _at(40), LOG_AND_SLACK)
+    await store.record("job_1", Update(JobStatus.RUNNING), "poll", _at(50), LOG_AND_SLACK)
+    job = await _job(store)
+    assert (job.status, job.progress) == (JobStatus.RUNNING, 60)
+    assert job.completed_at is None
+    assert job.deliveries == []
+
+
+@pytest.mark.anyio
+async def test_record_for_an_unknown_job_does_nothing(store: SQLiteStore) -> None:
+    recorded = await store.record("job_missing", DONE, "webhook", _at(1), LOG_AND_SLACK)
+    assert (recorded.job, recorded.changed, recorded.terminal) == (None, False, False)
+
+
+@pytest.mark.anyio
+async def test_first_terminal_record_ends_the_job_with_one_delivery_per_route(store: SQLiteStore) -> None:
+    await _create(store)
+    recorded = await store.record("job_1", DONE, "webhook", _at(150), LOG_AND_SLACK)
+    assert (recorded.changed, recorded.terminal) == (True, True)
+    job = await _job(store)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.output_urls == ["https://cdn.example.com/v.mp4"]
+    assert job.progress == 100
+    assert job.completed_at == _at(150)
+    assert job.completed_via == "webhook"
+    assert job.event_id is not None
+    assert job.event_id.startswith("evt_")
+    assert _deliveries(job) == {"log": ("pending", 0, None), "slack": ("pending", 0, None)}
+
+
+@pytest.mark.anyio
+async def test_second_terminal_record_changes_nothing(store: SQLiteStore) -> None:
+    await _create(store)
+    await _finish(store)
+    before = await _job(store)
+    for update, via in [(FAILED, "poll"), (DONE, "poll"), (Update(JobStatus.RUNNING, progress=5), "webhook")]:
+        again = await store.record("job_1", update, via, _at(300), LOG_AND_SLACK)
+        assert (again.changed, again.terminal) == (False, False)
+    after = await _job(store)
+    assert after.to_json() == before.to_json()
+    assert after.event_id == before.event_id
+    assert len(after.deliveries) == 2
+
+
+@pytest.mark.anyio
+async def test_failed_end_keeps_the_error_and_routes_the_failed_event(store: SQLiteStore) -> None:
+    routes = Routes(Route("log", ()), Route("pager", ()), failed_only=("pager",))
+    await _create(store, "job_ok")
+    await _create(store, "job_bad")
+    await store.record("job_ok", DONE, "poll", _at(150), routes)
+    await store.record("job_bad", FAILED, "poll", _at(150), routes)
+    assert set(_deliveries(await _job(store, "job_ok"))) == {"log"}
+    bad = await _job(store, "job_bad")
+    assert set(_deliveries(bad)) == {"log", "pager"}
+    assert bad.error == JobError("content_policy", "refused by the provider")
+    assert bad.progress is None
+    assert [e["type"] for e in routes.seen] == ["job.succeeded", "job.failed"]
+
+
+@pytest.mark.anyio
+async def test_stored_event_has_the_type_and_is_identical_on_later_reads(store: SQLiteStore) -> None:
+    await _create(store)
+    await _finish(store, routes=Routes(Route("log", ())))
+    job = await _job(store)
+
+    (first,) = await store.claim_due_deliveries(_at(150), 10, 60)
+    assert first.event["id"] == job.event_id
+    assert first.event["type"] == "job.succeeded"
+    assert first.event["job"] == job.to_json(deliveries=False)
+    assert first.event["created_at"] == "2026-01-01T12:02:30Z"
+
+    await store.finish_delivery("job_1", "log", delivered=False, error="boom", retry_at=_at(200))
+    (second,) = await store.claim_due_deliveries(_at(200), 10, 60)
+    assert second.event == first.event
+    assert second.attempts == 1
+
+
+@pytest.mark.anyio
+async def test_failed_event_type(store: SQLiteStore) -> None:
+    await _create(store)
+    await store.record("job_1", FAILED, None, _at(3600), Routes(Route("log", ())))
+    (due,) = await store.claim_due_deliveries(_at(3600), 10, 60)
+    assert due.event["type"] == "job.failed"
+    assert due.event["job"]["status"] == "failed"
+    assert due.event["job"]["error"] == {"code": "content_policy", "message": "refused by the provider"}
+    assert due.event["job"]["completed_via"] is None
+
+
+@pytest.mark.anyio
+async def test_claim_due_polls_takes_only_due_unlocked_live_submitted_jobs(store: SQLiteStore) -> None:
+    await _create(store, "job_due", first_poll=10)
+    await _create(store, "job_later", first_poll=500)
+    await _create(store, "job_unsubmitted", submit=None)
+    await _create(store, "job_done", first_poll=10)
+    await _finish(store, "job_done")
+    await _create(store, "job_no_plan", first_poll=None)
+
+    claimed = await store.claim_due_polls(_at(20), 10, lease_seconds=300)
+    assert [j.id for j in claimed] == ["job_due"]
+    assert claimed[0].provider_job_id == "rb_1"
+    assert await store.claim_due_polls(_at(21), 10, lease_seconds=300) == []
+    assert await store.claim_due_polls(_at(319), 10, lease_seconds=300) == []
+    assert [j.id for j in await store.claim_due_polls(_at(320), 10, lease_seconds=300)] == ["job_due"]
+
+
+@pytest.mark.anyio
+async def test_claim_due_polls_honours_the_limit_oldest_due_first(store: SQLiteStore) -> None:
+    for n, first_poll in enumerate([30, 10, 20]):
+        await _create(store, f"job_{n}", first_poll=first_poll)
+    assert [j.id for j in await store.claim_due_polls(_at(60), 2, 300)] == ["job_1", "job_2"]
+    assert [j.id for j in await store.claim_due_polls(_at(60), 2, 300)] == ["job_0"]
+
+
+@pytest.mark.anyio
+async def test_schedule_poll_releases_the_lease_and_counts(store: SQLiteStore) -> None:
+    await _create(store)
+    await store.claim_due_polls(_at(10), 10, 300)
+    await store.schedule_poll("job_1", _at(40))
+    assert await store.claim_due_polls(_at(39), 10, 300) == []
+    (job,) = await store.claim_due_polls(_at(40), 10, 300)
+    assert job.poll_count == 1
+
+
+@pytest.mark.anyio
+async def test_poll_soon_only_brings_the_poll_forward(store: SQLiteStore) -> None:
+    await _create(store, first_poll=100)
+    await store.poll_soon("job_1", _at(200))
+    assert await store.next_due() == _at(100)
+    await store.poll_soon("job_1", _at(5))
+    assert [j.id for j in await store.claim_due_polls(_at(5), 10, 300)] == ["job_1"]
+
+
+@pytest.mark.anyio
+async def test_deliveries_wait_for_the_handlers_they_come_after(store: SQLiteStore) -> None:
+    routes = Routes(Route("storage", ()), Route("db", ("storage",)), Route("log", ()))
+    await _create(store)
+    await _finish(store, routes=routes)
+
+    first = await store.claim_due_deliveries(_at(150), 10, 60)
+    assert sorted(d.handler for d in first) == ["log", "storage"]
+    await store.finish_delivery("job_1", "log", delivered=True)
+    await store.finish_delivery("job_1", "storage", delivered=False, error="503", retry_at=_at(160))
+    assert await store.claim_due_deliveries(_at(155), 10, 60) == []
+
+    (retry,) = await store.claim_due_deliveries(_at(160), 10, 60)
+    assert retry.handler == "storage"
+    # Inside the lease: storage is taken and db still waits on it.
+    assert await store.claim_due_deliveries(_at(200), 10, 60) == []
+    await store.finish_delivery("job_1", "storage", delivered=True, report={"urls": ["s3://b/job_1/0.mp4"]})
+
+    (db,) = await store.claim_due_deliveries(_at(161), 10, 60)
+    assert db.handler == "db"
+    assert db.reports == {"storage": {"urls": ["s3://b/job_1/0.mp4"]}}
+
+
+@pytest.mark.anyio
+async def test_a_dead_predecessor_frees_the_delivery_waiting_on_it(store: SQLiteStore) -> None:
+    await _create(store)
+    await _finish(store, routes=Routes(Route("storage", ()), Route("db", ("storage",))))
+    (storage,) = await store.claim_due_deliveries(_at(150), 10, 60)
+    await store.finish_delivery("job_1", storage.handler, delivered=False, error="bucket gone")
+    (db,) = await store.claim_due_deliveries(_at(151), 10, 60)
+    assert db.handler == "db"
+    assert db.reports == {}
+
+
+@pytest.mark.anyio
+async def test_claimed_delivery_is_leased(store: SQLiteStore) -> None:
+    await _create(store)
+    await _finish(store, routes=Routes(Route("log", ())))
+    assert len(await store.claim_due_deliveries(_at(150), 10, 60)) == 1
+    assert await store.claim_due_deliveries(_at(150), 10, 60) == []
+    assert await store.claim_due_deliveries(_at(209), 10, 60) == []
+    (again,) = await store.claim_due_deliveries(_at(210), 10, 60)
+    assert (again.handler, again.attempts) == ("log", 0)
+
+
+@pytest.mark.anyio
+async def test_finish_delivery_counts_attempts(store: SQLiteStore) -> None:
+    await _create(store)
+    await _finish(store)
+    await store.claim_due_deliveries(_at(150), 10, 60)
+    await store.finish_delivery("job_1", "log", delivered=True)
+    await store.finish_delivery(
+        "job_1", "slack", delivered=False, error="503 Service Unavailable", retry_at=_at(160)
+    )
+    assert _deliveries(await _job(store)) == {
+        "log": ("delivered", 1, None),
+        "slack": ("retrying", 1, "503 Service Unavailable"),
+    }
+    await store.claim_due_deliveries(_at(160), 10, 60)
+    await store.finish_delivery("job_1", "slack", delivered=False, error="invalid_token")
+    job = await _job(store)
+    assert _deliveries(job)["slack"] == ("dead", 2, "invalid_token")
+    assert job.deliveries[1].status is DeliveryStatus.DEAD
+    assert await store.claim_due_deliveries(_at(10_000), 10, 60) == []
+
+
+@pytest.mark.anyio
+async def test_dead_deliveries_lists_the_dead_letters(store: SQLiteStore) -> None:
+    assert await store.dead_deliveries() == []
+    await _create(store)
+    await _finish(store)
+    await store.finish_delivery("job_1", "log", delivered=True)
+    await store.finish_delivery("job_1", "slack", delivered=False, error="channel_not_found")
+    assert await store.dead_deliveries() == [("job_1", "slack", 1, "channel_not_found")]
+
+
+@pytest.mark.anyio
+async def test_replay_resets_to_pending_with_the_same_event(store: SQLiteStore) -> None:
+    await _create(store)
+    await _finish(store)
+    first = {d.handler: d.event for d in await store.claim_due_deliveries(_at(150), 10, 60)}
+    await store.finish_delivery("job_1", "log", delivered=True)
+    await store.finish_delivery("job_1", "slack", delivered=False, error="gone")
+
+    assert await store.replay("job_1", LOG_AND_SLACK, _at(1000)) == 2
+    assert _deliveries(await _job(store)) == {"log": ("pending", 0, None), "slack": ("pending", 0, None)}
+    assert await store.claim_due_deliveries(_at(999), 10, 60) == []
+    again = {d.handler: d.event for d in await store.claim_due_deliveries(_at(1000), 10, 60)}
+    assert again == first
+    assert await store.dead_deliveries() == []
+
+
+@pytest.mark.anyio
+async def test_replay_of_one_handler(store: SQLiteStore) -> None:
+    await _create(store)
+    await _finish(store)
+    await store.finish_delivery("job_1", "log", delivered=True)
+    await store.finish_delivery("job_1", "slack", delivered=True)
+    assert await store.replay("job_1", LOG_AND_SLACK, _at(1000), handler="slack") == 1
+    assert _deliveries(await _job(store)) == {"log": ("delivered", 1, None), "slack": ("pending", 0, None)}
+    assert await store.replay("job_1", LOG_AND_SLACK, _at(1000), handler="nobody") == 0
+
+
+@pytest.mark.anyio
+async def test_replay_of_an_unfinished_or_unknown_job_does_nothing(store: SQLiteStore) -> None:
+    await _create(store)
+    assert await store.replay("job_1", LOG_AND_SLACK, _at(10)) == 0
+    assert await store.replay("job_missing", LOG_AND_SLACK, _at(10)) == 0
+    assert (await _job(store)).deliveries == []
+
+
+@pytest.mark.anyio
+async def test_next_due_is_the_earliest_poll_delivery_or_deadline(store: SQLiteStore) -> None:
+    assert await store.next_due() is None
+    await _create(store, "job_a", first_poll=40)
+    assert await store.next_due() == _at(40)
+    await _create(store, "job_b", first_poll=100, timeout=timedelta(seconds=30))
+    assert await store.next_due() == _at(30)
+    await _create(store, "job_c", first_poll=10)
+    await store.record("job_c", DONE, "webhook", _at(5), Routes(Route("log", ())))
+    assert await store.next_due() == _at(5)
+    await store.finish_delivery("job_c", "log", delivered=True)
+    assert await store.next_due() == _at(30)
+
+
+@pytest.mark.anyio
+async def test_mark_submitted_keeps_a_status_set_by_an_early_webhook(store: SQLiteStore) -> None:
+    await _create(store, submit=None)
+    assert (await store.record("job_1", DONE, "webhook", _at(1), LOG_AND_SLACK)).terminal
+    await store.mark_submitted("job_1", "rb_1", _at(2), _at(10))
+    job = await _job(store)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.provider_job_id == "rb_1"
+    assert job.completed_via == "webhook"
+    assert await store.claim_due_polls(_at(100), 10, 300) == []
+
+
+@pytest.mark.anyio
+async def test_mark_submitted_keeps_running_from_an_early_progress_report(store: SQLiteStore) -> None:
+    await _create(store, submit=None)
+    await store.record("job_1", Update(JobStatus.RUNNING, progress=5), "webhook", _at(1), LOG_AND_SLACK)
+    await store.mark_submitted("job_1", "rb_1", _at(2), _at(10))
+    assert (await _job(store)).status is JobStatus.RUNNING
+
+
+@pytest.mark.anyio
+async def test_list_jobs_newest_first_and_by_status(store: SQLiteStore) -> None:
+    clock = FrozenClock(T0)
+    for n in range(4):
+        await _create(store, f"job_{n}", created=clock())
+        clock.advance(60)
+    await _finish(store, "job_1")
+    await _finish(store, "job_3")
+    assert [j.id for j in await store.list_jobs()] == ["job_3", "job_2", "job_1", "job_0"]
+    assert [j.id for j in await store.list_jobs(status="succeeded")] == ["job_3", "job_1"]
+    assert [j.id for j in await store.list_jobs(status="submitted")] == ["job_2", "job_0"]
+    assert await store.list_jobs(status="failed") == []
+    assert [j.id for j in await store.list_jobs(limit=2)] == ["job_3", "job_2"]
+
+
+@pytest.mark.anyio
+async def test_list_jobs_created_in_the_same_instant_newest_insert_first(store: SQLiteStore) -> None:
+    for n in range(3):
+        await _create(store, f"job_{n}")
+    assert [j.id for j in await store.list_jobs()] == ["job_2", "job_1", "job_0"]
+
+
+@pytest.mark.anyio
+async def test_overdue_jobs_are_live_jobs_past_their_deadline(store: SQLiteStore) -> None:
+    await _create(store, "job_late", timeout=timedelta(seconds=60))
+    await _create(store, "job_later", timeout=timedelta(seconds=120))
+    await _create(store, "job_done", timeout=timedelta(seconds=30))
+    await _finish(store, "job_done")
+    await _create(store, "job_fine")
+    assert await store.overdue_jobs(_at(59), 10) == []
+    assert await store.overdue_jobs(_at(60), 10) == ["job_late"]
+    assert await store.overdue_jobs(_at(500), 10) == ["job_late", "job_later"]
+    assert await store.overdue_jobs(_at(500), 1) == ["job_late"]
+
+
+@pytest.mark.anyio
+async def test_counts_by_status(store: SQLiteStore) -> None:
+    await _create(store, "job_a")
+    await _create(store, "job_b")
+    await _finish(store, "job_b")
+    await store.finish_delivery("job_b", "log", delivered=True)
+    assert await store.counts() == {
+        "jobs": {"submitted": 1, "succeeded": 1},
+        "deliveries": {"delivered": 1, "pending": 1},
+    }
+
+
+@pytest.mark.anyio
+async def test_racing_terminal_records_end_the_job_once(store: SQLiteStore) -> None:
+    await _create(store)
+    routes = Routes(Route("log", ()))
+    results = []
+    async with anyio.create_task_group() as tg:
+        for update, via in [(DONE, "webhook"), (FAILED, "poll")] * 4:
+
+            async def record(update: Update = update, via: str = via) -> None:
+                results.append(await store.record("job_1", update, via, _at(150), routes))
+
+            tg.start_soon(record)
+    assert sum(r.terminal for r in results) == 1
+    assert len((await _job(store)).deliveries) == 1
+
+
+@pytest.mark.anyio
+async def test_two_stores_on_one_file_never_claim_the_same_job(store: SQLiteStore) -> None:
+    for n in range(20):
+        await _create(store, f"job_{n}", first_poll=10)
+    other = SQLiteStore(store.path)
+    await other.open()
+    try:
+        claimed: list[list[Job]] = []
+        async with anyio.create_task_group() as tg:
+            for s in [store, other] * 3:
+
+                async def claim(s: SQLiteStore = s) -> None:
+                    claimed.append(await s.claim_due_polls(_at(20), 4, 300))
+
+                tg.start_soon(claim)
+    finally:
+        await other.close()
+    ids = [j.id for batch in claimed for j in batch]
+    assert len(ids) == len(set(ids)) == 20
