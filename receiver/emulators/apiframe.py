@@ -352,7 +352,7 @@ class ApiframeEmulator(Emulator):
             )  # fmt: skip
         if job.webhook_mode == "early":
             await self._send_final(job)
-        else:
+        elif job.webhook_url:
             self._start(self._follow(job))
         return JSONResponse(answer, status_code=202)
 
@@ -418,10 +418,9 @@ class ApiframeEmulator(Emulator):
 
     async def _follow(self, job: ApiframeJob) -> None:
         """Send a job's progress webhooks, then its final one, on the job's schedule."""
-        if not job.webhook_url or job.webhook_mode == "drop":
+        if job.webhook_mode == "drop":
             await self._sleep_until(job, job.delay)
-            if job.webhook_url:
-                job.webhook_status = "FAILED"
+            job.webhook_status = "FAILED"
             return
         if job.progress_webhooks and "progress" in job.events:
             for share in PROGRESS_SHARES:

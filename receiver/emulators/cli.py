@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 
 import uvicorn
@@ -61,15 +62,44 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"receiver emulate: {exc}", file=sys.stderr)
         return 2
-    port = args.port or DEFAULT_PORTS[args.provider]
+    port = DEFAULT_PORTS[args.provider] if args.port is None else args.port
+    try:
+        sock = listen(args.host, port)
+    except OSError as exc:
+        print(
+            f"receiver emulate: cannot listen on {args.host}:{port}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
+    port = sock.getsockname()[1]
     key_note = f"key from {KEY_VARIABLES[args.provider]}" if emulator.config()["api_key_set"] else "any key"
     print(
         f"{args.provider} emulator listening on http://{args.host}:{port} "
         f"(jobs finish after {args.delay:g} s, {key_note})",
         flush=True,
     )
-    uvicorn.run(emulator.app, host=args.host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(emulator.app, log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, so a busy port is one clear error before anything is printed."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    # The protocol from getaddrinfo (not 0) lets asyncio set TCP_NODELAY on accepted connections.
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import json
@@ -19,6 +20,7 @@ import pytest
 
 from receiver.background import BackgroundServer
 from receiver.emulators.apiframe import ApiframeEmulator
+from receiver.emulators.cli import add_arguments, run
 from receiver.emulators.common import SAMPLE
 
 KEY = "afk_test_key"
@@ -511,3 +513,18 @@ def _up(url: str) -> bool:
         return httpx.get(url).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_cli_reports_a_busy_port_in_one_line(capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = parser.parse_args(["apiframe", "--port", str(taken.getsockname()[1])])
+        assert run(args) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "cannot listen" in err
+    assert run(parser.parse_args(["apiframe", "--failure-rate", "2"])) == 2
