@@ -232,7 +232,7 @@ class ProviderHTTP:
         code = self.redact(parsed.code) if parsed.code else None
         common: dict[str, Any] = {"status_code": status, "code": code, "request_id": request_id}
         if status == 400:
-            if parsed.details is not None:
+            if parsed.details:
                 message += f" (details: {self.redact(_compact(parsed.details))})"
             return InvalidRequest(self.provider, message, details=parsed.details, **common)
         if status == 402:
