@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -62,62 +63,64 @@ class Settings:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     config_path = env.get("RECEIVER_CONFIG") or ("receiver.toml" if Path("receiver.toml").exists() else None)
-    file_settings: dict[str, Any] = {}
     handlers: list[dict[str, Any]] = []
+    file_settings: dict[str, Any] = {}
     if config_path:
         handlers, file_settings = _read_config(config_path, env)
-
-    def get(name: str, key: str, default: str | None = None) -> str | None:
-        if env.get(name):
-            return env[name]
-        value = file_settings.get(key)
-        return str(value) if value is not None else default
-
-    old = get("RECEIVER_OLD_SECRETS", "old_secrets", "") or ""
+    read = _Reader(env, file_settings)
+    old = read.text("RECEIVER_OLD_SECRETS") or ""
     return Settings(
-        secret=get("RECEIVER_SECRET", "secret"),
+        secret=read.text("RECEIVER_SECRET"),
         old_secrets=tuple(s.strip() for s in old.split(",") if s.strip()),
-        public_url=(get("RECEIVER_PUBLIC_URL", "public_url") or Settings.public_url).rstrip("/"),
-        database_url=get("RECEIVER_DATABASE_URL", "database_url") or Settings.database_url,
+        public_url=read.url("RECEIVER_PUBLIC_URL", Settings.public_url),
+        database_url=read.text("RECEIVER_DATABASE_URL") or Settings.database_url,
         config_path=config_path,
-        admin_token=get("RECEIVER_ADMIN_TOKEN", "admin_token"),
-        apiframe_api_key=get("APIFRAME_API_KEY", "apiframe_api_key"),
-        apiframe_base_url=(
-            get("APIFRAME_BASE_URL", "apiframe_base_url") or Settings.apiframe_base_url
-        ).rstrip("/"),
-        apiframe_webhook_field=get("APIFRAME_WEBHOOK_FIELD", "apiframe_webhook_field") or "webhookUrl",
-        runbase_api_key=get("RUNBASE_API_KEY", "runbase_api_key"),
-        runbase_base_url=(get("RUNBASE_BASE_URL", "runbase_base_url") or Settings.runbase_base_url).rstrip(
-            "/"
-        ),
-        runbase_rate_limit=int(
-            _number(get("RUNBASE_RATE_LIMIT", "runbase_rate_limit"), "RUNBASE_RATE_LIMIT", 20)
-        ),
-        runbase_rate_window=_number(
-            get("RUNBASE_RATE_WINDOW", "runbase_rate_window"), "RUNBASE_RATE_WINDOW", 10.0
-        ),
-        job_timeout=_number(get("RECEIVER_JOB_TIMEOUT", "job_timeout"), "RECEIVER_JOB_TIMEOUT", 3600.0),
-        expected_seconds=_number(
-            get("RECEIVER_EXPECTED_SECONDS", "expected_seconds"), "RECEIVER_EXPECTED_SECONDS", 150.0
-        ),
-        token_max_age=_number(
-            get("RECEIVER_TOKEN_MAX_AGE", "token_max_age"), "RECEIVER_TOKEN_MAX_AGE", 172800.0
-        ),
-        require_signature=_flag(get("RECEIVER_REQUIRE_SIGNATURE", "require_signature"), False),
+        admin_token=read.text("RECEIVER_ADMIN_TOKEN"),
+        apiframe_api_key=read.text("APIFRAME_API_KEY"),
+        apiframe_base_url=read.url("APIFRAME_BASE_URL", Settings.apiframe_base_url),
+        apiframe_webhook_field=read.text("APIFRAME_WEBHOOK_FIELD") or Settings.apiframe_webhook_field,
+        runbase_api_key=read.text("RUNBASE_API_KEY"),
+        runbase_base_url=read.url("RUNBASE_BASE_URL", Settings.runbase_base_url),
+        runbase_rate_limit=int(read.number("RUNBASE_RATE_LIMIT", Settings.runbase_rate_limit, whole=True)),
+        runbase_rate_window=read.number("RUNBASE_RATE_WINDOW", Settings.runbase_rate_window),
+        job_timeout=read.number("RECEIVER_JOB_TIMEOUT", Settings.job_timeout),
+        expected_seconds=read.number("RECEIVER_EXPECTED_SECONDS", Settings.expected_seconds),
+        token_max_age=read.number("RECEIVER_TOKEN_MAX_AGE", Settings.token_max_age),
+        require_signature=_flag(read.text("RECEIVER_REQUIRE_SIGNATURE"), Settings.require_signature),
         handlers=handlers,
     )
 
 
-def _number(raw: str | None, name: str, default: float) -> float:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be greater than 0")
-    return value
+class _Reader:
+    """A variable from the environment, else from the file's [settings] table under its lower-case name
+    without the RECEIVER_ prefix (`RECEIVER_JOB_TIMEOUT` -> `job_timeout`)."""
+
+    def __init__(self, env: Mapping[str, str], file_settings: dict[str, Any]) -> None:
+        self.env = env
+        self.file_settings = file_settings
+
+    def text(self, name: str) -> str | None:
+        if self.env.get(name):
+            return self.env[name]
+        value = self.file_settings.get(name.lower().removeprefix("receiver_"))
+        return str(value) if value is not None else None
+
+    def url(self, name: str, default: str) -> str:
+        return (self.text(name) or default).rstrip("/")
+
+    def number(self, name: str, default: float, *, whole: bool = False) -> float:
+        raw = self.text(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise SettingsError(f"{name} must be a finite number greater than 0, got {raw!r}")
+        if whole and (not value.is_integer() or value < 1):
+            raise SettingsError(f"{name} must be a whole number of at least 1, got {raw!r}")
+        return value
 
 
 def _flag(raw: str | None, default: bool) -> bool:
