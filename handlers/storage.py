@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import mimetypes
 import os
@@ -206,12 +207,14 @@ class S3Sink:
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes], content_type: str) -> None:
         client = await self._client.get()
         what = f"s3 upload {self.bucket}/{key}"
-        buffer = bytearray()
+        # A BytesIO we wrote ourselves owns its buffer: botocore and aiohttp send it without a copy
+        # (bytes would be wrapped in a BytesIO that copies the whole part on first read).
+        part = io.BytesIO()
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
 
         async def send_part() -> None:
-            nonlocal buffer, upload_id
+            nonlocal part, upload_id
             with _s3_errors(what):
                 if upload_id is None:
                     created = await client.create_multipart_upload(
@@ -219,21 +222,27 @@ class S3Sink:
                     )
                     upload_id = created["UploadId"]
                 number = len(parts) + 1
-                body, buffer = bytes(buffer), bytearray()
-                answer = await client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-                )
+                body, part = part, io.BytesIO()
+                body.seek(0)
+                try:
+                    answer = await client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                    )
+                finally:
+                    body.close()  # frees the part now; the client's request objects die later
             parts.append({"ETag": answer["ETag"], "PartNumber": number})
 
         try:
             async for chunk in chunks:
-                buffer += chunk
-                if len(buffer) >= PART_SIZE:
+                part.write(chunk)
+                if part.tell() >= PART_SIZE:
                     await send_part()
             if upload_id is None:
-                await self.put_bytes(key, bytes(buffer), content_type)
+                part.seek(0)
+                with _s3_errors(what):
+                    await client.put_object(Bucket=self.bucket, Key=key, Body=part, ContentType=content_type)
                 return
-            if buffer:
+            if part.tell():
                 await send_part()
             with _s3_errors(what):
                 await client.complete_multipart_upload(
