@@ -146,9 +146,14 @@ def test_nan_and_infinity_are_not_numbers_of_seconds_or_requests(name: str, raw:
     assert name in _refusal({name: raw})
 
 
-def test_rate_limit_under_one_request_is_refused() -> None:
+@pytest.mark.parametrize("raw", ["0.5", "2.5"])
+def test_rate_limit_is_a_whole_number_of_requests(raw: str) -> None:
     # int(0.5) == 0 would otherwise reach LocalBudget, whose plain ValueError the CLI does not catch.
-    assert "RUNBASE_RATE_LIMIT" in _refusal({"RUNBASE_RATE_LIMIT": "0.5"})
+    assert "RUNBASE_RATE_LIMIT" in _refusal({"RUNBASE_RATE_LIMIT": raw})
+
+
+def test_rate_limit_written_as_a_float_is_taken() -> None:
+    assert load_settings(env={"RUNBASE_RATE_LIMIT": "20.0"}).runbase_rate_limit == 20
 
 
 def test_empty_variables_count_as_unset() -> None:
@@ -234,6 +239,31 @@ database_url = "sqlite:///${DATA}/jobs.db"
     assert settings.expected_seconds == 90.0
     assert settings.database_url == "sqlite:////srv/jobs.db"
     assert settings.runbase_rate_limit == 9
+
+
+def test_settings_table_takes_every_setting_by_its_lower_case_name(tmp_path: Path) -> None:
+    config = _write(
+        tmp_path / "c.toml",
+        """
+[settings]
+secret = "file-secret"
+old_secrets = "a-old, b-old"
+token_max_age = 600
+require_signature = true
+runbase_base_url = "http://127.0.0.1:9002/"
+""",
+    )
+    settings = load_settings(env={"RECEIVER_CONFIG": config})
+    assert settings.secret == "file-secret"
+    assert settings.old_secrets == ("a-old", "b-old")
+    assert settings.token_max_age == 600.0
+    assert settings.require_signature is True
+    assert settings.runbase_base_url == "http://127.0.0.1:9002"
+
+
+def test_bad_number_in_the_settings_table_names_the_variable(tmp_path: Path) -> None:
+    config = _write(tmp_path / "c.toml", '[settings]\njob_timeout = "soon"\n')
+    assert "RECEIVER_JOB_TIMEOUT" in _refusal({"RECEIVER_CONFIG": config})
 
 
 def test_missing_variable_in_the_file_is_named(tmp_path: Path) -> None:
