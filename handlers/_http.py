@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -103,8 +103,11 @@ class LoopResource(Generic[T]):
     async def get(self) -> T:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._lock is None:
-            # The old loop is gone or elsewhere: its resource cannot be closed from here.
+            stale = self._stack
             self._loop, self._lock, self._stack, self._value = loop, asyncio.Lock(), None, None
+            if stale is not None:
+                with suppress(Exception):  # best effort: what was bound to the old loop may not close
+                    await stale.aclose()
         async with self._lock:
             if self._value is None:
                 stack = AsyncExitStack()
@@ -119,8 +122,12 @@ class LoopResource(Generic[T]):
     async def aclose(self) -> None:
         stack, same_loop = self._stack, self._loop is asyncio.get_running_loop()
         self._loop, self._lock, self._stack, self._value = None, None, None, None
-        if stack is not None and same_loop:
-            await stack.aclose()
+        if stack is not None:
+            if same_loop:
+                await stack.aclose()
+            else:
+                with suppress(Exception):
+                    await stack.aclose()
 
 
 def http_client(

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 
 from handlers import ConfigError, PermanentError
-from handlers._http import DeliveryFailed, LoopResource
+from handlers._http import DeliveryFailed, LoopResource, excerpt
 from receiver.events import iso, parse_iso, utcnow
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -170,7 +170,7 @@ class SqliteBackend:
         try:
             await anyio.to_thread.run_sync(self._upsert, row)
         except sqlite3.OperationalError as exc:
-            if "no column named" in str(exc) or "has no column" in str(exc):
+            if any(s in str(exc) for s in ("no such column", "no column named", "has no column")):
                 raise PermanentError(f"sqlite table {self.table!r} has another shape: {exc}") from None
             raise DeliveryFailed(f"sqlite: {exc}") from None
 
@@ -185,52 +185,48 @@ class SqliteBackend:
 
 
 class PostgresBackend:
-    """psycopg 3 async with a small pool, opened on first use; the table is created then."""
+    """psycopg 3 async on one connection, opened on first use (creating the table) and reopened after
+    a connection failure. psycopg serializes concurrent statements on a connection; upserts are short."""
 
     def __init__(self, url: str, table: str) -> None:
         try:
             import psycopg  # noqa: F401 - fail at start-up, not at the first event
-            import psycopg_pool  # noqa: F401
         except ImportError:
             raise ConfigError(
                 "key 'url': postgresql:// needs psycopg (pip install 'kling-receiver[postgres]')"
             ) from None
         self.url, self.table = url, table
         self._sql = upsert_sql(table, "%s")
-        self._pool: LoopResource[Any] = LoopResource(self._open)
+        self._conn: LoopResource[Any] = LoopResource(self._open)
 
     async def _open(self, stack: AsyncExitStack) -> Any:
         import psycopg
-        from psycopg_pool import AsyncConnectionPool
 
-        pool = AsyncConnectionPool(
-            self.url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}, timeout=30
-        )
-        stack.push_async_callback(pool.close)
-        await pool.open(wait=True, timeout=10)
-        async with pool.connection() as conn:
-            for statement in create_sql(self.table, postgres=True):
-                with suppress(psycopg.errors.UniqueViolation):  # another replica made it just now
-                    await conn.execute(statement)
-        return pool
+        options: dict[str, Any] = {} if "connect_timeout" in self.url else {"connect_timeout": 10}
+        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, **options)
+        await stack.enter_async_context(conn)
+        for statement in create_sql(self.table, postgres=True):
+            with suppress(psycopg.errors.UniqueViolation):  # another replica made it just now
+                await conn.execute(statement)
+        return conn
 
     async def upsert(self, row: Row) -> None:
         import psycopg
         from psycopg.types.json import Jsonb
-        from psycopg_pool import PoolTimeout
 
         values = [Jsonb(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.values.items()]
         try:
-            pool = await self._pool.get()
-            async with pool.connection() as conn:
-                await conn.execute(self._sql, values)
+            conn = await self._conn.get()
+            await conn.execute(self._sql, values)
         except (psycopg.errors.ProgrammingError, psycopg.errors.DataError) as exc:
             raise PermanentError(f"postgresql table {self.table!r}: {type(exc).__name__}: {exc}") from None
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise DeliveryFailed(f"postgresql: {type(exc).__name__}: {exc}") from None
+        except psycopg.OperationalError as exc:
+            with suppress(Exception):  # the connection is suspect: the next attempt opens a new one
+                await self._conn.aclose()
+            raise DeliveryFailed(f"postgresql: {type(exc).__name__}: {excerpt(str(exc))}") from None
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self._conn.aclose()
 
 
 def open_backend(url: object, table: str) -> Backend:
