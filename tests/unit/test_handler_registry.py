@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from handlers import (
     BUILTIN,
@@ -22,8 +23,9 @@ from handlers import (
 from handlers._http import DeliveryFailed, check_status, retry_after_seconds
 from handlers.database import COLUMNS, event_row, upsert_sql
 from handlers.forward import sign, signed_headers
+from handlers.log import LogHandler
 from handlers.storage import extension, parse_target
-from receiver.events import Job, JobStatus, make_event
+from receiver.events import Job, JobError, JobStatus, make_event
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 MINIMAL: dict[str, dict[str, Any]] = {
@@ -165,3 +167,31 @@ def test_event_row_and_upsert_sql() -> None:
     sql = upsert_sql("generation_events", "?")
     assert "ON CONFLICT (event_id) DO UPDATE" in sql
     assert 'stored_urls = COALESCE(excluded.stored_urls, "generation_events".stored_urls)' in sql
+
+
+@pytest.mark.anyio
+async def test_log_writes_one_line_with_the_event_fields() -> None:
+    job = Job(
+        id="job_log",
+        provider="runbase",
+        status=JobStatus.FAILED,
+        request={"prompt": "p"},
+        error=JobError("timeout", "no final status"),
+    )
+    handler = LogHandler()
+    with structlog.testing.capture_logs() as lines:
+        assert await handler.handle(make_event(job, "evt_log")) is None
+    await handler.aclose()
+    assert lines == [
+        {
+            "event": "job_finished",
+            "log_level": "info",
+            "event_id": "evt_log",
+            "type": "job.failed",
+            "job_id": "job_log",
+            "provider": "runbase",
+            "status": "failed",
+            "output_urls": [],
+            "error_code": "timeout",
+        }
+    ]
