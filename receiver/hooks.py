@@ -9,7 +9,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver.events import TERMINAL, JobStatus
+from receiver.events import JobStatus
 from receiver.providers import apiframe
 from receiver.providers.base import ProviderError, ProviderStatus
 from receiver.service import Receiver, update_from
@@ -47,31 +47,27 @@ async def _hook(request: Request, receiver: Receiver, worker: Worker) -> Respons
         return error(413, f"body is over {MAX_BODY} bytes")
     if provider == "apiframe" and not _signature_ok(receiver, request, body):
         return error(401, "X-Webhook-Signature does not match the body")
-    job = await receiver.store.get_job(claims.job_id)
-    if job is None:
-        return error(404, "no such job")
     try:
         data = json.loads(body)
     except ValueError:
         data = None
     if not isinstance(data, dict):
         return error(400, "body is not a JSON object")
-    reported = data.get("jobId")
-    if reported is not None and job.provider_job_id is not None and reported != job.provider_job_id:
-        if await receiver.store.find_job(provider, str(reported)) is not None:
-            return error(401, "webhook token belongs to another job")
-        return error(400, "body names another job (jobId)")
-    if job.status in TERMINAL:
-        return JSONResponse({"ok": True, "status": str(job.status), "duplicate": True})
     status = _usable(provider, data)
     if status is None:
-        await receiver.store.poll_soon(job.id, receiver.clock())
+        if not await receiver.store.poll_soon(claims.job_id, receiver.clock()):
+            return error(404, "no such job")
         worker.wake()
-        log.info("webhook.unusable", job_id=job.id, provider=provider)
+        log.info("webhook.unusable", job_id=claims.job_id, provider=provider)
         return JSONResponse({"ok": True, "confirm": "poll"})
-    recorded = await receiver.record(job.id, update_from(status), via="webhook")
-    assert recorded.job is not None
-    return JSONResponse({"ok": True, "status": str(recorded.job.status)})
+    recorded = await receiver.record(claims.job_id, update_from(status), via="webhook")
+    if recorded.job is None:
+        return error(404, "no such job")
+    if recorded.conflict:
+        if await receiver.store.find_job(provider, status.provider_job_id) is not None:
+            return error(401, "webhook token belongs to another job")
+        return error(400, "body names another job (jobId)")
+    return JSONResponse({"ok": True, "status": str(recorded.job.status), "duplicate": not recorded.changed})
 
 
 def _signature_ok(receiver: Receiver, request: Request, body: bytes) -> bool:

@@ -18,22 +18,32 @@ def poll_offsets(provider: str, expected: float) -> Iterator[float]:
     expected time plus a grace, then sparse reconciliation polls for the webhook that never came.
     """
     if provider == "runbase":
-        for fraction in (0.05, 0.15, 0.3):
-            yield max(MIN_GAP, expected * fraction)
-        t, step = expected * 0.8, max(MIN_GAP, expected * 0.1)
-        while t < expected * 1.5:
+        last = 0.0
+        for t in _runbase_plan(expected):
+            while t - last > MAX_STEP:  # never leave a Runbase job unlooked-at longer than MAX_STEP
+                last += MAX_STEP
+                yield last
             yield t
-            t += step
-        while True:
-            step = min(step * 1.5, max(60.0, expected))
-            yield t
-            t += step
+            last = t
     else:
-        t, step = expected * 1.2, max(MIN_GAP, expected * 0.5)
+        t, step = expected * 1.2, min(max(MIN_GAP, expected * 0.5), MAX_STEP)
         while True:
             yield t
             t += step
             step = min(step * 2, MAX_STEP)
+
+
+def _runbase_plan(expected: float) -> Iterator[float]:
+    for fraction in (0.05, 0.15, 0.3):
+        yield max(MIN_GAP, expected * fraction)
+    t, step = expected * 0.8, max(MIN_GAP, expected * 0.1)
+    while t < expected * 1.5:
+        yield t
+        t += step
+    while True:
+        step = min(step * 1.5, max(60.0, expected), MAX_STEP)
+        yield t
+        t += step
 
 
 def next_poll_at(provider: str, submitted_at: datetime, now: datetime, expected: float) -> datetime:

@@ -52,23 +52,20 @@ class Worker:
         return _summary(counts)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick, then sleep until the next stored due time, a wake-up, or `stop`."""
+        """Tick, then sleep until the next stored due time, `stop`, or a wake-up. A wake-up (a completion
+        was just recorded here) only dispatches; the full round comes when the sleep runs out."""
+        woken = False
         while not stop.is_set():
             self._wake.clear()
             try:
-                await self.tick()
+                await (self.dispatch() if woken else self.tick())
             except Exception:
                 log.exception("worker.tick_failed")
             due = await self.receiver.store.next_due()
             idle = MAX_IDLE
             if due is not None:
                 idle = min(MAX_IDLE, max(0.0, (due - self.receiver.clock()).total_seconds()))
-            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+            woken = await _first(self._wake, stop, seconds=idle)
 
     async def _expire(self, counts: Counter[str]) -> None:
         for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):
@@ -158,6 +155,17 @@ def _summary(*counts: Counter[str]) -> dict[str, int]:
 
 def _backoff(spec: HandlerSpec, attempt: int) -> float:
     return retry_delay(attempt, spec.retry_base, spec.retry_max)
+
+
+async def _first(wake: asyncio.Event, stop: asyncio.Event, seconds: float) -> bool:
+    """Wait for `wake` or `stop`, at most `seconds`; True when `wake` was set."""
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+    await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+    return wake.is_set()
 
 
 async def _bounded(coros: list[Awaitable[None]]) -> None:

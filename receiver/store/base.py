@@ -22,11 +22,13 @@ class Update:
 
 @dataclass(frozen=True)
 class Recorded:
-    """What `record` did: `terminal` is true only for the one call that ended the job."""
+    """What `record` did: `terminal` is true only for the one call that ended the job; `conflict` when
+    the report names another provider job than the one on record (nothing was changed)."""
 
     job: Job | None
     changed: bool
     terminal: bool
+    conflict: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,9 @@ class Store(Protocol):
     async def schedule_poll(self, job_id: str, next_poll_at: datetime | None) -> None:
         """Store the next poll time, count the poll, and release the lease."""
 
-    async def poll_soon(self, job_id: str, at: datetime) -> None:
-        """Bring the next poll forward (a webhook we could not use is confirmed by a status read)."""
+    async def poll_soon(self, job_id: str, at: datetime) -> bool:
+        """Bring the next poll forward (a webhook we could not use is confirmed by a status read);
+        False when there is no such job."""
 
     async def overdue_jobs(self, now: datetime, limit: int) -> list[str]:
         """Ids of non-terminal jobs past their deadline."""

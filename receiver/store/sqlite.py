@@ -104,7 +104,7 @@ def ts(moment: datetime) -> str:
 def from_ts(text: str | None) -> datetime | None:
     if text is None:
         return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return datetime.fromisoformat(text)
 
 
 class SQLiteStore:
@@ -252,15 +252,16 @@ class SQLiteStore:
 
         await self._run(run)
 
-    async def poll_soon(self, job_id: str, at: datetime) -> None:
-        def run(conn: sqlite3.Connection) -> None:
+    async def poll_soon(self, job_id: str, at: datetime) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
             conn.execute(
                 "UPDATE jobs SET next_poll_at = ? WHERE id = ? AND completed_at IS NULL"
                 " AND (next_poll_at IS NULL OR next_poll_at > ?)",
                 (ts(at), job_id, ts(at)),
             )
+            return conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
 
-        await self._run(run)
+        return await self._run(run)
 
     async def overdue_jobs(self, now: datetime, limit: int) -> list[str]:
         def run(conn: sqlite3.Connection) -> list[str]:
@@ -411,6 +412,8 @@ def _record(
     if row is None:
         return Recorded(job=None, changed=False, terminal=False)
     job = _job(conn, row)
+    if job.provider_job_id and update.provider_job_id and update.provider_job_id != job.provider_job_id:
+        return Recorded(job=job, changed=False, terminal=False, conflict=True)
     if job.status in TERMINAL:
         return Recorded(job=job, changed=False, terminal=False)
     provider_job_id = job.provider_job_id or update.provider_job_id
