@@ -26,6 +26,8 @@ from receiver.store.base import DueDelivery, Matcher, Recorded, Update
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+BUSY_INLINE_MS = 20  # longest the event loop waits for another process's write lock
+BUSY_PATIENT_MS = 30000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -96,6 +98,10 @@ RETURNING job_id, handler, attempts, after
 """
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def ts(moment: datetime) -> str:
     """Fixed-width UTC text, so stored times compare correctly as strings."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -128,7 +134,7 @@ class SQLiteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_PATIENT_MS}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -145,6 +151,7 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             conn.close()
             raise
+        conn.execute(f"PRAGMA busy_timeout={BUSY_INLINE_MS}")
         self._conn = conn
 
     async def close(self) -> None:
@@ -153,21 +160,43 @@ class SQLiteStore:
             await asyncio.to_thread(conn.close)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        return await asyncio.to_thread(self._locked, fn, write)
+        """Run `fn` in a transaction. Statements here take microseconds, far less than a hop to a
+        thread, so they run on the event loop; when another process holds the write lock longer than
+        BUSY_INLINE_MS, or another call is in a thread, the work waits in a thread instead."""
+        if self._lock.acquire(blocking=False):
+            try:
+                return self._transaction(fn, write)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+            finally:
+                self._lock.release()
+        return await asyncio.to_thread(self._patient, fn, write)
 
-    def _locked(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+    def _patient(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        with self._lock:
+            conn = self._connection()
+            conn.execute(f"PRAGMA busy_timeout={BUSY_PATIENT_MS}")
+            try:
+                return self._transaction(fn, write)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_INLINE_MS}")
+
+    def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError("store is not open")
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+        return self._conn
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
 
     async def create_job(self, job: Job, deadline: datetime) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -411,7 +440,7 @@ def _record(
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         return Recorded(job=None, changed=False, terminal=False)
-    job = _job(conn, row)
+    job = _job(conn, row, deliveries=False)
     if job.provider_job_id and update.provider_job_id and update.provider_job_id != job.provider_job_id:
         return Recorded(job=job, changed=False, terminal=False, conflict=True)
     if job.status in TERMINAL:
