@@ -119,3 +119,27 @@ def test_serve_without_a_secret_is_refused_with_one_line(world: World) -> None:
     assert done.returncode == 2
     assert "RECEIVER_SECRET" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ('name = "chat"\ntype = "slack"\n', "handler 'chat': key 'webhook_url' is required"),
+        ('name = "copy"\ntype = "storage"\ntarget = "ftp://x/y"\n', "handler 'copy': key 'target'"),
+        (
+            'name = "rows"\ntype = "database"\nurl = "sqlite:///x.db"\ntable = "bad name;"\n',
+            "handler 'rows': key 'table'",
+        ),
+        ('name = "x"\ntype = "log"\nmax_attempts = 0\n', "handler 'x': key 'max_attempts'"),
+        ('name = "x"\ntype = "nope"\n', "handler 'x': key 'type'"),
+    ],
+)
+def test_invalid_handler_config_stops_start_up_with_one_line(world: World, table: str, expected: str) -> None:
+    config = world.tmp / "bad.toml"
+    config.write_text("[[handlers]]\n" + table)
+    world.env["RECEIVER_CONFIG"] = str(config)
+    done = world.run("serve", check=False, timeout=20)
+
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
