@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -11,10 +12,11 @@ import sys
 import threading
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import boto3
 import pytest
 from starlette.applications import Starlette
@@ -55,25 +57,31 @@ async def stream(total: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class Truncating(socketserver.BaseRequestHandler):
-    """Promises 20 MiB, sends half, hangs up: a CDN connection dropped mid-file."""
+class HalfOrigin(socketserver.BaseRequestHandler):
+    """Promises 20 MiB and sends half; then `/cut.mp4` hangs up (a connection dropped mid-file) and
+    `/stall.mp4` goes quiet until the test ends (a copy the dispatcher's timeout cancels)."""
+
+    release = threading.Event()
 
     def handle(self) -> None:
-        self.request.recv(65536)
+        request = self.request.recv(65536)
         size = 20 * MIB
         self.request.sendall(
             b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: %d\r\n\r\n" % size
         )
         for chunk in generated(size // 2):
             self.request.sendall(chunk)
+        if b" /stall.mp4 " in request:
+            self.release.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
-def truncating_origin() -> Iterator[str]:
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Truncating) as server:
+def half_origin() -> Iterator[str]:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), HalfOrigin) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
-        yield f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+        HalfOrigin.release.set()
         server.shutdown()
         thread.join()
 
@@ -293,15 +301,46 @@ async def test_refuses_other_schemes_and_oversized_files(
 
 
 async def test_a_broken_download_is_retried_and_leaves_nothing(
-    truncating_origin: str, bucket: tuple[Any, str], moto_endpoint: str, tmp_path: Path
+    half_origin: str, bucket: tuple[Any, str], moto_endpoint: str, tmp_path: Path
 ) -> None:
     s3, name = bucket
-    event = an_event(truncating_origin)
+    event = an_event(f"{half_origin}/cut.mp4")
     for target in (str(tmp_path), f"s3://{name}"):
         handler = StorageHandler(target, endpoint_url=moto_endpoint if target.startswith("s3") else None)
         try:
             with pytest.raises(DeliveryFailed, match=r"output 0 download from 127\.0\.0\.1"):
                 await handler.handle(event)
+        finally:
+            await handler.aclose()
+    assert files(tmp_path) == []
+    assert keys(s3, name) == []
+    assert s3.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Poll a (blocking) condition from a worker thread until it holds."""
+    with anyio.fail_after(timeout):
+        while not await anyio.to_thread.run_sync(condition):
+            await anyio.sleep(0.01)
+
+
+async def test_a_cancelled_copy_aborts_its_upload_and_leaves_no_temp_file(
+    half_origin: str, bucket: tuple[Any, str], moto_endpoint: str, tmp_path: Path
+) -> None:
+    s3, name = bucket
+    event = an_event(f"{half_origin}/stall.mp4")
+    started = {
+        "folder": lambda: any(tmp_path.rglob("*.part")),
+        "s3": lambda: bool(s3.list_multipart_uploads(Bucket=name).get("Uploads")),
+    }
+    for where, target in (("folder", str(tmp_path)), ("s3", f"s3://{name}")):
+        handler = StorageHandler(target, endpoint_url=moto_endpoint if where == "s3" else None)
+        try:
+            copy = asyncio.create_task(handler.handle(event))
+            await wait_for(started[where])  # 10 MiB in: a temp file / a part uploaded
+            copy.cancel()  # what the dispatcher's asyncio.wait_for does when its timeout passes
+            with pytest.raises(asyncio.CancelledError):
+                await copy
         finally:
             await handler.aclose()
     assert files(tmp_path) == []
