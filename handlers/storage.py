@@ -99,7 +99,7 @@ async def limited(chunks: AsyncIterator[bytes], max_bytes: int, label: str) -> A
     async for chunk in chunks:
         total += len(chunk)
         if total > max_bytes:
-            raise PermanentError(f"{label} exceeds max_bytes ({max_bytes}): more than {total} bytes sent")
+            raise PermanentError(f"{label} exceeds max_bytes ({max_bytes}): stopped at {total} bytes")
         yield chunk
 
 
@@ -354,7 +354,8 @@ class StorageHandler:
         label = f"output {n}"
         scheme = urlsplit(url).scheme.lower()
         if scheme not in ("http", "https"):
-            raise PermanentError(f"{label}: refusing a {scheme or 'scheme-less'} URL, only http and https")
+            shown = f"{scheme}://" if scheme else "scheme-less"
+            raise PermanentError(f"{label}: refusing a {shown} URL (only http:// and https://)")
         what = f"{label} download from {urlsplit(url).hostname}"
         client = await self._http.get()
         try:

@@ -277,7 +277,7 @@ async def test_refuses_other_schemes_and_oversized_files(
 ) -> None:
     s3, name = bucket
     cases = [
-        ("ftp://files.example.com/v.mp4", "refusing a ftp URL, only http and https"),
+        ("ftp://files.example.com/v.mp4", "output 0: refusing a ftp:// URL (only http:// and https://)"),
         (
             f"{origin}/sized/{12 * MIB}/clip.mp4",
             f"output 0 is {12 * MIB} bytes, exceeds max_bytes ({10 * MIB})",
