@@ -4,8 +4,10 @@ completions by webhook and by polling, delivered to local handlers, and a summar
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import secrets
+import sqlite3
 import tempfile
 import time
 from dataclasses import replace
@@ -14,7 +16,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -57,14 +59,16 @@ class ForwardInbox:
 
 def run(keep: str | None = None) -> int:
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # piped or captured: no terminal width to honour
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
-        return _run(Path(keep), console)
+        return _run(Path(keep), console, kept=True)
     with tempfile.TemporaryDirectory(prefix="receiver-demo-") as tmp:
-        return _run(Path(tmp), console)
+        return _run(Path(tmp), console, kept=False)
 
 
-def _run(folder: Path, console: Console) -> int:
+def _run(folder: Path, console: Console, *, kept: bool) -> int:
     forward_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     admin_token = secrets.token_urlsafe(16)
     inbox = ForwardInbox(forward_secret)
@@ -107,7 +111,7 @@ def _run(folder: Path, console: Console) -> int:
                 f"(Apiframe) and {runbase_server.url} (Runbase)"
             )
             jobs = _submit_and_follow(receiver_server.url, admin_token, console)
-    _summary(console, jobs, inbox, videos, table_db)
+    _summary(console, jobs, inbox, videos, table_db, kept)
     ok = all(j["status"] == "succeeded" for j in jobs) and all(r["verified"] for r in inbox.received)
     return 0 if ok else 1
 
@@ -138,20 +142,38 @@ def _finished(job: dict[str, Any]) -> bool:
 
 
 def _summary(
-    console: Console, jobs: list[dict[str, Any]], inbox: ForwardInbox, videos: Path, table_db: Path
+    console: Console,
+    jobs: list[dict[str, Any]],
+    inbox: ForwardInbox,
+    videos: Path,
+    table_db: Path,
+    kept: bool,
 ) -> None:
-    table = Table("job", "provider", "road", "status", "time", "deliveries", title="receiver demo")
+    table = Table(
+        Column("job", no_wrap=True), "provider", "road", "status", "time", "deliveries", title="receiver demo"
+    )
     for job in jobs:
         taken = ""
         start, end = parse_iso(job["created_at"]), parse_iso(job["completed_at"])
         if start and end:
             taken = f"{(end - start).total_seconds():.1f} s"
-        deliveries = ", ".join(f"{d['handler']}: {d['status']}" for d in job["deliveries"])
+        done = sum(1 for d in job["deliveries"] if d["status"] == "delivered")
+        deliveries = f"{done}/{len(job['deliveries'])}"
         table.add_row(
             job["id"], job["provider"], job["completed_via"] or "-", job["status"], taken, deliveries
         )
     console.print(table)
+    handlers = sorted({d["handler"] for job in jobs for d in job["deliveries"]})
+    console.print(f"handlers: {', '.join(handlers)}")
     verified = sum(1 for r in inbox.received if r["verified"])
-    console.print(f"forward: {verified} of {len(inbox.received)} events arrived with a valid signature")
-    console.print(f"videos stored in {videos}: {sorted(p.name for p in videos.rglob('*') if p.is_file())}")
-    console.print(f"events table: {table_db} (table generation_events)")
+    console.print(
+        f"forward: {verified} of {len(inbox.received)} events arrived with a valid Standard Webhooks"
+        " signature"
+    )
+    files = sorted(str(p.relative_to(videos)) for p in videos.rglob("*") if p.is_file())
+    console.print(f"storage: {len(files)} files in {videos}: {', '.join(files)}")
+    with contextlib.closing(sqlite3.connect(table_db)) as conn:
+        rows = conn.execute("SELECT COUNT(*) FROM generation_events").fetchone()[0]
+    console.print(f"database: {rows} rows in table generation_events of {table_db}")
+    if not kept:
+        console.print("(the demo's folder is removed now; `receiver demo --keep DIR` keeps it)")
