@@ -165,9 +165,7 @@ def build_handlers(tables: list[dict[str, Any]]) -> list[HandlerSpec]:
     for spec in specs:
         for other in spec.after:
             if other not in names:
-                raise ConfigError(
-                    f"handler {spec.name!r}: key 'after' names unknown handler {other!r}"
-                )
+                raise ConfigError(f"handler {spec.name!r}: key 'after' names unknown handler {other!r}")
             if other == spec.name:
                 raise ConfigError(f"handler {spec.name!r}: key 'after' names the handler itself")
     _check_acyclic(specs)
@@ -202,9 +200,7 @@ def _check_options(label: str, cls: type[Any], options: dict[str, Any]) -> None:
             raise ConfigError(f"{label}: key {key!r} is required")
 
 
-def _choices(
-    label: str, table: dict[str, Any], key: str, allowed: tuple[str, ...]
-) -> tuple[str, ...]:
+def _choices(label: str, table: dict[str, Any], key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     value = table.get(key, list(allowed))
     if not isinstance(value, list) or not value or not all(v in allowed for v in value):
         raise ConfigError(f"{label}: key {key!r} must be a non-empty list from {list(allowed)}")
@@ -227,9 +223,7 @@ def _names(label: str, table: dict[str, Any]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _number(
-    label: str, table: dict[str, Any], key: str, default: float, *, minimum: float
-) -> float:
+def _number(label: str, table: dict[str, Any], key: str, default: float, *, minimum: float) -> float:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
         raise ConfigError(f"{label}: key {key!r} must be a number >= {minimum:g}")
