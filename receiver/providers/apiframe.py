@@ -16,8 +16,7 @@ from receiver.providers.base import (
     ProviderStatus,
     UnexpectedResponse,
     UnsupportedParameter,
-    job_error,
-    percent,
+    report,
 )
 from receiver.providers.http import ErrorBody, ProviderHTTP, number, retrying, transient
 from receiver.providers.ratelimit import RateBudget
@@ -36,12 +35,12 @@ OPTIONAL_PARAMS = ("start_image", "end_image", "negative_prompt", "multi_prompt"
 NO_PARAMETER = ("aspect_ratio", "duration")
 
 STATUSES = {
-    "QUEUED": JobStatus.SUBMITTED,
-    "PROCESSING": JobStatus.RUNNING,
-    "COMPLETED": JobStatus.SUCCEEDED,
-    "FAILED": JobStatus.FAILED,
-    "CANCELLED": JobStatus.CANCELED,
-    "CANCELED": JobStatus.CANCELED,
+    "queued": JobStatus.SUBMITTED,
+    "processing": JobStatus.RUNNING,
+    "completed": JobStatus.SUCCEEDED,
+    "failed": JobStatus.FAILED,
+    "cancelled": JobStatus.CANCELED,
+    "canceled": JobStatus.CANCELED,
 }
 WEBHOOK_EVENTS = {"completed": "COMPLETED", "failed": "FAILED", "progress": "PROCESSING"}
 
@@ -98,20 +97,7 @@ def result_urls(result: Any) -> list[str]:
 def map_status(data: dict[str, Any]) -> ProviderStatus:
     """A job object from `GET /v2/jobs/{id}` (or the submit answer) as a ProviderStatus."""
     job_id = data.get("id") or data.get("jobId")
-    if not isinstance(job_id, str) or not job_id:
-        raise UnexpectedResponse(PROVIDER, "job object without an id")
-    raw_status = data.get("status")
-    status = STATUSES.get(raw_status.upper()) if isinstance(raw_status, str) else None
-    if status is None:
-        raise UnexpectedResponse(PROVIDER, f"job {job_id} has an unknown status {raw_status!r}")
-    return ProviderStatus(
-        provider_job_id=job_id,
-        status=status,
-        progress=100 if status is JobStatus.SUCCEEDED else percent(data.get("progress")),
-        output_urls=result_urls(data.get("result")) if status is JobStatus.SUCCEEDED else [],
-        error=job_error(PROVIDER, status, data.get("error")),
-        raw=data,
-    )
+    return report(PROVIDER, "job", data, job_id, STATUSES, lambda: result_urls(data.get("result")))
 
 
 def parse_webhook(body: dict[str, Any]) -> ProviderStatus:

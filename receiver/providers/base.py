@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,6 +143,32 @@ def percent(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return max(0, min(100, int(value)))
+
+
+def report(
+    provider: str,
+    noun: str,
+    data: dict[str, Any],
+    job_id: Any,
+    statuses: Mapping[str, JobStatus],
+    urls: Callable[[], list[str]],
+) -> ProviderStatus:
+    """A provider's job object as a ProviderStatus; `statuses` is matched without regard to case."""
+    if not isinstance(job_id, str) or not job_id:
+        raise UnexpectedResponse(provider, f"{noun} object without an id")
+    raw_status = data.get("status")
+    status = statuses.get(raw_status.lower()) if isinstance(raw_status, str) else None
+    if status is None:
+        raise UnexpectedResponse(provider, f"{noun} {job_id} has an unknown status {raw_status!r}")
+    succeeded = status is JobStatus.SUCCEEDED
+    return ProviderStatus(
+        provider_job_id=job_id,
+        status=status,
+        progress=100 if succeeded else percent(data.get("progress")),
+        output_urls=urls() if succeeded else [],
+        error=job_error(provider, status, data.get("error")),
+        raw=data,
+    )
 
 
 def job_error(provider: str, status: JobStatus, error: Any) -> JobError | None:

@@ -12,10 +12,8 @@ from receiver.events import JobStatus
 from receiver.providers.base import (
     ProviderStatus,
     RateLimited,
-    UnexpectedResponse,
     UnsupportedParameter,
-    job_error,
-    percent,
+    report,
 )
 from receiver.providers.http import ErrorBody, ProviderHTTP, not_sent, retrying, transient
 from receiver.providers.ratelimit import RateBudget
@@ -82,21 +80,7 @@ def build_body(request: KlingRequest) -> dict[str, Any]:
 
 def map_status(data: dict[str, Any]) -> ProviderStatus:
     """A run object (submit answer or `GET /api/v1/runs/{id}`) as a ProviderStatus."""
-    run_id = data.get("id")
-    if not isinstance(run_id, str) or not run_id:
-        raise UnexpectedResponse(PROVIDER, "run object without an id")
-    raw_status = data.get("status")
-    status = STATUSES.get(raw_status.lower()) if isinstance(raw_status, str) else None
-    if status is None:
-        raise UnexpectedResponse(PROVIDER, f"run {run_id} has an unknown status {raw_status!r}")
-    return ProviderStatus(
-        provider_job_id=run_id,
-        status=status,
-        progress=100 if status is JobStatus.SUCCEEDED else percent(data.get("progress")),
-        output_urls=output_urls(data.get("output")) if status is JobStatus.SUCCEEDED else [],
-        error=job_error(PROVIDER, status, data.get("error")),
-        raw=data,
-    )
+    return report(PROVIDER, "run", data, data.get("id"), STATUSES, lambda: output_urls(data.get("output")))
 
 
 def output_urls(output: Any) -> list[str]:
