@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -58,9 +59,7 @@ class Receiver:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Receiver:
         """Build from settings; raises SettingsError or handlers.ConfigError for a user's mistake."""
         logs.register_secrets(settings.secrets())
-        logs.register_secrets(
-            str(value) for table in settings.handlers for key, value in table.items() if key in SECRET_KEYS
-        )
+        logs.register_secrets(_handler_secrets(settings.handlers))
         tables = settings.handlers or [{"name": "log", "type": "log"}]
         return cls(settings, open_store(settings.database_url), build_handlers(tables), **kwargs)
 
@@ -173,3 +172,18 @@ def update_from(status: ProviderStatus) -> Update:
         output_urls=tuple(status.output_urls),
         error=status.error,
     )
+
+
+def _handler_secrets(tables: list[dict[str, Any]]) -> list[str]:
+    """Handler values that must not be logged: secret keys whole, and credentials inside any URL."""
+    found: list[str] = []
+    for table in tables:
+        for key, value in table.items():
+            if not isinstance(value, str):
+                continue
+            if key in SECRET_KEYS:
+                found.append(value)
+            elif "://" in value:
+                parts = urlsplit(value)
+                found += [p for p in (parts.password, parts.query) if p]
+    return found
