@@ -111,10 +111,10 @@ def receiver_stack(
         apiframe_server = stack.enter_context(BackgroundServer(apiframe_emulator.app))
         runbase_server = stack.enter_context(BackgroundServer(runbase_emulator.app))
         server = BackgroundServer()
+        stack.callback(server.stop)
         config = replace(
             Settings(),
             secret=SECRET,
-            admin_token=ADMIN,
             public_url=server.url,
             database_url=f"sqlite:///{tmp_path / 'receiver.db'}",
             apiframe_api_key=APIFRAME_KEY,
@@ -122,11 +122,11 @@ def receiver_stack(
             runbase_api_key=RUNBASE_KEY,
             runbase_base_url=runbase_server.url,
             handlers=handlers,
-            **{"expected_seconds": 0.3, **settings},
+            **{"expected_seconds": 0.3, "admin_token": ADMIN, **settings},
         )
         receiver = Receiver.from_settings(config)
         server.app = create_app(receiver, run_worker=run_worker)
-        stack.enter_context(server)
+        server.start()
         admin = stack.enter_context(
             httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
         )
