@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, suppress
-from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 import httpx
 
 from handlers import ConfigError, PermanentError, RetryLater
+from receiver.schedule import parse_retry_after
 
 T = TypeVar("T")
 
@@ -20,24 +19,6 @@ BODY_EXCERPT = 300
 
 class DeliveryFailed(Exception):
     """A failure worth retrying (5xx, 408, 429 without a usable Retry-After, network errors)."""
-
-
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or unusable."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def excerpt(text: str, limit: int = BODY_EXCERPT) -> str:
@@ -54,7 +35,7 @@ def check_status(status: int, headers: Mapping[str, str], body: str, what: str) 
         return
     detail = f"{what} answered {status}" + (f": {excerpt(body)}" if body.strip() else "")
     if status == 429:
-        delay = retry_after_seconds(headers.get("retry-after"))
+        delay = parse_retry_after(headers.get("retry-after"))
         if delay is not None:
             raise RetryLater(delay, detail)
         raise DeliveryFailed(detail)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 MIN_GAP = 0.2
 MAX_STEP = 600.0
@@ -59,3 +61,22 @@ def retry_delay(attempt: int, base: float, cap: float, rand: Callable[[], float]
     """Seconds to wait after `attempt` failures: base * 2^(attempt-1) plus up to 25% jitter, capped."""
     nominal: float = base * 2 ** (attempt - 1)
     return min(cap, nominal * (1 + 0.25 * rand()))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """`Retry-After` as seconds: a number of seconds or an HTTP date; None when absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -28,6 +25,7 @@ from receiver.providers.base import (
     UnexpectedResponse,
 )
 from receiver.providers.ratelimit import RateBudget, budget_key
+from receiver.schedule import parse_retry_after
 
 T = TypeVar("T")
 BackoffHook = Callable[[Exception], bool | float]
@@ -60,25 +58,6 @@ class ErrorBody:
 
 
 ErrorParser = Callable[[Any], ErrorBody]
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """`Retry-After` as seconds: a number of seconds or an HTTP date; None when absent or unreadable."""
-    if value is None or not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def number(value: Any) -> float | None:

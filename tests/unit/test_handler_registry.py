@@ -20,12 +20,13 @@ from handlers import (
     build_handlers,
     load_handler_class,
 )
-from handlers._http import DeliveryFailed, check_status, retry_after_seconds
+from handlers._http import DeliveryFailed, check_status
 from handlers.database import COLUMNS, event_row, upsert_sql
 from handlers.forward import sign, signed_headers
 from handlers.log import LogHandler
 from handlers.storage import extension, parse_target
 from receiver.events import Job, JobError, JobStatus, make_event
+from receiver.schedule import parse_retry_after
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 MINIMAL: dict[str, dict[str, Any]] = {
@@ -106,12 +107,12 @@ def test_signature_matches_the_standard_webhooks_vector() -> None:
 
 def test_retry_after_reads_seconds_and_dates() -> None:
     now = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-    assert retry_after_seconds("2") == 2
-    assert retry_after_seconds(" 1.5 ") == 1.5
-    assert retry_after_seconds("Sun, 01 Mar 2026 12:00:30 GMT", now) == 30
-    assert retry_after_seconds("Sun, 01 Mar 2026 11:00:00 GMT", now) == 0
-    assert retry_after_seconds("soon") is None
-    assert retry_after_seconds(None) is None
+    assert parse_retry_after("2") == 2
+    assert parse_retry_after(" 1.5 ") == 1.5
+    assert parse_retry_after("Sun, 01 Mar 2026 12:00:30 GMT", now) == 30
+    assert parse_retry_after("Sun, 01 Mar 2026 11:00:00 GMT", now) == 0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
 
 
 @pytest.mark.parametrize(
