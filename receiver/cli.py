@@ -16,7 +16,7 @@ from rich.table import Column, Table
 from handlers import ConfigError
 from receiver import logs
 from receiver.config import Settings, SettingsError, load_settings
-from receiver.events import TERMINAL, Job
+from receiver.events import TERMINAL, Job, JobStatus
 from receiver.providers.base import ProviderError, UnsupportedParameter
 from receiver.request import KlingRequest, ValidationError
 from receiver.service import Receiver, UnknownProvider
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--json", action="store_true")
 
     jobs = sub.add_parser("jobs", help="list jobs, newest first")
-    jobs.add_argument("--status")
+    jobs.add_argument("--status", choices=[str(s) for s in JobStatus])
     jobs.add_argument("--limit", type=int, default=100)
     jobs.add_argument("--json", action="store_true")
     show = sub.add_parser("show", help="one job and its deliveries")
