@@ -255,17 +255,16 @@ def test_rate_limit_counts_submits_and_reads_per_key(start, wait):
 
 
 def test_refused_requests_do_not_extend_the_window(start):
-    emulator, client = start(rate_limit=2, rate_window=0.6, delay=30)
+    emulator, client = start(rate_limit=2, rate_window=1.5, delay=30)
     assert [submit(client).status_code for _ in range(2)] == [201, 201]
     first = emulator.requests[0]["t"]
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 6
+    # Hammering while refused: if refusals counted, the window would never empty before the deadline.
     while (status := client.get("/api/v1/runs/run_x").status_code) == 429:
         assert time.monotonic() < deadline, "refused requests kept the window full"
     assert status == 404
-    refused = [entry for entry in emulator.requests if entry["status"] == 429]
-    assert refused
-    assert emulator.requests[-1]["t"] - first >= 0.6
-    assert emulator.requests[-1]["t"] - refused[-1]["t"] < 0.3  # admitted once the first submit left
+    assert [entry for entry in emulator.requests if entry["status"] == 429]
+    assert emulator.requests[-1]["t"] - first >= 1.5
 
 
 # -- injected errors and the control routes ----------------------------------------------------------
