@@ -30,8 +30,12 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 
 async def hook(request: Request) -> Response:
+    provider = request.path_params["provider"]
     response = await _hook(request, request.app.state.receiver, request.app.state.worker)
-    request.app.state.webhooks[(request.path_params["provider"], response.status_code)] += 1
+    request.app.state.webhooks[(provider, response.status_code)] += 1
+    if response.status_code >= 400:
+        reason = json.loads(bytes(response.body)).get("error")
+        log.warning("webhook.refused", provider=provider, status_code=response.status_code, reason=reason)
     return response
 
 
