@@ -91,7 +91,9 @@ class Receiver:
         await self.store.open()
 
     async def close(self) -> None:
-        for client in self._clients.values():
+        """Release connections; `open()` may follow (a serverless runtime opens per invocation)."""
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
             await client.aclose()
         for spec in self.specs:
             closer = getattr(spec.handler, "aclose", None)
