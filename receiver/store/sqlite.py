@@ -11,17 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from receiver.events import (
-    TERMINAL,
-    Delivery,
-    DeliveryStatus,
-    Job,
-    JobError,
-    JobStatus,
-    make_event,
-    new_event_id,
-)
+from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus
 from receiver.store.base import DueDelivery, Matcher, Recorded, Update
+from receiver.store.common import apply_update, finished_status, replay_targets
 
 T = TypeVar("T")
 
@@ -346,12 +338,7 @@ class SQLiteStore:
         retry_at: datetime | None = None,
         report: dict[str, Any] | None = None,
     ) -> None:
-        if delivered:
-            status = DeliveryStatus.DELIVERED
-        elif retry_at is not None:
-            status = DeliveryStatus.RETRYING
-        else:
-            status = DeliveryStatus.DEAD
+        status = finished_status(delivered=delivered, retry_at=retry_at)
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -375,25 +362,20 @@ class SQLiteStore:
             row = conn.execute("SELECT event FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["event"] is None:
                 return 0
-            wanted = [r for r in routes(json.loads(row["event"])) if handler in (None, r.name)]
             existing = {
                 r["handler"]
                 for r in conn.execute("SELECT handler FROM deliveries WHERE job_id = ?", (job_id,))
             }
-            if handler is not None and not wanted and handler in existing:
-                wanted_names = [handler]
-            else:
-                wanted_names = [r.name for r in wanted]
-            afters = {r.name: list(r.after) for r in wanted}
-            for name in wanted_names:
+            targets = replay_targets(json.loads(row["event"]), routes, handler, existing)
+            for name, after in targets:
                 conn.execute(
                     "INSERT INTO deliveries (job_id, handler, status, attempts, next_attempt_at, after)"
                     " VALUES (?, ?, 'pending', 0, ?, ?) ON CONFLICT (job_id, handler) DO UPDATE SET"
                     " status = 'pending', attempts = 0, last_error = NULL,"
                     " next_attempt_at = excluded.next_attempt_at, locked_until = NULL",
-                    (job_id, name, ts(now), json.dumps(afters.get(name, []))),
+                    (job_id, name, ts(now), json.dumps(list(after))),
                 )
-            return len(wanted_names)
+            return len(targets)
 
         return await self._run(run)
 
@@ -431,71 +413,44 @@ class SQLiteStore:
         return await self._run(run, write=False)
 
 
-_RANK = {JobStatus.PENDING: 0, JobStatus.SUBMITTED: 1, JobStatus.RUNNING: 2}
-
-
 def _record(
     conn: sqlite3.Connection, job_id: str, update: Update, via: str | None, now: datetime, routes: Matcher
 ) -> Recorded:
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None:
-        return Recorded(job=None, changed=False, terminal=False)
-    job = _job(conn, row, deliveries=False)
-    if job.provider_job_id and update.provider_job_id and update.provider_job_id != job.provider_job_id:
-        return Recorded(job=job, changed=False, terminal=False, conflict=True)
-    if job.status in TERMINAL:
-        return Recorded(job=job, changed=False, terminal=False)
-    provider_job_id = job.provider_job_id or update.provider_job_id
-    if update.status not in TERMINAL:
-        status = max(job.status, update.status, key=lambda s: _RANK[s])
-        progress = (
-            max(job.progress or 0, update.progress or 0) if update.progress is not None else job.progress
+    change = apply_update(_job(conn, row, deliveries=False) if row else None, update, via, now, routes)
+    job = change.recorded.job
+    if job is None or not change.recorded.changed:
+        return change.recorded
+    if change.event is None:
+        conn.execute(
+            "UPDATE jobs SET status = ?, progress = ?, provider_job_id = ? WHERE id = ?",
+            (str(job.status), job.progress, job.provider_job_id, job_id),
         )
-        changed = (status, progress, provider_job_id) != (job.status, job.progress, job.provider_job_id)
-        if changed:
-            conn.execute(
-                "UPDATE jobs SET status = ?, progress = ?, provider_job_id = ? WHERE id = ?",
-                (str(status), progress, provider_job_id, job_id),
-            )
-            job.status, job.progress, job.provider_job_id = status, progress, provider_job_id
-        return Recorded(job=job, changed=changed, terminal=False)
-    job.status = update.status
-    job.provider_job_id = provider_job_id
-    job.output_urls = list(update.output_urls)
-    job.error = update.error
-    job.completed_at = now
-    job.completed_via = via
-    if update.status is JobStatus.SUCCEEDED:
-        job.progress = 100
-    job.event_id = new_event_id()
-    event = make_event(job, job.event_id)
+        return change.recorded
     conn.execute(
         "UPDATE jobs SET status = ?, provider_job_id = ?, output_urls = ?, error = ?, progress = ?,"
         " completed_at = ?, completed_via = ?, next_poll_at = NULL, locked_until = NULL,"
         " event_id = ?, event = ? WHERE id = ?",
         (
             str(job.status),
-            provider_job_id,
+            job.provider_job_id,
             json.dumps(job.output_urls),
             json.dumps(job.error.to_json()) if job.error else None,
             job.progress,
             ts(now),
             via,
             job.event_id,
-            json.dumps(event),
+            json.dumps(change.event),
             job_id,
         ),
     )
-    for route in routes(event):
+    for route in change.routes:
         conn.execute(
             "INSERT INTO deliveries (job_id, handler, status, attempts, next_attempt_at, after)"
             " VALUES (?, ?, 'pending', 0, ?, ?)",
             (job_id, route.name, ts(now), json.dumps(list(route.after))),
         )
-        job.deliveries.append(
-            Delivery(handler=route.name, status=DeliveryStatus.PENDING, next_attempt_at=now)
-        )
-    return Recorded(job=job, changed=True, terminal=True)
+    return change.recorded
 
 
 def _job(conn: sqlite3.Connection, row: sqlite3.Row, *, deliveries: bool = True) -> Job:

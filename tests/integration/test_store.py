@@ -1,19 +1,20 @@
-"""SQLiteStore on a real file: a job ends once, deliveries are claimed once per lease, in `after` order."""
+"""Both stores, on a real SQLite file and on the local PostgreSQL: a job ends once, deliveries are claimed
+once per lease, in `after` order."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from pg_server import fresh_schema
 
 from receiver.clock import FrozenClock
 from receiver.events import DeliveryStatus, Job, JobError, JobStatus
-from receiver.store import Route, Update
-from receiver.store.sqlite import SQLiteStore
+from receiver.store import Route, Store, Update, open_store
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 TIMEOUT = timedelta(hours=1)
@@ -26,9 +27,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A store URL for an empty database; the SQLite file sits in a folder the store must create."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/data/jobs.db"
+        return
+    with fresh_schema() as url:
+        yield url
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    store = SQLiteStore(str(tmp_path / "jobs.db"))
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = open_store(database_url)
     await store.open()
     yield store
     await store.close()
@@ -55,7 +66,7 @@ def _at(seconds: float) -> datetime:
 
 
 async def _create(
-    store: SQLiteStore,
+    store: Store,
     job_id: str = "job_1",
     *,
     created: datetime = T0,
@@ -78,13 +89,13 @@ async def _create(
         await store.mark_submitted(job_id, submit, created + timedelta(seconds=1), poll_at)
 
 
-async def _job(store: SQLiteStore, job_id: str = "job_1") -> Job:
+async def _job(store: Store, job_id: str = "job_1") -> Job:
     job = await store.get_job(job_id)
     assert job is not None
     return job
 
 
-async def _finish(store: SQLiteStore, job_id: str = "job_1", routes: Routes = LOG_AND_SLACK) -> None:
+async def _finish(store: Store, job_id: str = "job_1", routes: Routes = LOG_AND_SLACK) -> None:
     assert (await store.record(job_id, DONE, "webhook", _at(150), routes)).terminal
 
 
@@ -93,7 +104,7 @@ def _deliveries(job: Job) -> dict[str, tuple[str, int, str | None]]:
 
 
 @pytest.mark.anyio
-async def test_create_then_get(store: SQLiteStore) -> None:
+async def test_create_then_get(store: Store) -> None:
     await _create(store, submit=None)
     job = await _job(store)
     assert job.id == "job_1"
@@ -110,7 +121,7 @@ async def test_create_then_get(store: SQLiteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_mark_submitted(store: SQLiteStore) -> None:
+async def test_mark_submitted(store: Store) -> None:
     await _create(store)
     job = await _job(store)
     assert job.status is JobStatus.SUBMITTED
@@ -119,12 +130,12 @@ async def test_mark_submitted(store: SQLiteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_jobs_survive_closing_and_reopening_the_file(tmp_path: Path) -> None:
-    first = SQLiteStore(str(tmp_path / "data" / "jobs.db"))
+async def test_jobs_survive_closing_and_reopening_the_store(database_url: str) -> None:
+    first = open_store(database_url)
     await first.open()
     await _create(first)
     await first.close()
-    second = SQLiteStore.from_url(f"sqlite:///{tmp_path}/data/jobs.db")
+    second = open_store(database_url)
     await second.open()
     try:
         assert (await _job(second)).provider_job_id == "rb_1"
@@ -133,7 +144,7 @@ async def test_jobs_survive_closing_and_reopening_the_file(tmp_path: Path) -> No
 
 
 @pytest.mark.anyio
-async def test_progress_moves_status_forward_only(store: SQLiteStore) -> None:
+async def test_progress_moves_status_forward_only(store: Store) -> None:
     await _create(store)
     running = await store.record(
         "job_1", Update(JobStatus.RUNNING, progress=30), "webhook", _at(20), LOG_AND_SLACK
@@ -158,13 +169,13 @@ async def test_progress_moves_status_forward_only(store: SQLiteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_record_for_an_unknown_job_does_nothing(store: SQLiteStore) -> None:
+async def test_record_for_an_unknown_job_does_nothing(store: Store) -> None:
     recorded = await store.record("job_missing", DONE, "webhook", _at(1), LOG_AND_SLACK)
     assert (recorded.job, recorded.changed, recorded.terminal) == (None, False, False)
 
 
 @pytest.mark.anyio
-async def test_first_terminal_record_ends_the_job_with_one_delivery_per_route(store: SQLiteStore) -> None:
+async def test_first_terminal_record_ends_the_job_with_one_delivery_per_route(store: Store) -> None:
     await _create(store)
     recorded = await store.record("job_1", DONE, "webhook", _at(150), LOG_AND_SLACK)
     assert (recorded.changed, recorded.terminal) == (True, True)
@@ -180,7 +191,7 @@ async def test_first_terminal_record_ends_the_job_with_one_delivery_per_route(st
 
 
 @pytest.mark.anyio
-async def test_second_terminal_record_changes_nothing(store: SQLiteStore) -> None:
+async def test_second_terminal_record_changes_nothing(store: Store) -> None:
     await _create(store)
     await _finish(store)
     before = await _job(store)
@@ -194,7 +205,7 @@ async def test_second_terminal_record_changes_nothing(store: SQLiteStore) -> Non
 
 
 @pytest.mark.anyio
-async def test_failed_end_keeps_the_error_and_routes_the_failed_event(store: SQLiteStore) -> None:
+async def test_failed_end_keeps_the_error_and_routes_the_failed_event(store: Store) -> None:
     routes = Routes(Route("log", ()), Route("pager", ()), failed_only=("pager",))
     await _create(store, "job_ok")
     await _create(store, "job_bad")
@@ -209,7 +220,7 @@ async def test_failed_end_keeps_the_error_and_routes_the_failed_event(store: SQL
 
 
 @pytest.mark.anyio
-async def test_stored_event_has_the_type_and_is_identical_on_later_reads(store: SQLiteStore) -> None:
+async def test_stored_event_has_the_type_and_is_identical_on_later_reads(store: Store) -> None:
     await _create(store)
     await _finish(store, routes=Routes(Route("log", ())))
     job = await _job(store)
@@ -227,7 +238,7 @@ async def test_stored_event_has_the_type_and_is_identical_on_later_reads(store: 
 
 
 @pytest.mark.anyio
-async def test_failed_event_type(store: SQLiteStore) -> None:
+async def test_failed_event_type(store: Store) -> None:
     await _create(store)
     await store.record("job_1", FAILED, None, _at(3600), Routes(Route("log", ())))
     (due,) = await store.claim_due_deliveries(_at(3600), 10, 60)
@@ -238,7 +249,7 @@ async def test_failed_event_type(store: SQLiteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_claim_due_polls_takes_only_due_unlocked_live_submitted_jobs(store: SQLiteStore) -> None:
+async def test_claim_due_polls_takes_only_due_unlocked_live_submitted_jobs(store: Store) -> None:
     await _create(store, "job_due", first_poll=10)
     await _create(store, "job_later", first_poll=500)
     await _create(store, "job_unsubmitted", submit=None)
@@ -255,7 +266,7 @@ async def test_claim_due_polls_takes_only_due_unlocked_live_submitted_jobs(store
 
 
 @pytest.mark.anyio
-async def test_claim_due_polls_honours_the_limit_oldest_due_first(store: SQLiteStore) -> None:
+async def test_claim_due_polls_honours_the_limit_oldest_due_first(store: Store) -> None:
     for n, first_poll in enumerate([30, 10, 20]):
         await _create(store, f"job_{n}", first_poll=first_poll)
     assert [j.id for j in await store.claim_due_polls(_at(60), 2, 300)] == ["job_1", "job_2"]
@@ -263,7 +274,7 @@ async def test_claim_due_polls_honours_the_limit_oldest_due_first(store: SQLiteS
 
 
 @pytest.mark.anyio
-async def test_schedule_poll_releases_the_lease_and_counts(store: SQLiteStore) -> None:
+async def test_schedule_poll_releases_the_lease_and_counts(store: Store) -> None:
     await _create(store)
     await store.claim_due_polls(_at(10), 10, 300)
     await store.schedule_poll("job_1", _at(40))
@@ -273,7 +284,7 @@ async def test_schedule_poll_releases_the_lease_and_counts(store: SQLiteStore) -
 
 
 @pytest.mark.anyio
-async def test_poll_soon_only_brings_the_poll_forward(store: SQLiteStore) -> None:
+async def test_poll_soon_only_brings_the_poll_forward(store: Store) -> None:
     await _create(store, first_poll=100)
     await store.poll_soon("job_1", _at(200))
     assert await store.next_due() == _at(100)
@@ -282,7 +293,7 @@ async def test_poll_soon_only_brings_the_poll_forward(store: SQLiteStore) -> Non
 
 
 @pytest.mark.anyio
-async def test_deliveries_wait_for_the_handlers_they_come_after(store: SQLiteStore) -> None:
+async def test_deliveries_wait_for_the_handlers_they_come_after(store: Store) -> None:
     routes = Routes(Route("storage", ()), Route("db", ("storage",)), Route("log", ()))
     await _create(store)
     await _finish(store, routes=routes)
@@ -305,7 +316,7 @@ async def test_deliveries_wait_for_the_handlers_they_come_after(store: SQLiteSto
 
 
 @pytest.mark.anyio
-async def test_a_dead_predecessor_frees_the_delivery_waiting_on_it(store: SQLiteStore) -> None:
+async def test_a_dead_predecessor_frees_the_delivery_waiting_on_it(store: Store) -> None:
     await _create(store)
     await _finish(store, routes=Routes(Route("storage", ()), Route("db", ("storage",))))
     (storage,) = await store.claim_due_deliveries(_at(150), 10, 60)
@@ -316,7 +327,7 @@ async def test_a_dead_predecessor_frees_the_delivery_waiting_on_it(store: SQLite
 
 
 @pytest.mark.anyio
-async def test_claimed_delivery_is_leased(store: SQLiteStore) -> None:
+async def test_claimed_delivery_is_leased(store: Store) -> None:
     await _create(store)
     await _finish(store, routes=Routes(Route("log", ())))
     assert len(await store.claim_due_deliveries(_at(150), 10, 60)) == 1
@@ -327,7 +338,7 @@ async def test_claimed_delivery_is_leased(store: SQLiteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_finish_delivery_counts_attempts(store: SQLiteStore) -> None:
+async def test_finish_delivery_counts_attempts(store: Store) -> None:
     await _create(store)
     await _finish(store)
     await store.claim_due_deliveries(_at(150), 10, 60)
@@ -348,7 +359,7 @@ async def test_finish_delivery_counts_attempts(store: SQLiteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_dead_deliveries_lists_the_dead_letters(store: SQLiteStore) -> None:
+async def test_dead_deliveries_lists_the_dead_letters(store: Store) -> None:
     assert await store.dead_deliveries() == []
     await _create(store)
     await _finish(store)
@@ -358,7 +369,7 @@ async def test_dead_deliveries_lists_the_dead_letters(store: SQLiteStore) -> Non
 
 
 @pytest.mark.anyio
-async def test_replay_resets_to_pending_with_the_same_event(store: SQLiteStore) -> None:
+async def test_replay_resets_to_pending_with_the_same_event(store: Store) -> None:
     await _create(store)
     await _finish(store)
     first = {d.handler: d.event for d in await store.claim_due_deliveries(_at(150), 10, 60)}
@@ -374,7 +385,7 @@ async def test_replay_resets_to_pending_with_the_same_event(store: SQLiteStore) 
 
 
 @pytest.mark.anyio
-async def test_replay_of_one_handler(store: SQLiteStore) -> None:
+async def test_replay_of_one_handler(store: Store) -> None:
     await _create(store)
     await _finish(store)
     await store.finish_delivery("job_1", "log", delivered=True)
@@ -385,7 +396,7 @@ async def test_replay_of_one_handler(store: SQLiteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_replay_of_an_unfinished_or_unknown_job_does_nothing(store: SQLiteStore) -> None:
+async def test_replay_of_an_unfinished_or_unknown_job_does_nothing(store: Store) -> None:
     await _create(store)
     assert await store.replay("job_1", LOG_AND_SLACK, _at(10)) == 0
     assert await store.replay("job_missing", LOG_AND_SLACK, _at(10)) == 0
@@ -393,7 +404,7 @@ async def test_replay_of_an_unfinished_or_unknown_job_does_nothing(store: SQLite
 
 
 @pytest.mark.anyio
-async def test_next_due_is_the_earliest_poll_delivery_or_deadline(store: SQLiteStore) -> None:
+async def test_next_due_is_the_earliest_poll_delivery_or_deadline(store: Store) -> None:
     assert await store.next_due() is None
     await _create(store, "job_a", first_poll=40)
     assert await store.next_due() == _at(40)
@@ -407,7 +418,7 @@ async def test_next_due_is_the_earliest_poll_delivery_or_deadline(store: SQLiteS
 
 
 @pytest.mark.anyio
-async def test_mark_submitted_keeps_a_status_set_by_an_early_webhook(store: SQLiteStore) -> None:
+async def test_mark_submitted_keeps_a_status_set_by_an_early_webhook(store: Store) -> None:
     await _create(store, submit=None)
     assert (await store.record("job_1", DONE, "webhook", _at(1), LOG_AND_SLACK)).terminal
     await store.mark_submitted("job_1", "rb_1", _at(2), _at(10))
@@ -419,7 +430,7 @@ async def test_mark_submitted_keeps_a_status_set_by_an_early_webhook(store: SQLi
 
 
 @pytest.mark.anyio
-async def test_mark_submitted_keeps_running_from_an_early_progress_report(store: SQLiteStore) -> None:
+async def test_mark_submitted_keeps_running_from_an_early_progress_report(store: Store) -> None:
     await _create(store, submit=None)
     await store.record("job_1", Update(JobStatus.RUNNING, progress=5), "webhook", _at(1), LOG_AND_SLACK)
     await store.mark_submitted("job_1", "rb_1", _at(2), _at(10))
@@ -427,7 +438,7 @@ async def test_mark_submitted_keeps_running_from_an_early_progress_report(store:
 
 
 @pytest.mark.anyio
-async def test_list_jobs_newest_first_and_by_status(store: SQLiteStore) -> None:
+async def test_list_jobs_newest_first_and_by_status(store: Store) -> None:
     clock = FrozenClock(T0)
     for n in range(4):
         await _create(store, f"job_{n}", created=clock())
@@ -442,14 +453,14 @@ async def test_list_jobs_newest_first_and_by_status(store: SQLiteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_list_jobs_created_in_the_same_instant_newest_insert_first(store: SQLiteStore) -> None:
+async def test_list_jobs_created_in_the_same_instant_newest_insert_first(store: Store) -> None:
     for n in range(3):
         await _create(store, f"job_{n}")
     assert [j.id for j in await store.list_jobs()] == ["job_2", "job_1", "job_0"]
 
 
 @pytest.mark.anyio
-async def test_overdue_jobs_are_live_jobs_past_their_deadline(store: SQLiteStore) -> None:
+async def test_overdue_jobs_are_live_jobs_past_their_deadline(store: Store) -> None:
     await _create(store, "job_late", timeout=timedelta(seconds=60))
     await _create(store, "job_later", timeout=timedelta(seconds=120))
     await _create(store, "job_done", timeout=timedelta(seconds=30))
@@ -462,7 +473,7 @@ async def test_overdue_jobs_are_live_jobs_past_their_deadline(store: SQLiteStore
 
 
 @pytest.mark.anyio
-async def test_counts_by_status(store: SQLiteStore) -> None:
+async def test_counts_by_status(store: Store) -> None:
     await _create(store, "job_a")
     await _create(store, "job_b")
     await _finish(store, "job_b")
@@ -474,7 +485,7 @@ async def test_counts_by_status(store: SQLiteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_racing_terminal_records_end_the_job_once(store: SQLiteStore) -> None:
+async def test_racing_terminal_records_end_the_job_once(store: Store) -> None:
     await _create(store)
     routes = Routes(Route("log", ()))
     results = []
@@ -490,17 +501,17 @@ async def test_racing_terminal_records_end_the_job_once(store: SQLiteStore) -> N
 
 
 @pytest.mark.anyio
-async def test_two_stores_on_one_file_never_claim_the_same_job(store: SQLiteStore) -> None:
+async def test_two_stores_on_one_database_never_claim_the_same_job(store: Store, database_url: str) -> None:
     for n in range(20):
         await _create(store, f"job_{n}", first_poll=10)
-    other = SQLiteStore(store.path)
+    other = open_store(database_url)
     await other.open()
     try:
         claimed: list[list[Job]] = []
         async with anyio.create_task_group() as tg:
             for s in [store, other] * 3:
 
-                async def claim(s: SQLiteStore = s) -> None:
+                async def claim(s: Store = s) -> None:
                     claimed.append(await s.claim_due_polls(_at(20), 4, 300))
 
                 tg.start_soon(claim)
