@@ -116,13 +116,17 @@ def receiver_stack(
             Settings(),
             secret=SECRET,
             public_url=server.url,
-            database_url=f"sqlite:///{tmp_path / 'receiver.db'}",
             apiframe_api_key=APIFRAME_KEY,
             apiframe_base_url=apiframe_server.url,
             runbase_api_key=RUNBASE_KEY,
             runbase_base_url=runbase_server.url,
             handlers=handlers,
-            **{"expected_seconds": 0.3, "admin_token": ADMIN, **settings},
+            **{
+                "database_url": f"sqlite:///{tmp_path / 'receiver.db'}",
+                "expected_seconds": 0.3,
+                "admin_token": ADMIN,
+                **settings,
+            },
         )
         receiver = Receiver.from_settings(config)
         server.app = create_app(receiver, run_worker=run_worker)

@@ -13,26 +13,15 @@ import pytest
 from pg_server import fresh_schema
 from receiver_stack import Stack, apiframe_body, apiframe_signature, receiver_stack, verify_forward
 
-import receiver.service
-from receiver.store import Store, open_store
 from receiver.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def pg_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh schema that every receiver_stack in the test uses as its store.
-
-    receiver_stack sets `database_url` itself, so passing it as a keyword raises TypeError (duplicate
-    keyword); until it lets the caller's value win, the store is swapped where the receiver opens it."""
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema for the test's receiver store."""
     with fresh_schema() as url:
-
-        def open_pg(database_url: str) -> Store:
-            assert database_url.startswith("sqlite:///")
-            return open_store(url)
-
-        monkeypatch.setattr(receiver.service, "open_store", open_pg)
         yield url
 
 
@@ -48,7 +37,7 @@ def _on_postgres(stack: Stack) -> None:
 def test_apiframe_completion_arrives_by_webhook_and_is_forwarded_once(
     tmp_path: Path, sink, wait, pg_url: str
 ) -> None:
-    with receiver_stack(tmp_path, sink.url, expected_seconds=60) as stack:
+    with receiver_stack(tmp_path, sink.url, database_url=pg_url, expected_seconds=60) as stack:
         _on_postgres(stack)
         job = stack.submit("apiframe", mode="standard", metadata={"team": "ads"})
         assert job["status"] == "submitted"
@@ -74,7 +63,7 @@ def test_apiframe_completion_arrives_by_webhook_and_is_forwarded_once(
 def test_runbase_completion_arrives_by_polling_and_is_forwarded_once(
     tmp_path: Path, sink, wait, pg_url: str
 ) -> None:
-    with receiver_stack(tmp_path, sink.url) as stack:
+    with receiver_stack(tmp_path, sink.url, database_url=pg_url) as stack:
         _on_postgres(stack)
         job = stack.submit("runbase", aspect_ratio="9:16", duration=5)
         posts = sink.wait_for(1, timeout=15)
@@ -95,7 +84,7 @@ def test_ten_concurrent_webhooks_and_a_racing_poll_give_one_delivery(
     tmp_path: Path, sink, pg_url: str
 ) -> None:
     settings = {"apiframe": {"webhook": "drop", "delay": 0}, "expected_seconds": 0.01}
-    with receiver_stack(tmp_path, sink.url, run_worker=False, **settings) as stack:
+    with receiver_stack(tmp_path, sink.url, database_url=pg_url, run_worker=False, **settings) as stack:
         _on_postgres(stack)
         job = stack.submit("apiframe")
         body = apiframe_body(job["provider_job_id"])
