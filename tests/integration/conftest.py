@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pg_server import fresh_schema
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -87,3 +88,13 @@ def serve() -> Iterator[Callable[..., httpx.Client]]:
 def wait() -> Callable[..., Any]:
     """`wait(predicate, timeout=5.0)`: poll until truthy, with a bounded deadline."""
     return wait_until
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """The receiver's job store, once on SQLite and once on a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'receiver.db'}"
+        return
+    with fresh_schema() as url:
+        yield url

@@ -98,9 +98,11 @@ def test_signature_is_required_when_the_setting_says_so(tmp_path: Path, sink) ->
     assert signed.status_code == 200
 
 
-def test_ten_concurrent_webhooks_and_a_racing_poll_give_one_delivery(tmp_path: Path, sink, wait) -> None:
+def test_ten_concurrent_webhooks_and_a_racing_poll_give_one_delivery(
+    tmp_path: Path, sink, store_url: str
+) -> None:
     settings = {"apiframe": {"webhook": "drop", "delay": 0}, "expected_seconds": 0.01}
-    with receiver_stack(tmp_path, sink.url, run_worker=False, **settings) as stack:
+    with receiver_stack(tmp_path, sink.url, database_url=store_url, run_worker=False, **settings) as stack:
         job = stack.submit("apiframe")
         body = apiframe_body(job["provider_job_id"])
         headers = {"X-Webhook-Signature": apiframe_signature(body)}

@@ -9,8 +9,10 @@ import httpx
 from receiver_stack import receiver_stack, verify_forward
 
 
-def test_apiframe_completion_arrives_by_webhook_and_is_forwarded_once(tmp_path: Path, sink, wait) -> None:
-    with receiver_stack(tmp_path, sink.url, expected_seconds=60) as stack:
+def test_apiframe_completion_arrives_by_webhook_and_is_forwarded_once(
+    tmp_path: Path, sink, wait, store_url: str
+) -> None:
+    with receiver_stack(tmp_path, sink.url, database_url=store_url, expected_seconds=60) as stack:
         job = stack.submit("apiframe", mode="standard", metadata={"team": "ads"})
         assert job["status"] == "submitted"
         assert job["provider_job_id"]
@@ -31,8 +33,10 @@ def test_apiframe_completion_arrives_by_webhook_and_is_forwarded_once(tmp_path: 
     assert len(sink.posts) == 1
 
 
-def test_runbase_completion_arrives_by_polling_and_is_forwarded_once(tmp_path: Path, sink, wait) -> None:
-    with receiver_stack(tmp_path, sink.url) as stack:
+def test_runbase_completion_arrives_by_polling_and_is_forwarded_once(
+    tmp_path: Path, sink, wait, store_url: str
+) -> None:
+    with receiver_stack(tmp_path, sink.url, database_url=store_url) as stack:
         job = stack.submit("runbase", aspect_ratio="9:16", duration=5)
         posts = sink.wait_for(1, timeout=15)
         done = wait(lambda: stack.settled(job["id"]))
