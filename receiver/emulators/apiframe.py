@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -29,12 +29,12 @@ from receiver.emulators.common import (
     Emulator,
     Injection,
     RequestIdMiddleware,
+    SimulatedJob,
     base_url,
     check_choice,
     check_number,
     is_http_url,
     key_digest,
-    phase_share,
     processing_time,
     read_json_object,
 )
@@ -118,18 +118,9 @@ def validate_submit(body: dict[str, Any], webhook_field: str) -> list[dict[str, 
 
 
 @dataclass
-class ApiframeJob:
-    """One submitted job, with the settings it was submitted under."""
+class ApiframeJob(SimulatedJob):
+    """One submitted job, with the settings it was submitted under (`key`: the API key itself)."""
 
-    id: str
-    api_key: str
-    input: dict[str, Any]
-    started: float  # monotonic
-    created_at: datetime
-    delay: float
-    fails: bool
-    cost: float
-    base_url: str
     webhook_url: str | None
     events: frozenset[str]
     webhook_mode: str
@@ -139,23 +130,16 @@ class ApiframeJob:
     webhook_status: str | None = None
     refunded: bool = False
 
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
     def status(self) -> tuple[str, int]:
-        share = phase_share(self.elapsed(), self.delay)
+        share = self.share()
         if share is None:
             return "QUEUED", 0
         if share >= 1.0:
             return ("FAILED", 0) if self.fails else ("COMPLETED", 100)
         return "PROCESSING", min(99, max(1, int(share * 100)))
 
-    @property
-    def completed_at(self) -> datetime:
-        return self.created_at + timedelta(seconds=self.delay)
-
     def result(self) -> Any:
-        url = f"{self.base_url}/files/{self.id}.mp4"
+        url = self.file_url
         if self.result_shape == "videos":
             return {"videos": [url]}
         if self.result_shape == "string":
@@ -368,7 +352,7 @@ class ApiframeEmulator(Emulator):
         webhook_url = body.get(self.webhook_field)
         job = ApiframeJob(
             id=str(uuid.uuid4()),
-            api_key=key,
+            key=key,
             input=body,
             started=time.monotonic(),
             created_at=datetime.now(UTC),
@@ -449,7 +433,7 @@ class ApiframeEmulator(Emulator):
         headers = {
             "Content-Type": "application/json",
             "X-Webhook-Event": event,
-            "X-Webhook-Signature": sign(raw, job.api_key),
+            "X-Webhook-Signature": sign(raw, job.key),
         }
         for attempt, wait in enumerate((0.0, *RETRY_WAITS), start=1):
             await asyncio.sleep(wait)

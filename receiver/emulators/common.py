@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -94,6 +95,36 @@ def check_number(name: str, value: object, low: float, high: float | None = None
 def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}")
+
+
+@dataclass
+class SimulatedJob:
+    """A job an emulator is running: what both providers' jobs share. `key` is what created it."""
+
+    id: str
+    key: str
+    input: dict[str, Any]
+    started: float  # monotonic
+    created_at: datetime
+    delay: float
+    fails: bool
+    cost: float
+    base_url: str
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def share(self) -> float | None:
+        """How far through processing (None while queued, 1.0 or more once final)."""
+        return phase_share(self.elapsed(), self.delay)
+
+    @property
+    def completed_at(self) -> datetime:
+        return self.created_at + timedelta(seconds=self.delay)
+
+    @property
+    def file_url(self) -> str:
+        return f"{self.base_url}/files/{self.id}.mp4"
 
 
 class RequestIdMiddleware:

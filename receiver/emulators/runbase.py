@@ -10,7 +10,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -21,12 +21,12 @@ from receiver.emulators.common import (
     BadRequestBody,
     Emulator,
     Injection,
+    SimulatedJob,
     base_url,
     check_choice,
     check_number,
     is_http_url,
     key_digest,
-    phase_share,
     read_json_object,
 )
 from receiver.events import iso
@@ -84,20 +84,13 @@ def check_input(data: object) -> str | None:
 
 
 @dataclass
-class Run:
-    id: str
-    key: str  # digest of the key that created it
-    input: dict[str, Any]
-    started: float  # monotonic
-    created_at: datetime
-    delay: float
-    fails: bool
-    cost: float
-    base_url: str
+class Run(SimulatedJob):
+    """One run (`key`: a digest of the API key that created it)."""
+
     processing_status: str
 
     def to_json(self) -> dict[str, Any]:
-        share = phase_share(time.monotonic() - self.started, self.delay)
+        share = self.share()
         status = "pending" if share is None else self.processing_status
         final = share is not None and share >= 1.0
         if final:
@@ -109,8 +102,8 @@ class Run:
             "input": self.input,
             "costUsd": self.cost,
             "createdAt": iso(self.created_at),
-            "completedAt": iso(self.created_at + timedelta(seconds=self.delay)) if final else None,
-            "output": {"urls": [f"{self.base_url}/files/{self.id}.mp4"]} if status == "succeeded" else None,
+            "completedAt": iso(self.completed_at) if final else None,
+            "output": {"urls": [self.file_url]} if status == "succeeded" else None,
             "error": FAILURE_MESSAGE if status == "failed" else None,
         }
 
