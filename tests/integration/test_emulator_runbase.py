@@ -264,7 +264,8 @@ def test_refused_requests_do_not_extend_the_window(start):
         assert time.monotonic() < deadline, "refused requests kept the window full"
     assert status == 404
     assert [entry for entry in emulator.requests if entry["status"] == 429]
-    assert emulator.requests[-1]["t"] - first >= 1.5
+    # The log stamps a request after the limiter admitted it, so allow that much before the window.
+    assert emulator.requests[-1]["t"] - first >= 1.4
 
 
 # -- injected errors and the control routes ----------------------------------------------------------
