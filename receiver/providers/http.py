@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ from receiver.providers.base import (
     UnexpectedResponse,
 )
 from receiver.providers.ratelimit import RateBudget, budget_key
-from receiver.schedule import parse_retry_after
+from receiver.schedule import parse_retry_after, retry_delay
 
 T = TypeVar("T")
 BackoffHook = Callable[[Exception], bool | float]
@@ -65,11 +66,6 @@ def number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
-
-
-def backoff(attempt: int, initial: float, cap: float) -> float:
-    """Exponential backoff for the `attempt`-th failure (1-based): initial, 2x, 4x, ... up to `cap`."""
-    return min(cap, initial * 2.0 ** max(0, attempt - 1))
 
 
 def transient(max_retry_after: float) -> BackoffHook:
@@ -168,10 +164,10 @@ class ProviderHTTP:
     ) -> dict[str, Any]:
         """One HTTP request (inside the budget when there is one); the answer's JSON object."""
         fields = {"provider": self.provider, "attempt": attempt, "provider_job_id": provider_job_id}
-        if self.budget is not None:
-            await self.budget.acquire(self.budget_key)
+        slot = nullcontext() if self.budget is None else self.budget.slot(self.budget_key)
         try:
-            response = await self._client.request(method, path, json=body, headers=headers)
+            async with slot:
+                response = await self._client.request(method, path, json=body, headers=headers)
         except _NOT_SENT as exc:
             log.warning("provider_not_reached", error=type(exc).__name__, **fields)
             raise NotSent(self.provider, self.redact(f"could not connect: {exc}")) from exc
@@ -191,7 +187,7 @@ class ProviderHTTP:
         if isinstance(error, RateLimited) and self.budget is not None:
             wait = error.retry_after
             if wait is None:
-                wait = backoff(attempt, self.backoff_initial, self.backoff_max)
+                wait = retry_delay(attempt, self.backoff_initial, self.backoff_max)
             self.budget.penalize(self.budget_key, wait)
         raise error
 

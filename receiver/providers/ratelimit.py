@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Protocol
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -19,24 +21,36 @@ def budget_key(provider: str, api_key: str) -> str:
 
 
 class RateBudget(Protocol):
-    """A shared allowance of requests per key.
+    """An allowance of requests per key: at most `limit` requests in any `window` seconds.
 
-    On PostgreSQL: one row per key with `blocked_until` plus a table of request timestamps; `acquire`
-    locks the key's row (`SELECT ... FOR UPDATE`), counts the window, inserts or sleeps and retries.
+    A request holds its slot from the moment it is admitted until its answer came back plus the
+    window: the provider counts it when it arrives, which is somewhere in between, so jitter in
+    either direction cannot put one request too many into a provider's window.
     """
 
-    async def acquire(self, key: str) -> None:
-        """Wait until one more request for `key` fits in the budget, and count it."""
+    def slot(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Wait until one more request for `key` fits, and hold its slot while the request runs."""
 
     def penalize(self, key: str, seconds: float) -> None:
         """The provider said slow down: no request for `key` starts within `seconds` from now."""
 
 
-class LocalBudget(RateBudget):
-    """At most `limit` acquisitions per `window` seconds per key, within one process.
+@dataclass
+class _Key:
+    in_flight: int = 0
+    # When each answered request stops counting (answer + window + margin), in order: the clock is
+    # monotonic, so later answers always end later.
+    ends: deque[float] = field(default_factory=deque)
+    blocked_until: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
 
-    `margin` widens the window a little: requests leave here in order but reach the provider with
-    network jitter, so two that left exactly `window` apart may arrive slightly closer.
+
+class LocalBudget(RateBudget):
+    """At most `limit` requests per `window` seconds per key, within one process.
+
+    `margin` widens the window a little, for a provider whose clock stamps a request a moment after
+    its answer left.
     """
 
     def __init__(
@@ -55,33 +69,46 @@ class LocalBudget(RateBudget):
         self.margin = margin
         self._clock = clock
         self._sleep = sleep
-        self._stamps: dict[str, deque[float]] = {}
-        self._blocked_until: dict[str, float] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._keys: dict[str, _Key] = {}
 
-    def wait_time(self, key: str) -> float:
-        """Seconds until the next request for `key` may start (0 when it may start now)."""
+    def wait_time(self, key: str) -> float | None:
+        """Seconds until the next request for `key` may start: 0 now, None until an answer comes back."""
+        state = self._keys.get(key)
+        if state is None:
+            return 0.0
         now = self._clock()
-        stamps = self._stamps.get(key)
-        wait = max(0.0, self._blocked_until.get(key, 0.0) - now)
-        if stamps is not None:
-            span = self.window + self.margin
-            while stamps and stamps[0] + span <= now:
-                stamps.popleft()
-            if len(stamps) >= self.limit:
-                wait = max(wait, stamps[0] + span - now)
+        while state.ends and state.ends[0] <= now:
+            state.ends.popleft()
+        wait = max(0.0, state.blocked_until - now)
+        if state.in_flight + len(state.ends) >= self.limit:
+            if not state.ends:
+                return None
+            wait = max(wait, state.ends[0] - now)
         return wait
 
-    async def acquire(self, key: str) -> None:
+    @asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        state = self._keys.setdefault(key, _Key())
         # One waiter per key at a time: callers are served in arrival order and never overshoot.
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            while (wait := self.wait_time(key)) > 0:
-                await self._sleep(wait)
-            self._stamps.setdefault(key, deque()).append(self._clock())
+        async with state.lock:
+            while (wait := self.wait_time(key)) != 0:
+                if wait is None:
+                    # Every slot is held by a request still waiting for its answer; an answer only
+                    # turns that into a known wait (answers end later than any known end).
+                    state.answered.clear()
+                    await state.answered.wait()
+                else:
+                    await self._sleep(wait)
+            state.in_flight += 1
+        try:
+            yield
+        finally:
+            state.in_flight -= 1
+            state.ends.append(self._clock() + self.window + self.margin)
+            state.answered.set()
 
     def penalize(self, key: str, seconds: float) -> None:
         if seconds <= 0:
             return
-        until = self._clock() + seconds
-        self._blocked_until[key] = max(self._blocked_until.get(key, 0.0), until)
+        state = self._keys.setdefault(key, _Key())
+        state.blocked_until = max(state.blocked_until, self._clock() + seconds)

@@ -1,8 +1,9 @@
-"""LocalBudget: a sliding window per key that waits and never overshoots, on a fake clock."""
+"""LocalBudget: a sliding window per key, counted from admission to answer plus the window, on a fake clock."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -45,33 +46,97 @@ def test_budget_key_hides_the_api_key() -> None:
     assert key != budget_key("runbase", "rb_other")
 
 
+async def _request(budget: LocalBudget, time: FakeTime, latency: float = 0.0, key: str = "k") -> float:
+    """One request through the budget: admitted, then answered `latency` seconds later."""
+    async with budget.slot(key):
+        admitted = time.now
+        if latency:
+            await time.sleep(latency)
+    return admitted
+
+
 @pytest.mark.anyio
 async def test_within_the_limit_nothing_waits() -> None:
     time = FakeTime()
     budget = _budget(time)
     for _ in range(3):
-        await budget.acquire("k")
+        await _request(budget, time)
     assert time.sleeps == []
 
 
 @pytest.mark.anyio
-async def test_over_the_limit_waits_for_the_oldest_to_leave_the_window() -> None:
+async def test_a_request_counts_until_its_answer_plus_the_window() -> None:
     time = FakeTime()
     budget = _budget(time)
     for _ in range(3):
-        await budget.acquire("k")
-        time.now += 1.0
-    await budget.acquire("k")
-    assert time.sleeps == [pytest.approx(7.0)]
-    assert time.now == pytest.approx(1010.0)
+        await _request(budget, time, latency=0.5)
+        time.now += 0.5
+    # Answered at 1000.5, 1001.5, 1002.5: the first stops counting at 1010.5, not 1010.
+    assert await _request(budget, time) == pytest.approx(1010.5)
+
+
+@pytest.mark.anyio
+async def test_with_every_slot_in_flight_the_next_waits_for_an_answer_then_a_window() -> None:
+    time = FakeTime()
+    budget = _budget(time, limit=1)
+    answer = asyncio.Event()
+
+    async def slow() -> None:
+        async with budget.slot("k"):
+            await answer.wait()
+
+    first = asyncio.create_task(slow())
+    await asyncio.sleep(0)
+    assert budget.wait_time("k") is None
+    second = asyncio.create_task(_request(budget, time))
+    await asyncio.sleep(0)
+    time.now += 30.0  # the first request takes 30 s to answer
+    answer.set()
+    await first
+    assert await second == pytest.approx(1040.0)
+
+
+@pytest.mark.anyio
+async def test_a_failed_request_still_holds_its_slot_for_the_window() -> None:
+    time = FakeTime()
+    budget = _budget(time, limit=1)
+
+    async def reset() -> None:
+        async with budget.slot("k"):
+            time.now += 2.0
+            raise RuntimeError("connection reset")
+
+    with pytest.raises(RuntimeError):
+        await reset()
+    assert budget.wait_time("k") == pytest.approx(10.0)
+
+
+@pytest.mark.anyio
+async def test_the_provider_never_sees_more_than_the_limit_in_any_window() -> None:
+    """Whatever the latency, and wherever between send and answer the provider stamps a request."""
+    rng = random.Random(7)
+    time = FakeTime()
+    budget = _budget(time, limit=5, window=10.0)
+    arrivals: list[float] = []
+
+    async def one() -> None:
+        latency = rng.choice([0.0, 0.3, 2.0, 6.0])
+        async with budget.slot("k"):
+            sent = time.now
+            await time.sleep(latency)
+        arrivals.append(sent + latency * rng.random())
+
+    await asyncio.gather(*(one() for _ in range(40)))
+    assert len(arrivals) == 40
+    assert _max_in_window(arrivals, 10.0) <= 5
 
 
 @pytest.mark.anyio
 async def test_keys_have_separate_windows() -> None:
     time = FakeTime()
     budget = _budget(time, limit=1)
-    await budget.acquire("a")
-    await budget.acquire("b")
+    await _request(budget, time, key="a")
+    await _request(budget, time, key="b")
     assert time.sleeps == []
 
 
@@ -79,15 +144,9 @@ async def test_keys_have_separate_windows() -> None:
 async def test_concurrent_burst_never_exceeds_the_limit() -> None:
     time = FakeTime()
     budget = _budget(time, limit=5, window=10.0)
-    stamps: list[float] = []
-
-    async def one() -> None:
-        await budget.acquire("k")
-        stamps.append(time.now)
-
-    await asyncio.gather(*(one() for _ in range(23)))
+    stamps = await asyncio.gather(*(_request(budget, time) for _ in range(23)))
     assert len(stamps) == 23
-    assert _max_in_window(stamps, 10.0) == 5
+    assert _max_in_window(list(stamps), 10.0) == 5
     assert max(stamps) - min(stamps) == pytest.approx(40.0)
 
 
@@ -97,19 +156,17 @@ async def test_penalty_holds_every_request_for_the_key() -> None:
     budget = _budget(time, limit=100)
     budget.penalize("k", 4.0)
     budget.penalize("k", 1.0)
-    await budget.acquire("other")
+    await _request(budget, time, key="other")
     assert time.sleeps == []
-    await budget.acquire("k")
-    assert time.now == pytest.approx(1004.0)
+    assert await _request(budget, time) == pytest.approx(1004.0)
 
 
 @pytest.mark.anyio
 async def test_margin_widens_the_window() -> None:
     time = FakeTime()
     budget = LocalBudget(1, 1.0, margin=0.25, clock=time.clock, sleep=time.sleep)
-    await budget.acquire("k")
-    await budget.acquire("k")
-    assert time.now == pytest.approx(1001.25)
+    await _request(budget, time)
+    assert await _request(budget, time) == pytest.approx(1001.25)
 
 
 def test_wait_time_is_zero_for_an_unknown_key() -> None:
@@ -120,15 +177,3 @@ def test_wait_time_is_zero_for_an_unknown_key() -> None:
 def test_nonsense_limits_are_refused(limit: int, window: float) -> None:
     with pytest.raises(ValueError, match="limit"):
         LocalBudget(limit, window)
-
-
-@pytest.mark.anyio
-async def test_real_clock_small_window() -> None:
-    budget = LocalBudget(limit=2, window=0.2, margin=0.0)
-    loop = asyncio.get_running_loop()
-    stamps: list[float] = []
-    for _ in range(5):
-        await budget.acquire("k")
-        stamps.append(loop.time())
-    assert stamps[-1] - stamps[0] >= 0.4
-    assert _max_in_window(stamps, 0.2) <= 2

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
@@ -24,7 +25,6 @@ from receiver.providers.base import (
     UnexpectedResponse,
     UnsupportedParameter,
 )
-from receiver.providers.http import backoff
 from receiver.providers.ratelimit import budget_key
 from receiver.providers.runbase import RunbaseClient, build_body, check, map_status, parse_error
 from receiver.request import KlingRequest
@@ -183,10 +183,6 @@ def test_parse_error(body: object, message: str, code: str | None) -> None:
     assert (parsed.message, parsed.code) == (message, code)
 
 
-def test_backoff_grows_and_is_capped() -> None:
-    assert [backoff(n, 1.0, 10.0) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-
-
 # --- errors over HTTP (MockTransport) ----------------------------------------------------------
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -197,8 +193,10 @@ class RecordingBudget:
         self.acquired: list[str] = []
         self.penalties: list[tuple[str, float]] = []
 
-    async def acquire(self, key: str) -> None:
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
         self.acquired.append(key)
+        yield
 
     def penalize(self, key: str, seconds: float) -> None:
         self.penalties.append((key, seconds))
@@ -333,7 +331,9 @@ async def test_reads_are_retried_and_every_attempt_spends_the_budget() -> None:
     assert (await client.get_status(RUN)).status is JobStatus.RUNNING
     key = budget_key("runbase", KEY)
     assert budget.acquired == [key] * 3
-    assert budget.penalties == [(key, backoff(2, 1.0, 10.0))]
+    [(penalized, seconds)] = budget.penalties
+    assert penalized == key
+    assert 2.0 <= seconds <= 2.5  # the second attempt's backoff, with up to 25% jitter
     assert KEY not in key
     await client.aclose()
 
@@ -344,7 +344,9 @@ async def test_429_backs_off_exponentially_in_the_budget() -> None:
     client = _client(_error(429, "RATE_LIMITED"), budget)
     with pytest.raises(RateLimited):
         await client.get_status(RUN)
-    assert [seconds for _, seconds in budget.penalties] == [1.0, 2.0, 4.0, 8.0]
+    waits = [seconds for _, seconds in budget.penalties]
+    # Doubling from 1 s, with up to 25% jitter each.
+    assert all(nominal <= w <= nominal * 1.25 for nominal, w in zip([1, 2, 4, 8], waits, strict=True))
     await client.aclose()
 
 
