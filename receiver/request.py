@@ -52,15 +52,6 @@ class KlingRequest:
         data.pop("metadata")
         return data
 
-    def explicit(self) -> dict[str, Any]:
-        """Parameters the user set away from their defaults (what a provider must be able to take)."""
-        defaults = KlingRequest(prompt=self.prompt)
-        return {
-            name: value
-            for name, value in self.params().items()
-            if name != "prompt" and value != getattr(defaults, name)
-        }
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KlingRequest:
         """Validate a request body; raises ValidationError naming every bad field."""

@@ -26,8 +26,6 @@ class ProviderStatus:
 class ProviderError(Exception):
     """A provider refused or failed a request. Never carries a key or secret."""
 
-    retryable = False
-
     def __init__(
         self,
         provider: str,
@@ -117,8 +115,6 @@ class Conflict(ProviderError):
 class RateLimited(ProviderError):
     """429: slow down; `retry_after` is the provider's wait in seconds when it gave one."""
 
-    retryable = True
-
     def __init__(self, *args: Any, retry_after: float | None = None, **kwargs: Any) -> None:
         self.retry_after = retry_after
         super().__init__(*args, **kwargs)
@@ -126,8 +122,6 @@ class RateLimited(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     """5xx or a network failure: worth retrying where the request is safe to repeat."""
-
-    retryable = True
 
 
 class NotSent(ProviderUnavailable):

@@ -1,4 +1,4 @@
-"""KlingRequest.from_dict: every rule names its field; params() and explicit() are what providers see."""
+"""KlingRequest.from_dict: every rule names its field; params() is what providers see."""
 
 from __future__ import annotations
 
@@ -152,18 +152,4 @@ def test_params_are_the_normalized_fields_without_metadata() -> None:
         "generate_audio": False,
         "negative_prompt": None,
         "multi_prompt": None,
-    }
-
-
-def test_explicit_lists_only_fields_set_away_from_their_defaults() -> None:
-    assert KlingRequest.from_dict({"prompt": "p"}).explicit() == {}
-    assert KlingRequest.from_dict({"prompt": "p", "mode": "pro", "generate_audio": False}).explicit() == {}
-    request = KlingRequest.from_dict(
-        {"prompt": "p", "mode": "standard", "duration": 5, "generate_audio": True, "negative_prompt": "n"}
-    )
-    assert request.explicit() == {
-        "mode": "standard",
-        "duration": 5,
-        "generate_audio": True,
-        "negative_prompt": "n",
     }
