@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
 from receiver.events import EVENT_TYPES
+from receiver.providers.registry import NAMES as PROVIDERS
 
 __all__ = [
     "BUILTIN",
@@ -28,7 +29,6 @@ BUILTIN = {
     "storage": "handlers.storage:StorageHandler",
     "database": "handlers.database:DatabaseHandler",
 }
-PROVIDERS = ("apiframe", "runbase")
 COMMON_KEYS = frozenset(
     {
         "name",

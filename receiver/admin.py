@@ -10,11 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from receiver.config import SettingsError
-from receiver.events import TERMINAL, JobStatus
+from receiver.events import JobStatus
 from receiver.hooks import error
 from receiver.providers.base import ProviderError, UnsupportedParameter
+from receiver.providers.registry import NAMES
 from receiver.request import KlingRequest, ValidationError
-from receiver.service import PROVIDERS, Receiver
+from receiver.service import NoSuchJob, NotFinished, Receiver
 
 MAX_LIMIT = 1000
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -44,8 +45,8 @@ async def submit(request: Request, receiver: Receiver) -> Response:
         return error(400, "body is not a JSON object")
     provider = data.pop("provider", None)
     errors: dict[str, str] = {}
-    if provider not in PROVIDERS:
-        errors["provider"] = f"required, one of {', '.join(PROVIDERS)}"
+    if provider not in NAMES:
+        errors["provider"] = f"required, one of {', '.join(NAMES)}"
     try:
         kling = KlingRequest.from_dict(data)
     except ValidationError as exc:
@@ -68,8 +69,9 @@ async def submit(request: Request, receiver: Receiver) -> Response:
 
 @admin
 async def get_job(request: Request, receiver: Receiver) -> Response:
-    job = await receiver.store.get_job(request.path_params["job_id"])
-    if job is None:
+    try:
+        job = await receiver.get_job(request.path_params["job_id"])
+    except NoSuchJob:
         return error(404, "no such job")
     return JSONResponse(job.to_json())
 
@@ -82,24 +84,23 @@ async def list_jobs(request: Request, receiver: Receiver) -> Response:
     raw = request.query_params.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
         return error(400, f"limit: a whole number from 1 to {MAX_LIMIT}")
-    jobs = await receiver.store.list_jobs(status, int(raw))
+    jobs = await receiver.list_jobs(status, int(raw))
     return JSONResponse({"jobs": [job.to_json() for job in jobs]})
 
 
 @admin
 async def replay(request: Request, receiver: Receiver) -> Response:
-    job = await receiver.store.get_job(request.path_params["job_id"])
-    if job is None:
-        return error(404, "no such job")
-    if job.status not in TERMINAL:
-        return error(409, f"job is {job.status}: only a finished job has an event to replay")
     try:
-        count = await receiver.replay(job.id, request.query_params.get("handler"))
+        replayed = await receiver.replay(request.path_params["job_id"], request.query_params.get("handler"))
+    except NoSuchJob:
+        return error(404, "no such job")
+    except NotFinished as exc:
+        return error(409, str(exc))
     except SettingsError as exc:
         return error(400, f"handler: {exc}")
-    return JSONResponse({"replayed": count, "event_id": job.event_id})
+    return JSONResponse({"replayed": replayed.count, "event_id": replayed.event_id})
 
 
 @admin
 async def tick(request: Request, receiver: Receiver) -> Response:
-    return JSONResponse(await request.app.state.worker.tick())
+    return JSONResponse(await receiver.tick())

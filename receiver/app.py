@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver import admin
 from receiver.hooks import hook
 from receiver.service import Receiver
-from receiver.worker import Worker
 
 
 def create_app(receiver: Receiver, *, run_worker: bool = True) -> Starlette:
     """The web app; with `run_worker` its lifespan also runs the polling and dispatch loop."""
-    worker = Worker(receiver)
+    worker = receiver.worker
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -49,8 +48,6 @@ def create_app(receiver: Receiver, *, run_worker: bool = True) -> Starlette:
         lifespan=lifespan,
     )
     app.state.receiver = receiver
-    app.state.worker = worker
-    app.state.webhooks = Counter()
     return app
 
 
@@ -59,14 +56,5 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    counts = await request.app.state.receiver.store.counts()
-    webhooks: Counter[tuple[str, int]] = request.app.state.webhooks
-    lines = ["# TYPE receiver_jobs gauge"]
-    lines += [f'receiver_jobs{{status="{s}"}} {n}' for s, n in sorted(counts["jobs"].items())]
-    lines.append("# TYPE receiver_deliveries gauge")
-    lines += [f'receiver_deliveries{{status="{s}"}} {n}' for s, n in sorted(counts["deliveries"].items())]
-    lines.append("# TYPE receiver_webhooks_total counter")
-    lines += [
-        f'receiver_webhooks_total{{provider="{p}",code="{c}"}} {n}' for (p, c), n in sorted(webhooks.items())
-    ]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    receiver: Receiver = request.app.state.receiver
+    return Response(await receiver.render_metrics(), media_type=CONTENT_TYPE_LATEST)

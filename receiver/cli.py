@@ -18,9 +18,9 @@ from receiver import logs
 from receiver.config import Settings, SettingsError, load_settings
 from receiver.events import TERMINAL, Job, JobStatus
 from receiver.providers.base import ProviderError, UnsupportedParameter
+from receiver.providers.registry import NAMES
 from receiver.request import KlingRequest, ValidationError
-from receiver.service import Receiver, UnknownProvider
-from receiver.worker import Worker
+from receiver.service import NoSuchJob, NotFinished, Receiver, UnknownProvider
 
 USER_ERRORS = (SettingsError, ConfigError, ValidationError, UnknownProvider, ProviderError)
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tick", help="one round of polling and dispatch, then exit (cron, serverless)")
 
     submit = sub.add_parser("submit", help="record and submit a job")
-    submit.add_argument("--provider", required=True, choices=["apiframe", "runbase"])
+    submit.add_argument("--provider", required=True, choices=NAMES)
     submit.add_argument("--prompt", required=True)
     submit.add_argument("--mode", choices=["standard", "pro", "4k"])
     submit.add_argument("--aspect-ratio", choices=["16:9", "9:16", "1:1"])
@@ -140,7 +140,7 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Worker(receiver).run(stop)
+        await receiver.worker.run(stop)
         return 0
 
     return await _with_receiver(settings, run)
@@ -148,7 +148,7 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_tick(settings: Settings, args: argparse.Namespace) -> int:
     async def run(receiver: Receiver) -> int:
-        print(json.dumps(await Worker(receiver).tick()))
+        print(json.dumps(await receiver.tick()))
         return 0
 
     return await _with_receiver(settings, run)
@@ -198,9 +198,8 @@ async def follow(receiver: Receiver, job: Job) -> Job:
     """Drive polling and dispatch in this process while showing live status and progress."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    worker = Worker(receiver)
     stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
+    task = asyncio.create_task(receiver.worker.run(stop))
     console = Console(stderr=True)
     try:
         with Progress(
@@ -213,9 +212,7 @@ async def follow(receiver: Receiver, job: Job) -> Job:
         ) as progress:
             bar = progress.add_task(f"{job.id} {job.status}", total=100)
             while True:
-                current = await receiver.store.get_job(job.id)
-                assert current is not None
-                job = current
+                job = await receiver.get_job(job.id)
                 progress.update(bar, completed=job.progress or 0, description=f"{job.id} {job.status}")
                 pending = any(d.status in ("pending", "retrying") for d in job.deliveries)
                 if job.status in TERMINAL and not pending:
@@ -228,7 +225,7 @@ async def follow(receiver: Receiver, job: Job) -> Job:
 
 async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     async def run(receiver: Receiver) -> int:
-        jobs = await receiver.store.list_jobs(args.status, args.limit)
+        jobs = await receiver.list_jobs(args.status, args.limit)
         if args.json:
             print(json.dumps({"jobs": [j.to_json() for j in jobs]}, indent=2))
             return 0
@@ -269,9 +266,10 @@ def job_table(job: Job) -> Table:
 
 async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     async def run(receiver: Receiver) -> int:
-        job = await receiver.store.get_job(args.id)
-        if job is None:
-            raise CommandError(f"error: no job {args.id!r}")
+        try:
+            job = await receiver.get_job(args.id)
+        except NoSuchJob as exc:
+            raise CommandError(f"error: {exc}") from None
         if args.json:
             print(json.dumps(job.to_json(), indent=2))
         else:
@@ -283,14 +281,12 @@ async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     async def run(receiver: Receiver) -> int:
-        job = await receiver.store.get_job(args.id)
-        if job is None:
-            raise CommandError(f"error: no job {args.id!r}")
-        if job.status not in TERMINAL:
-            raise CommandError(f"error: job {job.id} is {job.status}: only a finished job can be replayed")
-        count = await receiver.replay(job.id, args.handler)
-        counts = await Worker(receiver).dispatch()
-        print(json.dumps({"replayed": count, "event_id": job.event_id, **counts}))
+        try:
+            replayed = await receiver.replay(args.id, args.handler)
+        except (NoSuchJob, NotFinished) as exc:
+            raise CommandError(f"error: {exc}") from None
+        counts = await receiver.worker.dispatch()
+        print(json.dumps({"replayed": replayed.count, "event_id": replayed.event_id, **counts}))
         return 0 if not counts["dead"] else 1
 
     return await _with_receiver(settings, run)

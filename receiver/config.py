@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from receiver.providers import apiframe, runbase
+from receiver.providers.registry import get as provider
+
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it (never its value if secret)."""
@@ -28,10 +31,10 @@ class Settings:
     config_path: str | None = None
     admin_token: str | None = None
     apiframe_api_key: str | None = None
-    apiframe_base_url: str = "https://api.apiframe.ai"
+    apiframe_base_url: str = apiframe.DEFAULT_BASE_URL
     apiframe_webhook_field: str = "webhookUrl"
     runbase_api_key: str | None = None
-    runbase_base_url: str = "https://runbase.net"
+    runbase_base_url: str = runbase.DEFAULT_BASE_URL
     runbase_rate_limit: int = 20
     runbase_rate_window: float = 10.0
     job_timeout: float = 3600.0
@@ -45,14 +48,14 @@ class Settings:
             raise SettingsError("RECEIVER_SECRET is not set (it signs the per-job webhook URLs)")
         return self.secret
 
-    def api_key(self, provider: str) -> str:
-        key = self.apiframe_api_key if provider == "apiframe" else self.runbase_api_key
+    def api_key(self, name: str) -> str:
+        key = provider(name).api_key(self)
         if not key:
-            raise SettingsError(f"{provider.upper()}_API_KEY is not set")
+            raise SettingsError(f"{name.upper()}_API_KEY is not set")
         return key
 
-    def base_url(self, provider: str) -> str:
-        return self.apiframe_base_url if provider == "apiframe" else self.runbase_base_url
+    def base_url(self, name: str) -> str:
+        return provider(name).base_url(self)
 
     def secrets(self) -> list[str]:
         """Every value that must never reach a log line or an error message."""

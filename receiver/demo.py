@@ -29,13 +29,14 @@ from receiver.config import Settings
 from receiver.emulators.apiframe import ApiframeEmulator
 from receiver.emulators.runbase import RunbaseEmulator
 from receiver.events import TERMINAL, parse_iso
+from receiver.providers import apiframe, runbase
 from receiver.service import Receiver
 
 EMULATOR_DELAY = 4.0
 DEADLINE = 50.0
 PROMPTS = {
-    "apiframe": "a cinematic sunrise over a futuristic cityscape, smooth camera push-in",
-    "runbase": "a ceramic lamp on an oak table, slow orbit, soft studio light",
+    apiframe.PROVIDER: "a cinematic sunrise over a futuristic cityscape, smooth camera push-in",
+    runbase.PROVIDER: "a ceramic lamp on an oak table, slow orbit, soft studio light",
 }
 
 
@@ -72,12 +73,12 @@ def _run(folder: Path, console: Console, *, kept: bool) -> int:
     forward_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     admin_token = secrets.token_urlsafe(16)
     inbox = ForwardInbox(forward_secret)
-    apiframe = ApiframeEmulator(delay=EMULATOR_DELAY, seed=1)
-    runbase = RunbaseEmulator(delay=EMULATOR_DELAY, seed=1)
+    apiframe_emulator = ApiframeEmulator(delay=EMULATOR_DELAY, seed=1)
+    runbase_emulator = RunbaseEmulator(delay=EMULATOR_DELAY, seed=1)
     videos, table_db = folder / "videos", folder / "events.db"
     with (
-        BackgroundServer(apiframe.app) as apiframe_server,
-        BackgroundServer(runbase.app) as runbase_server,
+        BackgroundServer(apiframe_emulator.app) as apiframe_server,
+        BackgroundServer(runbase_emulator.app) as runbase_server,
         BackgroundServer(inbox.app) as inbox_server,
     ):
         receiver_server = BackgroundServer()

@@ -12,30 +12,33 @@ MIN_GAP = 0.2
 MAX_STEP = 600.0
 
 
-def poll_offsets(provider: str, expected: float) -> Iterator[float]:
-    """Seconds after submit at which a job is polled.
-
-    Runbase (no webhooks): three cheap early looks for fast finishes and failures, then every tenth of
-    the expected time around it, then a widening back-off. Apiframe (webhooks): nothing until the
-    expected time plus a grace, then sparse reconciliation polls for the webhook that never came.
-    """
-    if provider == "runbase":
-        last = 0.0
-        for t in _runbase_plan(expected):
-            while t - last > MAX_STEP:  # never leave a Runbase job unlooked-at longer than MAX_STEP
-                last += MAX_STEP
-                yield last
-            yield t
-            last = t
-    else:
-        t, step = expected * 1.2, min(max(MIN_GAP, expected * 0.5), MAX_STEP)
-        while True:
-            yield t
-            t += step
-            step = min(step * 2, MAX_STEP)
+PollPlan = Callable[[float], Iterator[float]]
 
 
-def _runbase_plan(expected: float) -> Iterator[float]:
+def webhook_plan(expected: float) -> Iterator[float]:
+    """Seconds after submit at which a job whose provider sends webhooks is polled: nothing until the
+    expected time plus a grace, then sparse reconciliation polls for the webhook that never came."""
+    t, step = expected * 1.2, min(max(MIN_GAP, expected * 0.5), MAX_STEP)
+    while True:
+        yield t
+        t += step
+        step = min(step * 2, MAX_STEP)
+
+
+def polling_plan(expected: float) -> Iterator[float]:
+    """Seconds after submit at which a job whose provider sends no webhooks is polled: three cheap early
+    looks for fast finishes and failures, then every tenth of the expected time around it, then a
+    widening back-off, never leaving the job unlooked-at longer than MAX_STEP."""
+    last = 0.0
+    for t in _polling_offsets(expected):
+        while t - last > MAX_STEP:
+            last += MAX_STEP
+            yield last
+        yield t
+        last = t
+
+
+def _polling_offsets(expected: float) -> Iterator[float]:
     for fraction in (0.05, 0.15, 0.3):
         yield max(MIN_GAP, expected * fraction)
     t, step = expected * 0.8, max(MIN_GAP, expected * 0.1)
@@ -48,13 +51,13 @@ def _runbase_plan(expected: float) -> Iterator[float]:
         t += step
 
 
-def next_poll_at(provider: str, submitted_at: datetime, now: datetime, expected: float) -> datetime:
-    """The first planned poll after `now` (at least MIN_GAP away)."""
+def next_poll_at(plan: PollPlan, submitted_at: datetime, now: datetime, expected: float) -> datetime:
+    """The first poll of `plan` after `now` (at least MIN_GAP away)."""
     elapsed = (now - submitted_at).total_seconds() + MIN_GAP
-    for offset in poll_offsets(provider, expected):
+    for offset in plan(expected):
         if offset >= elapsed:
             return submitted_at + timedelta(seconds=offset)
-    raise AssertionError("poll_offsets never ends")
+    raise AssertionError("a poll plan never ends")
 
 
 def retry_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:

@@ -12,7 +12,6 @@ from receiver import logs
 from receiver.app import create_app
 from receiver.config import load_settings
 from receiver.service import Receiver
-from receiver.worker import Worker
 
 logs.configure()
 # Built once per container; the app's lifespan opens and closes the store around each invocation.
@@ -29,6 +28,6 @@ async def _tick() -> dict[str, int]:
     receiver = Receiver.from_settings(load_settings())
     await receiver.open()
     try:
-        return await Worker(receiver).tick()
+        return await receiver.tick()
     finally:
         await receiver.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -13,23 +15,55 @@ from handlers import HandlerSpec, build_handlers
 from receiver import logs
 from receiver.clock import Clock, system_clock
 from receiver.config import Settings, SettingsError
-from receiver.events import Job, JobError, JobStatus, new_job_id
-from receiver.providers import make_client
+from receiver.events import TERMINAL, Job, JobError, JobStatus, new_job_id
+from receiver.metrics import Metrics
+from receiver.providers import registry
 from receiver.providers.base import ProviderClient, ProviderError, ProviderStatus
 from receiver.providers.ratelimit import LocalBudget, RateBudget
+from receiver.providers.registry import UnknownProvider
 from receiver.request import KlingRequest
-from receiver.schedule import next_poll_at
-from receiver.signing import WebhookSigner
+from receiver.signing import TokenError, WebhookSigner
 from receiver.store import Recorded, Route, Store, Update, open_store
+
+if TYPE_CHECKING:
+    from receiver.worker import Worker
 
 log = structlog.get_logger()
 
-PROVIDERS = ("apiframe", "runbase")
 SECRET_KEYS = ("webhook_url", "secret", "token", "password", "api_key")
 
+__all__ = [
+    "NoSuchJob",
+    "NotFinished",
+    "Receiver",
+    "Replayed",
+    "UnknownProvider",
+    "WebhookRefused",
+    "update_from",
+]
 
-class UnknownProvider(ValueError):
-    pass
+
+class NoSuchJob(LookupError):
+    """No job has this id."""
+
+
+class NotFinished(ValueError):
+    """The job has no final status yet, so no event to replay."""
+
+
+class WebhookRefused(Exception):
+    """A webhook the receiver will not record; `status` is the HTTP answer the contract gives it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    count: int
+    event_id: str | None
 
 
 class Receiver:
@@ -54,6 +88,8 @@ class Receiver:
         self._clients: dict[str, ProviderClient] = dict(clients or {})
         self._signer: WebhookSigner | None = None
         self._wake: Callable[[], None] | None = None
+        self._worker: Worker | None = None
+        self.metrics = Metrics()
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Receiver:
@@ -70,21 +106,20 @@ class Receiver:
             self._signer = WebhookSigner(s.require_secret(), s.old_secrets, s.token_max_age)
         return self._signer
 
+    @property
+    def worker(self) -> Worker:
+        """Polling and dispatch for this receiver, made on first use."""
+        if self._worker is None:
+            from receiver.worker import Worker  # the worker drives a Receiver: built here, imported late
+
+            self._worker = Worker(self)
+        return self._worker
+
     def client(self, provider: str) -> ProviderClient:
-        if provider not in PROVIDERS:
-            raise UnknownProvider(f"provider must be one of {', '.join(PROVIDERS)}")
+        spec = registry.get(provider)
         if provider not in self._clients:
-            options: dict[str, Any] = {}
-            if provider == "apiframe":
-                options["webhook_field"] = self.settings.apiframe_webhook_field
-            else:
-                options["budget"] = self.budget
-            self._clients[provider] = make_client(
-                provider,
-                api_key=self.settings.api_key(provider),
-                base_url=self.settings.base_url(provider),
-                **options,
-            )
+            transport = self.metrics.transport(provider)
+            self._clients[provider] = spec.client(self.settings, budget=self.budget, transport=transport)
         return self._clients[provider]
 
     async def open(self) -> None:
@@ -112,16 +147,20 @@ class Receiver:
         recorded = await self.store.record(job_id, update, via, self.clock(), self.routes)
         if recorded.terminal:
             log.info("job.completed", job_id=job_id, status=str(update.status), via=via)
-            if self._wake is not None:
-                self._wake()
+            self._notify()
         return recorded
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake()
 
     async def submit(self, provider: str, request: KlingRequest) -> Job:
         """Record the job, then submit it. A refused job ends `failed` (its handlers hear of it) and the
         provider's error is raised; a parameter the provider cannot take is refused before anything."""
         client = self.client(provider)
         client.check(request)
-        webhook_signer = self.signer if provider == "apiframe" else None
+        spec = registry.get(provider)
+        webhook_signer = self.signer if spec.sends_webhooks else None
         now = self.clock()
         job = Job(
             id=new_job_id(),
@@ -142,7 +181,7 @@ class Receiver:
             await self.record(job.id, Update(JobStatus.FAILED, error=exc.to_job_error()), via=None)
             raise
         submitted = self.clock()
-        first_poll = next_poll_at(provider, submitted, submitted, self.settings.expected_seconds)
+        first_poll = spec.next_poll_at(submitted, submitted, self.settings.expected_seconds)
         await self.store.mark_submitted(job.id, status.provider_job_id, submitted, first_poll)
         if status.status.terminal or status.status is JobStatus.RUNNING:
             await self.record(job.id, update_from(status), via="poll")
@@ -156,13 +195,71 @@ class Receiver:
         error = JobError(code="timeout", message=f"no final status within {seconds:g} s of submit")
         return await self.record(job_id, Update(JobStatus.FAILED, error=error), via=None)
 
-    async def replay(self, job_id: str, handler: str | None = None) -> int:
+    async def accept_webhook(
+        self, provider: str, token: str, headers: Mapping[str, str], read_body: Callable[[], Awaitable[bytes]]
+    ) -> dict[str, Any]:
+        """Verify a provider's webhook and record it durably; the answer's JSON body. Raises
+        WebhookRefused; `read_body` runs only once the token is good (its own errors pass through)."""
+        try:
+            claims = self.signer.verify(token, provider)
+        except TokenError as exc:
+            raise WebhookRefused(401, str(exc)) from None
+        spec = registry.get(provider)
+        body = await read_body()
+        if not spec.verify_webhook(self.settings, headers, body):
+            raise WebhookRefused(401, "X-Webhook-Signature does not match the body")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise WebhookRefused(400, "body is not a JSON object")
+        status = spec.read_webhook(data)
+        if status is None:
+            if not await self.store.poll_soon(claims.job_id, self.clock()):
+                raise WebhookRefused(404, "no such job")
+            self._notify()
+            log.info("webhook.unusable", job_id=claims.job_id, provider=provider)
+            return {"ok": True, "confirm": "poll"}
+        recorded = await self.record(claims.job_id, update_from(status), via="webhook")
+        if recorded.job is None:
+            raise WebhookRefused(404, "no such job")
+        if recorded.conflict:
+            if await self.store.find_job(provider, status.provider_job_id) is not None:
+                raise WebhookRefused(401, "webhook token belongs to another job")
+            raise WebhookRefused(400, "body names another job (jobId)")
+        return {"ok": True, "status": str(recorded.job.status), "duplicate": not recorded.changed}
+
+    async def get_job(self, job_id: str) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NoSuchJob(f"no job {job_id!r}")
+        return job
+
+    async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
+        return await self.store.list_jobs(status, limit)
+
+    async def replay(self, job_id: str, handler: str | None = None) -> Replayed:
+        """Make a finished job's event due again; raises NoSuchJob, NotFinished, or SettingsError for a
+        handler that is not configured."""
+        job = await self.get_job(job_id)
+        if job.status not in TERMINAL:
+            raise NotFinished(f"job {job.id} is {job.status}: only a finished job has an event to replay")
         if handler is not None and handler not in self.by_name:
             raise SettingsError(f"no handler named {handler!r} is configured")
         count = await self.store.replay(job_id, self.routes, self.clock(), handler)
-        if count and self._wake is not None:
-            self._wake()
-        return count
+        if count:
+            self._notify()
+        return Replayed(count, job.event_id)
+
+    async def tick(self) -> dict[str, int]:
+        """One round of polling and dispatch."""
+        return await self.worker.tick()
+
+    async def render_metrics(self) -> bytes:
+        """The Prometheus text: the store's counts read now, plus this process's counters."""
+        counts = await self.store.counts()
+        return self.metrics.render(await self.store.job_counts(), counts["deliveries"])
 
 
 def update_from(status: ProviderStatus) -> Update:

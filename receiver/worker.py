@@ -14,8 +14,9 @@ import structlog
 from handlers import HandlerSpec, PermanentError, RetryLater
 from receiver.config import SettingsError
 from receiver.logs import mask
+from receiver.providers import registry
 from receiver.providers.base import ProviderError
-from receiver.schedule import next_poll_at, retry_delay
+from receiver.schedule import retry_delay
 from receiver.service import Receiver, update_from
 from receiver.store import DueDelivery
 
@@ -83,15 +84,17 @@ class Worker:
                 status = await client.get_status(job.provider_job_id)
             except (ProviderError, SettingsError) as exc:
                 log.warning("poll.failed", job_id=job.id, provider=job.provider, error=str(exc))
+                receiver.metrics.poll(job.provider, ok=False)
             else:
                 counts["polled"] += 1
+                receiver.metrics.poll(job.provider, ok=True)
                 if (await receiver.record(job.id, update_from(status), via="poll")).terminal:
                     counts["completed"] += 1
                     await receiver.store.schedule_poll(job.id, None)
                     return
             now = receiver.clock()
-            next_at = next_poll_at(
-                job.provider, job.submitted_at or job.created_at, now, receiver.settings.expected_seconds
+            next_at = registry.get(job.provider).next_poll_at(
+                job.submitted_at or job.created_at, now, receiver.settings.expected_seconds
             )
             if job.deadline_at is not None:
                 next_at = min(next_at, job.deadline_at)
@@ -116,6 +119,7 @@ class Worker:
                 due.job_id, due.handler, delivered=False, error="handler is no longer configured"
             )
             counts["dead"] += 1
+            receiver.metrics.delivery(due.handler, "dead", due.event, receiver.clock())
             return
         event = dict(due.event)
         if spec.after:
@@ -128,6 +132,7 @@ class Worker:
             log.warning("delivery.dead", attempt=attempt, error=error, **fields)
             await store.finish_delivery(due.job_id, due.handler, delivered=False, error=error)
             counts["dead"] += 1
+            receiver.metrics.delivery(due.handler, "dead", due.event, receiver.clock())
             return
         except Exception as exc:
             error = mask(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -139,11 +144,14 @@ class Worker:
             await store.finish_delivery(
                 due.job_id, due.handler, delivered=False, error=error, retry_at=retry_at
             )
-            counts["retried" if retry_at else "dead"] += 1
+            outcome = "retried" if retry_at else "dead"
+            counts[outcome] += 1
+            receiver.metrics.delivery(due.handler, outcome, due.event, receiver.clock())
             return
         log.info("delivery.delivered", attempt=attempt, **fields)
         await store.finish_delivery(due.job_id, due.handler, delivered=True, report=report)
         counts["delivered"] += 1
+        receiver.metrics.delivery(due.handler, "delivered", due.event, receiver.clock())
 
 
 def _summary(*counts: Counter[str]) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Provider clients: Apiframe (webhooks) and Runbase (polling only)."""
+"""Provider clients: Apiframe (webhooks) and Runbase (polling only), and the registry that names them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,21 @@ import httpx
 from receiver.providers.apiframe import ApiframeClient
 from receiver.providers.base import ProviderClient
 from receiver.providers.ratelimit import LocalBudget, RateBudget
+from receiver.providers.registry import NAMES, REGISTRY, Provider, UnknownProvider, get
 from receiver.providers.runbase import RunbaseClient
 
-PROVIDERS = ("apiframe", "runbase")
-
-__all__ = ["PROVIDERS", "ApiframeClient", "LocalBudget", "RateBudget", "RunbaseClient", "make_client"]
+__all__ = [
+    "NAMES",
+    "REGISTRY",
+    "ApiframeClient",
+    "LocalBudget",
+    "Provider",
+    "RateBudget",
+    "RunbaseClient",
+    "UnknownProvider",
+    "get",
+    "make_client",
+]
 
 
 def make_client(
@@ -26,16 +36,7 @@ def make_client(
     **options: Any,
 ) -> ProviderClient:
     """The client for provider `name`; `options` go to its constructor (timeout, max_attempts, ...)."""
-    if name == "apiframe":
-        return ApiframeClient(
-            api_key,
-            base_url or ApiframeClient.default_base_url,
-            budget=budget,
-            transport=transport,
-            **options,
-        )
-    if name == "runbase":
-        return RunbaseClient(
-            api_key, base_url or RunbaseClient.default_base_url, budget=budget, transport=transport, **options
-        )
-    raise ValueError(f"unknown provider {name!r}: expected one of {', '.join(PROVIDERS)}")
+    provider = get(name)
+    return provider.client_class(
+        api_key, base_url or provider.default_base_url, budget=budget, transport=transport, **options
+    )

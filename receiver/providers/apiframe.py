@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -13,6 +14,7 @@ import structlog
 
 from receiver.events import JobStatus
 from receiver.providers.base import (
+    ProviderError,
     ProviderStatus,
     UnexpectedResponse,
     UnsupportedParameter,
@@ -22,11 +24,15 @@ from receiver.providers.http import ErrorBody, ProviderHTTP, number, retrying, t
 from receiver.providers.ratelimit import RateBudget
 from receiver.request import KlingRequest
 
+if TYPE_CHECKING:
+    from receiver.config import Settings
+
 PROVIDER = "apiframe"
 MODEL = "kling-3.0"
 DEFAULT_BASE_URL = "https://api.apiframe.ai"
 SUBMIT_PATH = "/v2/videos/generate"
 WEBHOOK_FIELDS = ("webhookUrl", "webhook_url")  # v2 OpenAPI file, seed page
+SIGNATURE_HEADER = "x-webhook-signature"
 SIGNATURE_PREFIX = "sha256="
 MAX_IDEMPOTENCY_KEY = 255
 IDEMPOTENCY_PREFIX = "kling-receiver:"
@@ -121,6 +127,30 @@ def verify_signature(api_key: str, raw_body: bytes, header: str | None) -> bool:
     expected = hmac.new(key, raw_body, hashlib.sha256).hexdigest()
     given = header[len(SIGNATURE_PREFIX) :].strip().lower()
     return hmac.compare_digest(expected.encode(), given.encode(errors="replace"))
+
+
+def signature_ok(settings: Settings, headers: Mapping[str, str], body: bytes) -> bool:
+    """Checked when present (and required when the setting says so), on top of the URL token."""
+    header = headers.get(SIGNATURE_HEADER)
+    key = settings.apiframe_api_key
+    if header is None or not key:
+        return not settings.require_signature
+    return verify_signature(key, body, header)
+
+
+def read_webhook(data: dict[str, Any]) -> ProviderStatus | None:
+    """The report as a status to act on, or None when it must be confirmed by a status read."""
+    try:
+        status = parse_webhook(data)
+    except (ProviderError, ValueError, KeyError, TypeError):
+        return None
+    if status.status is JobStatus.SUCCEEDED and not status.output_urls:
+        return None
+    return status
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    return {"webhook_field": settings.apiframe_webhook_field}
 
 
 def parse_error(data: Any) -> ErrorBody:

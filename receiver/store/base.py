@@ -122,3 +122,6 @@ class Store(Protocol):
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """{"jobs": {status: n}, "deliveries": {status: n}} for the metrics."""
+
+    async def job_counts(self) -> dict[tuple[str, str], int]:
+        """{(provider, status): n} for the metrics."""

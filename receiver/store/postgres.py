@@ -226,6 +226,8 @@ UNION ALL
 SELECT 'deliveries', status, COUNT(*) FROM receiver_deliveries GROUP BY status
 """
 
+JOB_COUNTS = "SELECT provider, status, COUNT(*) AS n FROM receiver_jobs GROUP BY provider, status"
+
 
 class PostgresStore:
     def __init__(self, url: str) -> None:
@@ -440,6 +442,11 @@ class PostgresStore:
             for row in await (await conn.execute(COUNTS)).fetchall():
                 counts[row["kind"]][row["status"]] = row["n"]
         return counts
+
+    async def job_counts(self) -> dict[tuple[str, str], int]:
+        async with self._transaction() as conn:
+            rows = await (await conn.execute(JOB_COUNTS)).fetchall()
+        return {(row["provider"], row["status"]): row["n"] for row in rows}
 
 
 async def _migrate(conn: AsyncConnection[Any]) -> None:

@@ -412,6 +412,13 @@ class SQLiteStore:
 
         return await self._run(run, write=False)
 
+    async def job_counts(self) -> dict[tuple[str, str], int]:
+        def run(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+            rows = conn.execute("SELECT provider, status, COUNT(*) FROM jobs GROUP BY provider, status")
+            return {(provider, status): n for provider, status, n in rows.fetchall()}
+
+        return await self._run(run, write=False)
+
 
 def _record(
     conn: sqlite3.Connection, job_id: str, update: Update, via: str | None, now: datetime, routes: Matcher

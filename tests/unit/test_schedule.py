@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from receiver.schedule import MAX_STEP, MIN_GAP, next_poll_at, poll_offsets, retry_delay
+from receiver.providers.registry import get
+from receiver.schedule import MAX_STEP, MIN_GAP, retry_delay
 
 SUBMITTED = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 REALISTIC = [5.0, 30.0, 150.0, 600.0, 3600.0]
 # Both sides are rounded to whole microseconds by timedelta.
 MICROSECOND = 1e-6
+
+
+def poll_offsets(provider: str, expected: float) -> Iterator[float]:
+    return get(provider).poll_plan(expected)
+
+
+def next_poll_at(provider: str, submitted_at: datetime, now: datetime, expected: float) -> datetime:
+    return get(provider).next_poll_at(submitted_at, now, expected)
 
 
 def _first(provider: str, expected: float, n: int) -> list[float]:

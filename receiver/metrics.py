@@ -1,0 +1,136 @@
+"""Prometheus metrics, one registry per Receiver. Label values come only from known names: a provider
+the registry does not know is counted as "unknown", never under a name taken from a URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from receiver.events import parse_iso
+from receiver.providers.registry import REGISTRY
+
+UNKNOWN = "unknown"
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def known(provider: str) -> str:
+    return provider if provider in REGISTRY else UNKNOWN
+
+
+class StoreCounts(Collector):
+    """Jobs by provider and status and deliveries by status, as of the last `update` (the store is
+    async and a collector is not, so the /metrics route reads the store first)."""
+
+    def __init__(self) -> None:
+        self.jobs: Mapping[tuple[str, str], int] = {}
+        self.deliveries: Mapping[str, int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily(
+            "receiver_jobs", "Jobs in the store by provider and status", labels=["provider", "status"]
+        )
+        for (provider, status), n in sorted(self.jobs.items()):
+            jobs.add_metric([provider, status], n)
+        yield jobs
+        deliveries = GaugeMetricFamily(
+            "receiver_deliveries", "Deliveries in the store by status", labels=["status"]
+        )
+        for status, n in sorted(self.deliveries.items()):
+            deliveries.add_metric([status], n)
+        yield deliveries
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.store = StoreCounts()
+        self.registry.register(self.store)
+        self.webhooks = Counter(
+            "receiver_webhooks",
+            "Webhook requests answered, by provider and HTTP status code",
+            ["provider", "code"],
+            registry=self.registry,
+        )
+        self.webhook_to_handler = Histogram(
+            "receiver_webhook_to_handler_seconds",
+            "Seconds from a completion recorded by webhook to a handler's successful delivery",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.polls = Counter(
+            "receiver_polls",
+            "Status reads by the worker, by provider and outcome (ok, failed)",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.provider_requests = Counter(
+            "receiver_provider_requests",
+            "HTTP requests sent to providers, by provider and status code (error: no answer)",
+            ["provider", "code"],
+            registry=self.registry,
+        )
+        self.provider_rate_limited = Counter(
+            "receiver_provider_rate_limited",
+            "429 answers from providers",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "receiver_delivery_attempts",
+            "Handler attempts by handler and outcome (delivered, retried, dead)",
+            ["handler", "outcome"],
+            registry=self.registry,
+        )
+
+    def webhook(self, provider: str, code: int) -> None:
+        self.webhooks.labels(known(provider), str(code)).inc()
+
+    def poll(self, provider: str, *, ok: bool) -> None:
+        self.polls.labels(known(provider), "ok" if ok else "failed").inc()
+
+    def delivery(self, handler: str, outcome: str, event: Mapping[str, Any], now: datetime) -> None:
+        """Count an attempt; a delivered event of a job ended by webhook also times the road."""
+        self.deliveries.labels(handler, outcome).inc()
+        job = event.get("job") or {}
+        completed = parse_iso(job.get("completed_at"))
+        if outcome == "delivered" and job.get("completed_via") == "webhook" and completed is not None:
+            provider = known(str(job.get("provider")))
+            self.webhook_to_handler.labels(provider).observe(max(0.0, (now - completed).total_seconds()))
+
+    def transport(self, provider: str, inner: httpx.AsyncBaseTransport | None = None) -> CountingTransport:
+        return CountingTransport(self, known(provider), inner or httpx.AsyncHTTPTransport())
+
+    def render(self, jobs: Mapping[tuple[str, str], int], deliveries: Mapping[str, int]) -> bytes:
+        """The Prometheus text with the store's counts as given."""
+        self.store.jobs, self.store.deliveries = jobs, deliveries
+        return generate_latest(self.registry)
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Counts every request a provider client sends, by the answer's status code."""
+
+    def __init__(self, metrics: Metrics, provider: str, inner: httpx.AsyncBaseTransport) -> None:
+        self._metrics = metrics
+        self._provider = provider
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx.TransportError:
+            self._metrics.provider_requests.labels(self._provider, "error").inc()
+            raise
+        self._metrics.provider_requests.labels(self._provider, str(response.status_code)).inc()
+        if response.status_code == 429:
+            self._metrics.provider_rate_limited.labels(self._provider).inc()
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
