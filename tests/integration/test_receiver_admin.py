@@ -73,4 +73,4 @@ def test_list_show_filter_limit_replay_and_metrics(tmp_path: Path, sink, wait) -
     assert unknown.status_code == 404
     assert not_finished.status_code == 409
     assert no_such.status_code == 404
-    assert 'receiver_jobs{status="submitted"} 2' in metrics
+    assert 'receiver_jobs{provider="apiframe",status="submitted"} 2.0' in metrics
