@@ -32,12 +32,14 @@ def provider_literals(source: str, filename: str) -> list[str]:
     """`file:line: 'text'` for each non-docstring string constant naming a provider."""
     tree = ast.parse(source, filename)
     docstrings = _docstrings(tree)
-    hits = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            if any(name in node.value for name in NAMES):
-                hits.append(f"{filename}:{node.lineno}: {node.value!r}")
-    return hits
+    return [
+        f"{filename}:{node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and any(name in node.value for name in NAMES)
+    ]
 
 
 def _modules() -> list[Path]:
