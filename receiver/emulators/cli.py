@@ -12,9 +12,10 @@ import uvicorn
 from receiver.emulators.apiframe import RESULT_SHAPES, WEBHOOK_FIELDS, WEBHOOK_MODES, ApiframeEmulator
 from receiver.emulators.common import Emulator
 from receiver.emulators.runbase import RunbaseEmulator
+from receiver.providers import apiframe, runbase
 
-DEFAULT_PORTS = {"apiframe": 8101, "runbase": 8102}
-KEY_VARIABLES = {"apiframe": "APIFRAME_API_KEY", "runbase": "RUNBASE_API_KEY"}
+DEFAULT_PORTS = {apiframe.PROVIDER: 8101, runbase.PROVIDER: 8102}
+KEY_VARIABLES = {apiframe.PROVIDER: "APIFRAME_API_KEY", runbase.PROVIDER: "RUNBASE_API_KEY"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,19 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delay", type=float, default=5.0, help="seconds from submit to final status")
     parser.add_argument("--failure-rate", type=float, default=0.0, help="share of jobs that fail, 0 to 1")
     parser.add_argument("--seed", type=int, help="seed for which jobs fail")
-    apiframe = parser.add_argument_group("apiframe")
-    apiframe.add_argument("--webhook", choices=WEBHOOK_MODES, default="deliver", help="webhook behaviour")
-    apiframe.add_argument("--webhook-delay", type=float, default=0.0, help="extra seconds in --webhook delay")
-    apiframe.add_argument("--webhook-field", choices=WEBHOOK_FIELDS, default="webhookUrl")
-    apiframe.add_argument("--result-shape", choices=RESULT_SHAPES, default="videoUrl")
-    runbase = parser.add_argument_group("runbase")
-    runbase.add_argument("--rate-limit", type=int, default=20, help="requests per 10 s per key")
+    webhooks = parser.add_argument_group(apiframe.PROVIDER)
+    webhooks.add_argument("--webhook", choices=WEBHOOK_MODES, default="deliver", help="webhook behaviour")
+    webhooks.add_argument("--webhook-delay", type=float, default=0.0, help="extra seconds in --webhook delay")
+    webhooks.add_argument("--webhook-field", choices=WEBHOOK_FIELDS, default="webhookUrl")
+    webhooks.add_argument("--result-shape", choices=RESULT_SHAPES, default="videoUrl")
+    limits = parser.add_argument_group(runbase.PROVIDER)
+    limits.add_argument("--rate-limit", type=int, default=20, help="requests per 10 s per key")
 
 
 def build(args: argparse.Namespace) -> Emulator:
     """The emulator the arguments describe; raises ValueError for an out-of-range setting."""
     api_key = os.environ.get(KEY_VARIABLES[args.provider]) or None
-    if args.provider == "apiframe":
+    if args.provider == apiframe.PROVIDER:
         return ApiframeEmulator(
             api_key=api_key,
             delay=args.delay,

@@ -485,6 +485,19 @@ async def test_counts_by_status(store: Store) -> None:
 
 
 @pytest.mark.anyio
+async def test_job_counts_by_provider_and_status(store: Store) -> None:
+    await _create(store, "job_a")
+    await _create(store, "job_b", provider="apiframe", submit="af_1")
+    await _create(store, "job_c", provider="apiframe", submit="af_2")
+    await _finish(store, "job_c")
+    assert await store.job_counts() == {
+        ("runbase", "submitted"): 1,
+        ("apiframe", "submitted"): 1,
+        ("apiframe", "succeeded"): 1,
+    }
+
+
+@pytest.mark.anyio
 async def test_racing_terminal_records_end_the_job_once(store: Store) -> None:
     await _create(store)
     routes = Routes(Route("log", ()))
