@@ -45,7 +45,7 @@ import httpx
 
 from receiver.events import Job, JobStatus, new_job_id, utcnow
 from receiver.signing import WebhookSigner
-from receiver.store.sqlite import SQLiteStore
+from receiver.store import open_store
 
 SECRET = "bench-receiver-secret-0123456789"
 API_KEY = "af_bench_api_key_0123456789"
@@ -160,7 +160,7 @@ class Jobs:
 
 async def _make_jobs(db: Path, count: int) -> list[tuple[str, str]]:
     """(job id, provider job id) for `count` submitted Apiframe jobs, with no poll due during the run."""
-    store = SQLiteStore(str(db))
+    store = open_store(f"sqlite:///{db}")
     await store.open()
     try:
         now = utcnow()

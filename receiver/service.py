@@ -23,7 +23,7 @@ from receiver.providers.ratelimit import LocalBudget, RateBudget
 from receiver.providers.registry import UnknownProvider
 from receiver.request import KlingRequest
 from receiver.signing import TokenError, WebhookSigner
-from receiver.store import Recorded, Route, Store, Update, open_store
+from receiver.store import HandlerRoute, Recorded, Store, Update, open_store
 
 if TYPE_CHECKING:
     from receiver.worker import Worker
@@ -140,8 +140,8 @@ class Receiver:
         """Called after a completion is committed: the in-process worker wakes at once."""
         self._wake = wake
 
-    def routes(self, event: dict[str, Any]) -> list[Route]:
-        return [Route(spec.name, spec.after) for spec in self.specs if spec.matches(event)]
+    def routes(self, event: dict[str, Any]) -> list[HandlerRoute]:
+        return [HandlerRoute(spec.name, spec.after) for spec in self.specs if spec.matches(event)]
 
     async def record(self, job_id: str, update: Update, via: str | None) -> Recorded:
         recorded = await self.store.record(job_id, update, via, self.clock(), self.routes)

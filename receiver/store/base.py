@@ -41,7 +41,7 @@ class DueDelivery:
 
 
 @dataclass(frozen=True)
-class Route:
+class HandlerRoute:
     """A handler the store makes a delivery row for when a job ends with a matching event."""
 
     name: str
@@ -52,7 +52,7 @@ class Route:
 
 
 class Matcher(Protocol):
-    def __call__(self, event: dict[str, Any]) -> list[Route]: ...
+    def __call__(self, event: dict[str, Any]) -> list[HandlerRoute]: ...
 
 
 class Store(Protocol):

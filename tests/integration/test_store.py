@@ -14,7 +14,7 @@ from pg_server import fresh_schema
 
 from receiver.clock import FrozenClock
 from receiver.events import DeliveryStatus, Job, JobError, JobStatus
-from receiver.store import Route, Store, Update, open_store
+from receiver.store import HandlerRoute, Store, Update, open_store
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 TIMEOUT = timedelta(hours=1)
@@ -48,17 +48,17 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 class Routes:
     """A Matcher that also remembers the events it was asked about."""
 
-    def __init__(self, *routes: Route, failed_only: tuple[str, ...] = ()) -> None:
+    def __init__(self, *routes: HandlerRoute, failed_only: tuple[str, ...] = ()) -> None:
         self.routes = routes
         self.failed_only = failed_only
         self.seen: list[dict[str, Any]] = []
 
-    def __call__(self, event: dict[str, Any]) -> list[Route]:
+    def __call__(self, event: dict[str, Any]) -> list[HandlerRoute]:
         self.seen.append(event)
         return [r for r in self.routes if event["type"] == "job.failed" or r.name not in self.failed_only]
 
 
-LOG_AND_SLACK = Routes(Route("log", ()), Route("slack", ()))
+LOG_AND_SLACK = Routes(HandlerRoute("log", ()), HandlerRoute("slack", ()))
 
 
 def _at(seconds: float) -> datetime:
@@ -206,7 +206,7 @@ async def test_second_terminal_record_changes_nothing(store: Store) -> None:
 
 @pytest.mark.anyio
 async def test_failed_end_keeps_the_error_and_routes_the_failed_event(store: Store) -> None:
-    routes = Routes(Route("log", ()), Route("pager", ()), failed_only=("pager",))
+    routes = Routes(HandlerRoute("log", ()), HandlerRoute("pager", ()), failed_only=("pager",))
     await _create(store, "job_ok")
     await _create(store, "job_bad")
     await store.record("job_ok", DONE, "poll", _at(150), routes)
@@ -222,7 +222,7 @@ async def test_failed_end_keeps_the_error_and_routes_the_failed_event(store: Sto
 @pytest.mark.anyio
 async def test_stored_event_has_the_type_and_is_identical_on_later_reads(store: Store) -> None:
     await _create(store)
-    await _finish(store, routes=Routes(Route("log", ())))
+    await _finish(store, routes=Routes(HandlerRoute("log", ())))
     job = await _job(store)
 
     (first,) = await store.claim_due_deliveries(_at(150), 10, 60)
@@ -240,7 +240,7 @@ async def test_stored_event_has_the_type_and_is_identical_on_later_reads(store: 
 @pytest.mark.anyio
 async def test_failed_event_type(store: Store) -> None:
     await _create(store)
-    await store.record("job_1", FAILED, None, _at(3600), Routes(Route("log", ())))
+    await store.record("job_1", FAILED, None, _at(3600), Routes(HandlerRoute("log", ())))
     (due,) = await store.claim_due_deliveries(_at(3600), 10, 60)
     assert due.event["type"] == "job.failed"
     assert due.event["job"]["status"] == "failed"
@@ -294,7 +294,7 @@ async def test_poll_soon_only_brings_the_poll_forward(store: Store) -> None:
 
 @pytest.mark.anyio
 async def test_deliveries_wait_for_the_handlers_they_come_after(store: Store) -> None:
-    routes = Routes(Route("storage", ()), Route("db", ("storage",)), Route("log", ()))
+    routes = Routes(HandlerRoute("storage", ()), HandlerRoute("db", ("storage",)), HandlerRoute("log", ()))
     await _create(store)
     await _finish(store, routes=routes)
 
@@ -318,7 +318,7 @@ async def test_deliveries_wait_for_the_handlers_they_come_after(store: Store) ->
 @pytest.mark.anyio
 async def test_a_dead_predecessor_frees_the_delivery_waiting_on_it(store: Store) -> None:
     await _create(store)
-    await _finish(store, routes=Routes(Route("storage", ()), Route("db", ("storage",))))
+    await _finish(store, routes=Routes(HandlerRoute("storage", ()), HandlerRoute("db", ("storage",))))
     (storage,) = await store.claim_due_deliveries(_at(150), 10, 60)
     await store.finish_delivery("job_1", storage.handler, delivered=False, error="bucket gone")
     (db,) = await store.claim_due_deliveries(_at(151), 10, 60)
@@ -329,7 +329,7 @@ async def test_a_dead_predecessor_frees_the_delivery_waiting_on_it(store: Store)
 @pytest.mark.anyio
 async def test_claimed_delivery_is_leased(store: Store) -> None:
     await _create(store)
-    await _finish(store, routes=Routes(Route("log", ())))
+    await _finish(store, routes=Routes(HandlerRoute("log", ())))
     assert len(await store.claim_due_deliveries(_at(150), 10, 60)) == 1
     assert await store.claim_due_deliveries(_at(150), 10, 60) == []
     assert await store.claim_due_deliveries(_at(209), 10, 60) == []
@@ -411,7 +411,7 @@ async def test_next_due_is_the_earliest_poll_delivery_or_deadline(store: Store) 
     await _create(store, "job_b", first_poll=100, timeout=timedelta(seconds=30))
     assert await store.next_due() == _at(30)
     await _create(store, "job_c", first_poll=10)
-    await store.record("job_c", DONE, "webhook", _at(5), Routes(Route("log", ())))
+    await store.record("job_c", DONE, "webhook", _at(5), Routes(HandlerRoute("log", ())))
     assert await store.next_due() == _at(5)
     await store.finish_delivery("job_c", "log", delivered=True)
     assert await store.next_due() == _at(30)
@@ -500,7 +500,7 @@ async def test_job_counts_by_provider_and_status(store: Store) -> None:
 @pytest.mark.anyio
 async def test_racing_terminal_records_end_the_job_once(store: Store) -> None:
     await _create(store)
-    routes = Routes(Route("log", ()))
+    routes = Routes(HandlerRoute("log", ()))
     results = []
     async with anyio.create_task_group() as tg:
         for update, via in [(DONE, "webhook"), (FAILED, "poll")] * 4:

@@ -1,4 +1,4 @@
-"""PostgresStore as replicas use it: two pools on one database never claim the same row, a job ends once
+"""The SQL store on PostgreSQL as replicas use it: two pools on one database never claim the same row, a job ends once
 whoever records it, the schema is migrated once, and the URL's password never reaches a message."""
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from pg_server import fresh_schema
 
 from receiver.config import SettingsError
 from receiver.events import Job, JobError, JobStatus
-from receiver.store import Recorded, Route, Update, open_store
-from receiver.store.postgres import SCHEMA_VERSION, PostgresStore
+from receiver.store import HandlerRoute, Recorded, SQLStore, Update, open_store
+from receiver.store.postgres import PostgresConnector
+from receiver.store.queries import load
+
+SCHEMA_VERSION = load("postgres").schema_version
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DONE = Update(JobStatus.SUCCEEDED, output_urls=("https://cdn.example.com/v.mp4",))
@@ -38,9 +41,9 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def two_stores(pg_url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+async def two_stores(pg_url: str) -> AsyncIterator[tuple[SQLStore, SQLStore]]:
     """Two replicas: two stores, each with its own pool, on one database."""
-    first, second = PostgresStore.from_url(pg_url), PostgresStore.from_url(pg_url)
+    first, second = _store(pg_url), _store(pg_url)
     await first.open()
     await second.open()
     yield first, second
@@ -48,15 +51,19 @@ async def two_stores(pg_url: str) -> AsyncIterator[tuple[PostgresStore, Postgres
     await second.close()
 
 
+def _store(url: str) -> SQLStore:
+    return SQLStore(PostgresConnector.from_url(url))
+
+
 def routes(*names: str) -> Any:
-    return lambda event: [Route(name, ()) for name in names]
+    return lambda event: [HandlerRoute(name, ()) for name in names]
 
 
 def _at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-async def _create(store: PostgresStore, job_id: str) -> None:
+async def _create(store: SQLStore, job_id: str) -> None:
     job = Job(
         id=job_id, provider="runbase", status=JobStatus.PENDING, request={"prompt": "a fox"}, created_at=T0
     )
@@ -70,8 +77,13 @@ def _rows(url: str, query: str) -> list[tuple[Any, ...]]:
 
 
 def test_open_store_takes_both_postgres_schemes() -> None:
-    assert isinstance(open_store("postgresql://postgres@127.0.0.1:5432/test"), PostgresStore)
-    assert isinstance(open_store("postgres://postgres@127.0.0.1/test?sslmode=disable"), PostgresStore)
+    for url in (
+        "postgresql://postgres@127.0.0.1:5432/test",
+        "postgres://postgres@127.0.0.1/test?sslmode=disable",
+    ):
+        store = open_store(url)
+        assert isinstance(store, SQLStore)
+        assert isinstance(store.connector, PostgresConnector)
 
 
 def test_without_psycopg_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +113,7 @@ async def test_an_unreachable_server_is_a_settings_error_without_the_password() 
 @pytest.mark.postgres
 @pytest.mark.anyio
 async def test_two_stores_opening_at_once_migrate_the_schema_once(pg_url: str) -> None:
-    first, second = PostgresStore.from_url(pg_url), PostgresStore.from_url(pg_url)
+    first, second = _store(pg_url), _store(pg_url)
     try:
         async with asyncio.TaskGroup() as group:  # unlike gather, a failure cancels the other open
             group.create_task(first.open())
@@ -109,7 +121,8 @@ async def test_two_stores_opening_at_once_migrate_the_schema_once(pg_url: str) -
     finally:
         await first.close()
         await second.close()
-    assert _rows(pg_url, "SELECT version FROM receiver_schema_version") == [(SCHEMA_VERSION,)]
+    versions = _rows(pg_url, "SELECT version FROM receiver_schema_version ORDER BY version")
+    assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
     tables = _rows(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")
     assert tables == [("receiver_deliveries",), ("receiver_jobs",), ("receiver_schema_version",)]
 
@@ -117,20 +130,18 @@ async def test_two_stores_opening_at_once_migrate_the_schema_once(pg_url: str) -
 @pytest.mark.postgres
 @pytest.mark.anyio
 async def test_a_schema_newer_than_the_receiver_is_refused(pg_url: str) -> None:
-    store = PostgresStore.from_url(pg_url)
+    store = _store(pg_url)
     await store.open()
     await store.close()
     with psycopg.connect(pg_url) as conn:
         conn.execute("INSERT INTO receiver_schema_version (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
     with pytest.raises(SettingsError, match=f"schema {SCHEMA_VERSION + 1} is newer"):
-        await PostgresStore.from_url(pg_url).open()
+        await _store(pg_url).open()
 
 
 @pytest.mark.postgres
 @pytest.mark.anyio
-async def test_columns_are_native_postgres_types(
-    two_stores: tuple[PostgresStore, PostgresStore], pg_url: str
-) -> None:
+async def test_columns_are_native_postgres_types(two_stores: tuple[SQLStore, SQLStore], pg_url: str) -> None:
     types = dict(
         _rows(
             pg_url,
@@ -141,14 +152,14 @@ async def test_columns_are_native_postgres_types(
     assert types["receiver_jobs.created_at"] == "timestamp with time zone"
     assert types["receiver_jobs.request"] == "jsonb"
     assert types["receiver_jobs.event"] == "json"
-    assert types["receiver_deliveries.after"] == "ARRAY"
+    assert types["receiver_deliveries.after"] == "jsonb"
     assert types["receiver_deliveries.report"] == "jsonb"
 
 
 @pytest.mark.postgres
 @pytest.mark.anyio
 async def test_times_come_back_in_utc_whatever_the_session_time_zone(pg_url: str) -> None:
-    store = PostgresStore.from_url(pg_url + "%20-cTimeZone%3DAsia%2FTokyo")
+    store = _store(pg_url + "%20-cTimeZone%3DAsia%2FTokyo")
     await store.open()
     try:
         await _create(store, "job_1")
@@ -164,7 +175,7 @@ async def test_times_come_back_in_utc_whatever_the_session_time_zone(pg_url: str
 @pytest.mark.postgres
 @pytest.mark.anyio
 async def test_two_pools_claim_fifty_deliveries_each_exactly_once(
-    two_stores: tuple[PostgresStore, PostgresStore],
+    two_stores: tuple[SQLStore, SQLStore],
 ) -> None:
     first, second = two_stores
     for n in range(25):
@@ -185,7 +196,7 @@ async def test_two_pools_claim_fifty_deliveries_each_exactly_once(
 @pytest.mark.postgres
 @pytest.mark.anyio
 async def test_two_pools_claim_fifty_due_polls_each_exactly_once(
-    two_stores: tuple[PostgresStore, PostgresStore],
+    two_stores: tuple[SQLStore, SQLStore],
 ) -> None:
     first, second = two_stores
     for n in range(50):
@@ -202,7 +213,7 @@ async def test_two_pools_claim_fifty_due_polls_each_exactly_once(
 @pytest.mark.postgres
 @pytest.mark.anyio
 async def test_a_row_locked_elsewhere_is_skipped_not_waited_for(
-    two_stores: tuple[PostgresStore, PostgresStore], pg_url: str
+    two_stores: tuple[SQLStore, SQLStore], pg_url: str
 ) -> None:
     store, _ = two_stores
     for job_id in ("job_a", "job_b"):
@@ -221,7 +232,7 @@ async def test_a_row_locked_elsewhere_is_skipped_not_waited_for(
 @pytest.mark.postgres
 @pytest.mark.anyio
 async def test_eight_racing_terminal_records_on_two_pools_end_the_job_once(
-    two_stores: tuple[PostgresStore, PostgresStore],
+    two_stores: tuple[SQLStore, SQLStore],
 ) -> None:
     first, second = two_stores
     await _create(first, "job_1")

@@ -1,4 +1,4 @@
-"""What the stores decide alike, whatever their SQL: how a report changes a job, what a replay re-sends."""
+"""The job state machine, whatever the database: how a report changes a job, what a replay re-sends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from receiver.events import TERMINAL, Delivery, DeliveryStatus, Job, JobStatus, make_event, new_event_id
-from receiver.store.base import Matcher, Recorded, Route, Update
+from receiver.store.base import HandlerRoute, Matcher, Recorded, Update
 
 _RANK = {JobStatus.PENDING: 0, JobStatus.SUBMITTED: 1, JobStatus.RUNNING: 2}
 
@@ -20,7 +20,7 @@ class Change:
 
     recorded: Recorded
     event: dict[str, Any] | None = None
-    routes: tuple[Route, ...] = ()
+    routes: tuple[HandlerRoute, ...] = ()
 
 
 def apply_update(job: Job | None, update: Update, via: str | None, now: datetime, routes: Matcher) -> Change:

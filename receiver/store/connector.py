@@ -1,0 +1,37 @@
+"""The seam between the SQL store and a database driver: connections and transactions, nothing about jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from receiver.store.queries import Dialect
+
+T = TypeVar("T")
+
+Row = dict[str, Any]
+
+
+class Transaction(Protocol):
+    """Statements inside one transaction. Parameters are Python values (str, int, None, datetime, and
+    dict or list for JSON); the connector stores them in its database's types."""
+
+    async def execute(self, sql: str, params: dict[str, Any]) -> None: ...
+
+    async def fetch(self, sql: str, params: dict[str, Any]) -> list[Row]: ...
+
+
+Work = Callable[[Transaction], Coroutine[Any, Any, T]]
+
+
+class Connector(Protocol):
+    dialect: Dialect
+
+    async def open(self) -> None:
+        """Connect; a database that cannot be used is a one-line SettingsError."""
+
+    async def close(self) -> None: ...
+
+    async def run(self, work: Work[T], *, write: bool = True) -> T:
+        """Run `work` in one transaction: committed when it returns, rolled back when it raises. The
+        connector may run it again from the start (SQLite does when another process holds the lock)."""

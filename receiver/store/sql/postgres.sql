@@ -1,0 +1,117 @@
+-- What PostgreSQL says its own way: claims with SKIP LOCKED, the row lock of `record`, the schema.
+
+-- name: claim_polls
+-- Due, unlocked, unfinished jobs with a provider job id, leased in one statement; served by the partial
+-- index receiver_jobs_due_poll.
+WITH candidate AS (
+    SELECT id FROM receiver_jobs
+    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL AND next_poll_at <= :now
+      AND provider_job_id IS NOT NULL AND (locked_until IS NULL OR locked_until <= :now)
+    ORDER BY next_poll_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE receiver_jobs AS j SET locked_until = :lease
+    FROM candidate WHERE j.id = candidate.id
+    RETURNING j.*
+)
+SELECT * FROM claimed ORDER BY next_poll_at, seq
+
+-- name: claim_deliveries
+-- Due deliveries whose `after` handlers have finished, leased in one statement, with the job's event and
+-- the reports of those handlers (read from the statement's snapshot: it changes only leases).
+-- `after ? handler`: the JSON array holds the handler's name.
+WITH candidate AS (
+    SELECT d.job_id, d.handler FROM receiver_deliveries AS d
+    WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= :now
+      AND (d.locked_until IS NULL OR d.locked_until <= :now)
+      AND NOT EXISTS (
+          SELECT 1 FROM receiver_deliveries AS p
+          WHERE p.job_id = d.job_id AND d.after ? p.handler AND p.status IN ('pending', 'retrying')
+      )
+    ORDER BY d.next_attempt_at LIMIT :limit
+    FOR UPDATE OF d SKIP LOCKED
+), claimed AS (
+    UPDATE receiver_deliveries AS d SET locked_until = :lease
+    FROM candidate WHERE d.job_id = candidate.job_id AND d.handler = candidate.handler
+    RETURNING d.job_id, d.handler, d.attempts, d.after, d.next_attempt_at, d.seq
+)
+SELECT c.job_id, c.handler, c.attempts, j.event,
+    (SELECT COALESCE(jsonb_object_agg(p.handler, p.report), '{}') FROM receiver_deliveries AS p
+     WHERE p.job_id = c.job_id AND c.after ? p.handler AND p.report IS NOT NULL) AS reports
+FROM claimed AS c JOIN receiver_jobs AS j ON j.id = c.job_id
+ORDER BY c.next_attempt_at, c.seq
+
+-- name: lock_job
+SELECT * FROM receiver_jobs WHERE id = :id FOR UPDATE
+
+-- name: job_deliveries
+SELECT * FROM receiver_deliveries
+WHERE job_id = ANY (ARRAY(SELECT jsonb_array_elements_text(:job_ids)))
+ORDER BY seq
+
+-- name: lock_schema
+-- Replicas that start together migrate one after the other; the later ones find the work done.
+SELECT pg_advisory_xact_lock(461380349543)  -- "kling"
+
+-- name: version_table
+CREATE TABLE IF NOT EXISTS receiver_schema_version (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: schema_version
+SELECT COALESCE(MAX(version), 0) AS version FROM receiver_schema_version
+
+-- name: migration_1
+-- Migration n brings the schema from version n-1 to n. Plain CREATE (no IF NOT EXISTS): a migration
+-- that ran twice would fail loudly instead of hiding a broken lock.
+CREATE TABLE receiver_jobs (
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    id text PRIMARY KEY,
+    provider text NOT NULL,
+    provider_job_id text,
+    model text NOT NULL,
+    status text NOT NULL,
+    request jsonb NOT NULL,
+    metadata jsonb NOT NULL,
+    output_urls jsonb NOT NULL DEFAULT '[]',
+    error jsonb,
+    progress integer,
+    created_at timestamptz NOT NULL,
+    submitted_at timestamptz,
+    completed_at timestamptz,
+    completed_via text,
+    deadline_at timestamptz NOT NULL,
+    next_poll_at timestamptz,
+    poll_count integer NOT NULL DEFAULT 0,
+    locked_until timestamptz,
+    event_id text,
+    event json  -- json, not jsonb: re-sent as built, keys in their order
+);
+CREATE INDEX receiver_jobs_due_poll ON receiver_jobs (next_poll_at)
+    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL;
+CREATE INDEX receiver_jobs_deadline ON receiver_jobs (deadline_at) WHERE completed_at IS NULL;
+CREATE INDEX receiver_jobs_created ON receiver_jobs (created_at DESC, seq DESC);
+CREATE INDEX receiver_jobs_provider_job ON receiver_jobs (provider, provider_job_id);
+CREATE TABLE receiver_deliveries (
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    job_id text NOT NULL REFERENCES receiver_jobs (id) ON DELETE CASCADE,
+    handler text NOT NULL,
+    status text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    next_attempt_at timestamptz,
+    locked_until timestamptz,
+    after text[] NOT NULL DEFAULT '{}',
+    report jsonb,
+    PRIMARY KEY (job_id, handler)
+);
+CREATE INDEX receiver_deliveries_due ON receiver_deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'retrying');
+CREATE INDEX receiver_deliveries_dead ON receiver_deliveries (seq) WHERE status = 'dead';
+
+-- name: migration_2
+-- `after` becomes a JSON array, as on SQLite, so both stores pass it the same way.
+ALTER TABLE receiver_deliveries ALTER COLUMN after DROP DEFAULT;
+ALTER TABLE receiver_deliveries ALTER COLUMN after TYPE jsonb USING to_jsonb(after);
+ALTER TABLE receiver_deliveries ALTER COLUMN after SET DEFAULT '[]';

@@ -1,0 +1,102 @@
+-- Statements both databases run as written. Named blocks (`-- name: x`) with `:name` parameters, loaded
+-- by receiver/store/queries.py; receiver/store/sqlstore.py is the only code that names them.
+-- Times and JSON are passed as Python values: the connector stores them in its database's types.
+-- `seq` is insertion order (an identity on PostgreSQL, the rowid copied by a trigger on SQLite).
+
+-- name: insert_job
+INSERT INTO receiver_jobs (id, provider, provider_job_id, model, status, request, metadata, created_at,
+    deadline_at)
+VALUES (:id, :provider, :provider_job_id, :model, :status, :request, :metadata, :created_at, :deadline_at)
+
+-- name: mark_submitted
+-- A job an early webhook already ended keeps its status and gets no poll. NULLIF(x, x) is a NULL of the
+-- column's type: PostgreSQL cannot type a CASE whose only other branch is a NULL parameter.
+UPDATE receiver_jobs SET provider_job_id = :provider_job_id, submitted_at = :submitted_at,
+    status = CASE WHEN status = 'pending' THEN 'submitted' ELSE status END,
+    next_poll_at = CASE WHEN completed_at IS NULL THEN :next_poll_at ELSE NULLIF(next_poll_at, next_poll_at) END
+WHERE id = :id
+
+-- name: record_progress
+UPDATE receiver_jobs SET status = :status, progress = :progress, provider_job_id = :provider_job_id
+WHERE id = :id
+
+-- name: record_end
+UPDATE receiver_jobs SET status = :status, provider_job_id = :provider_job_id, output_urls = :output_urls,
+    error = :error, progress = :progress, completed_at = :completed_at, completed_via = :completed_via,
+    next_poll_at = NULL, locked_until = NULL, event_id = :event_id, event = :event
+WHERE id = :id
+
+-- name: insert_delivery
+INSERT INTO receiver_deliveries (job_id, handler, status, attempts, next_attempt_at, after)
+VALUES (:job_id, :handler, 'pending', 0, :next_attempt_at, :after)
+
+-- name: replay_delivery
+INSERT INTO receiver_deliveries (job_id, handler, status, attempts, next_attempt_at, after)
+VALUES (:job_id, :handler, 'pending', 0, :next_attempt_at, :after)
+ON CONFLICT (job_id, handler) DO UPDATE SET status = 'pending', attempts = 0, last_error = NULL,
+    next_attempt_at = excluded.next_attempt_at, locked_until = NULL
+
+-- name: get_job
+SELECT * FROM receiver_jobs WHERE id = :id
+
+-- name: find_job
+SELECT id FROM receiver_jobs WHERE provider = :provider AND provider_job_id = :provider_job_id
+
+-- name: list_jobs
+SELECT * FROM receiver_jobs WHERE status = COALESCE(:status, status)
+ORDER BY created_at DESC, seq DESC LIMIT :limit
+
+-- name: schedule_poll
+UPDATE receiver_jobs
+SET next_poll_at = CASE WHEN completed_at IS NULL THEN :next_poll_at ELSE NULLIF(next_poll_at, next_poll_at) END,
+    poll_count = poll_count + 1, locked_until = NULL
+WHERE id = :id
+
+-- name: poll_soon
+UPDATE receiver_jobs SET next_poll_at = :at
+WHERE id = :id AND completed_at IS NULL AND (next_poll_at IS NULL OR next_poll_at > :at)
+
+-- name: job_exists
+SELECT 1 AS found FROM receiver_jobs WHERE id = :id
+
+-- name: overdue_jobs
+-- Served by the partial index receiver_jobs_deadline.
+SELECT id FROM receiver_jobs WHERE completed_at IS NULL AND deadline_at <= :now
+ORDER BY deadline_at LIMIT :limit
+
+-- name: finish_delivery
+UPDATE receiver_deliveries SET status = :status, attempts = attempts + 1, last_error = :last_error,
+    next_attempt_at = :next_attempt_at, locked_until = NULL, report = COALESCE(:report, report)
+WHERE job_id = :job_id AND handler = :handler
+
+-- name: job_event
+SELECT event FROM receiver_jobs WHERE id = :id
+
+-- name: delivery_handlers
+SELECT handler FROM receiver_deliveries WHERE job_id = :job_id
+
+-- name: dead_deliveries
+SELECT job_id, handler, attempts, last_error FROM receiver_deliveries WHERE status = 'dead'
+ORDER BY seq DESC LIMIT :limit
+
+-- name: next_due
+-- Each branch is served by a partial index (due polls, due deliveries, deadlines).
+SELECT MIN(due) AS due FROM (
+    SELECT MIN(next_poll_at) AS due FROM receiver_jobs
+    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL
+    UNION ALL
+    SELECT MIN(next_attempt_at) FROM receiver_deliveries WHERE status IN ('pending', 'retrying')
+    UNION ALL
+    SELECT MIN(deadline_at) FROM receiver_jobs WHERE completed_at IS NULL
+) AS candidates
+
+-- name: counts
+SELECT 'jobs' AS kind, status, COUNT(*) AS n FROM receiver_jobs GROUP BY status
+UNION ALL
+SELECT 'deliveries', status, COUNT(*) FROM receiver_deliveries GROUP BY status
+
+-- name: record_version
+INSERT INTO receiver_schema_version (version) VALUES (:version)
+
+-- name: job_counts
+SELECT provider, status, COUNT(*) AS n FROM receiver_jobs GROUP BY provider, status

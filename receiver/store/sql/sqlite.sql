@@ -1,0 +1,169 @@
+-- What SQLite says its own way: claims as one UPDATE ... RETURNING (a write transaction holds the
+-- database's write lock, so there is nothing to skip), JSON arrays through json_each, the schema.
+
+-- name: claim_polls
+-- Due, unlocked, unfinished jobs with a provider job id, leased in one statement; served by the partial
+-- index receiver_jobs_due_poll.
+UPDATE receiver_jobs SET locked_until = :lease
+WHERE id IN (
+    SELECT id FROM receiver_jobs
+    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL AND next_poll_at <= :now
+      AND provider_job_id IS NOT NULL AND (locked_until IS NULL OR locked_until <= :now)
+    ORDER BY next_poll_at LIMIT :limit
+)
+RETURNING *
+
+-- name: claim_deliveries
+-- Due deliveries whose `after` handlers have finished, leased in one statement, with the job's event and
+-- the reports of those handlers.
+UPDATE receiver_deliveries SET locked_until = :lease
+WHERE rowid IN (
+    SELECT c.rowid FROM receiver_deliveries AS c
+    WHERE c.status IN ('pending', 'retrying') AND c.next_attempt_at <= :now
+      AND (c.locked_until IS NULL OR c.locked_until <= :now)
+      AND NOT EXISTS (
+          SELECT 1 FROM receiver_deliveries AS p, json_each(c.after) AS a
+          WHERE p.job_id = c.job_id AND p.handler = a.value AND p.status IN ('pending', 'retrying')
+      )
+    ORDER BY c.next_attempt_at LIMIT :limit
+)
+RETURNING job_id, handler, attempts,
+    (SELECT event FROM receiver_jobs AS j WHERE j.id = receiver_deliveries.job_id) AS event,
+    (SELECT json_group_object(p.handler, json(p.report))
+     FROM receiver_deliveries AS p, json_each(receiver_deliveries.after) AS a
+     WHERE p.job_id = receiver_deliveries.job_id AND p.handler = a.value AND p.report IS NOT NULL) AS reports
+
+-- name: lock_job
+-- The write transaction (BEGIN IMMEDIATE) already holds the database's write lock.
+SELECT * FROM receiver_jobs WHERE id = :id
+
+-- name: job_deliveries
+SELECT * FROM receiver_deliveries WHERE job_id IN (SELECT value FROM json_each(:job_ids)) ORDER BY seq
+
+-- name: lock_schema
+-- The write transaction (BEGIN IMMEDIATE) already keeps other processes' migrations out.
+SELECT 1 AS locked
+
+-- name: version_table
+CREATE TABLE IF NOT EXISTS receiver_schema_version (
+    version INTEGER PRIMARY KEY,
+    applied_at TIMESTAMP TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+)
+
+-- name: schema_version
+-- Databases from before the version table kept their version in user_version.
+SELECT MAX(version) AS version FROM (
+    SELECT MAX(version) AS version FROM receiver_schema_version
+    UNION ALL
+    SELECT user_version FROM pragma_user_version
+) AS known
+
+-- name: migration_1
+-- The first schema, as receivers before the shared SQL made it.
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    provider_job_id TEXT,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    output_urls TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    progress INTEGER,
+    created_at TEXT NOT NULL,
+    submitted_at TEXT,
+    completed_at TEXT,
+    completed_via TEXT,
+    deadline_at TEXT NOT NULL,
+    next_poll_at TEXT,
+    poll_count INTEGER NOT NULL DEFAULT 0,
+    locked_until TEXT,
+    event_id TEXT,
+    event TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_due_poll ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS jobs_provider_job ON jobs (provider, provider_job_id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    handler TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at TEXT,
+    locked_until TEXT,
+    after TEXT NOT NULL DEFAULT '[]',
+    report TEXT,
+    PRIMARY KEY (job_id, handler)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'retrying');
+
+-- name: migration_2
+-- The PostgreSQL schema in SQLite's words: the same table names, a `seq` for insertion order (the rowid,
+-- copied by a trigger), partial indexes on open jobs for deadlines and due polls, ON DELETE CASCADE.
+-- Declared types name what a TEXT column holds; they keep TEXT affinity. Rows keep their rowids.
+CREATE TABLE receiver_jobs (
+    seq INTEGER NOT NULL DEFAULT 0,
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    provider_job_id TEXT,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    request JSON TEXT NOT NULL,
+    metadata JSON TEXT NOT NULL,
+    output_urls JSON TEXT NOT NULL DEFAULT '[]',
+    error JSON TEXT,
+    progress INTEGER,
+    created_at TIMESTAMP TEXT NOT NULL,
+    submitted_at TIMESTAMP TEXT,
+    completed_at TIMESTAMP TEXT,
+    completed_via TEXT,
+    deadline_at TIMESTAMP TEXT NOT NULL,
+    next_poll_at TIMESTAMP TEXT,
+    poll_count INTEGER NOT NULL DEFAULT 0,
+    locked_until TIMESTAMP TEXT,
+    event_id TEXT,
+    event JSON TEXT
+);
+INSERT INTO receiver_jobs (rowid, seq, id, provider, provider_job_id, model, status, request, metadata,
+    output_urls, error, progress, created_at, submitted_at, completed_at, completed_via, deadline_at,
+    next_poll_at, poll_count, locked_until, event_id, event)
+SELECT rowid, rowid, id, provider, provider_job_id, model, status, request, metadata, output_urls, error,
+    progress, created_at, submitted_at, completed_at, completed_via, deadline_at, next_poll_at, poll_count,
+    locked_until, event_id, event
+FROM jobs;
+CREATE TABLE receiver_deliveries (
+    seq INTEGER NOT NULL DEFAULT 0,
+    job_id TEXT NOT NULL REFERENCES receiver_jobs (id) ON DELETE CASCADE,
+    handler TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at TIMESTAMP TEXT,
+    locked_until TIMESTAMP TEXT,
+    after JSON TEXT NOT NULL DEFAULT '[]',
+    report JSON TEXT,
+    PRIMARY KEY (job_id, handler)
+);
+INSERT INTO receiver_deliveries (rowid, seq, job_id, handler, status, attempts, last_error,
+    next_attempt_at, locked_until, after, report)
+SELECT rowid, rowid, job_id, handler, status, attempts, last_error, next_attempt_at, locked_until, after,
+    report
+FROM deliveries;
+DROP TABLE deliveries;
+DROP TABLE jobs;
+CREATE TRIGGER receiver_jobs_seq AFTER INSERT ON receiver_jobs
+BEGIN UPDATE receiver_jobs SET seq = NEW.rowid WHERE rowid = NEW.rowid; END;
+CREATE TRIGGER receiver_deliveries_seq AFTER INSERT ON receiver_deliveries
+BEGIN UPDATE receiver_deliveries SET seq = NEW.rowid WHERE rowid = NEW.rowid; END;
+CREATE INDEX receiver_jobs_due_poll ON receiver_jobs (next_poll_at)
+    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL;
+CREATE INDEX receiver_jobs_deadline ON receiver_jobs (deadline_at) WHERE completed_at IS NULL;
+CREATE INDEX receiver_jobs_created ON receiver_jobs (created_at DESC, seq DESC);
+CREATE INDEX receiver_jobs_provider_job ON receiver_jobs (provider, provider_job_id);
+CREATE INDEX receiver_deliveries_due ON receiver_deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'retrying');
+CREATE INDEX receiver_deliveries_dead ON receiver_deliveries (seq) WHERE status = 'dead';
+PRAGMA user_version = 2;

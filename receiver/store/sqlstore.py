@@ -1,0 +1,301 @@
+"""The job store on either database: the only code that names a query (sql/*.sql); a connector runs them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from receiver.config import SettingsError
+from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus
+from receiver.store.base import DueDelivery, Matcher, Recorded, Update
+from receiver.store.connector import Connector, Row, Transaction
+from receiver.store.queries import load
+from receiver.store.state import apply_update, finished_status, replay_targets
+
+
+class SQLStore:
+    def __init__(self, connector: Connector) -> None:
+        self.connector = connector
+        self.queries = load(connector.dialect)
+
+    def _q(self, name: str, **params: Any) -> tuple[str, dict[str, Any]]:
+        return self.queries.bind(name, params)
+
+    async def open(self) -> None:
+        await self.connector.open()
+        try:
+            await self.connector.run(self._migrate)
+        except BaseException:
+            await self.connector.close()
+            raise
+
+    async def _migrate(self, tx: Transaction) -> None:
+        """Bring the schema to the latest version in one transaction, one process at a time."""
+        await tx.fetch(*self._q("lock_schema"))
+        await tx.execute(*self._q("version_table"))
+        (row,) = await tx.fetch(*self._q("schema_version"))
+        version, latest = int(row["version"] or 0), self.queries.schema_version
+        if version > latest:
+            raise SettingsError(
+                f"RECEIVER_DATABASE_URL: database schema {version} is newer than this receiver ({latest})"
+            )
+        for target in range(version + 1, latest + 1):
+            for statement in self.queries.migrations[target]:
+                await tx.execute(statement, {})
+            await tx.execute(*self._q("record_version", version=target))
+
+    async def close(self) -> None:
+        await self.connector.close()
+
+    async def create_job(self, job: Job, deadline: datetime) -> None:
+        async def work(tx: Transaction) -> None:
+            await tx.execute(
+                *self._q(
+                    "insert_job",
+                    id=job.id,
+                    provider=job.provider,
+                    provider_job_id=job.provider_job_id,
+                    model=job.model,
+                    status=str(job.status),
+                    request=job.request,
+                    metadata=job.metadata,
+                    created_at=job.created_at,
+                    deadline_at=deadline,
+                )
+            )
+
+        await self.connector.run(work)
+
+    async def mark_submitted(
+        self, job_id: str, provider_job_id: str, at: datetime, next_poll_at: datetime | None
+    ) -> None:
+        query = self._q(
+            "mark_submitted",
+            id=job_id,
+            provider_job_id=provider_job_id,
+            submitted_at=at,
+            next_poll_at=next_poll_at,
+        )
+        await self._execute(*query)
+
+    async def record(
+        self, job_id: str, update: Update, via: str | None, now: datetime, routes: Matcher
+    ) -> Recorded:
+        async def work(tx: Transaction) -> Recorded:
+            rows = await tx.fetch(*self._q("lock_job", id=job_id))
+            change = apply_update(_job(rows[0]) if rows else None, update, via, now, routes)
+            job = change.recorded.job
+            if job is None or not change.recorded.changed:
+                return change.recorded
+            if change.event is None:
+                progress = self._q(
+                    "record_progress",
+                    id=job_id,
+                    status=str(job.status),
+                    progress=job.progress,
+                    provider_job_id=job.provider_job_id,
+                )
+                await tx.execute(*progress)
+                return change.recorded
+            end = self._q(
+                "record_end",
+                id=job_id,
+                status=str(job.status),
+                provider_job_id=job.provider_job_id,
+                output_urls=list(job.output_urls),
+                error=job.error.to_json() if job.error else None,
+                progress=job.progress,
+                completed_at=now,
+                completed_via=via,
+                event_id=job.event_id,
+                event=json.dumps(change.event),  # as text: PostgreSQL's json column keeps it as built
+            )
+            await tx.execute(*end)
+            for route in change.routes:
+                delivery = self._q(
+                    "insert_delivery",
+                    job_id=job_id,
+                    handler=route.name,
+                    next_attempt_at=now,
+                    after=list(route.after),
+                )
+                await tx.execute(*delivery)
+            return change.recorded
+
+        return await self.connector.run(work)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        async def work(tx: Transaction) -> Job | None:
+            rows = await tx.fetch(*self._q("get_job", id=job_id))
+            jobs = await self._with_deliveries(tx, rows)
+            return jobs[0] if jobs else None
+
+        return await self.connector.run(work, write=False)
+
+    async def find_job(self, provider: str, provider_job_id: str) -> str | None:
+        rows = await self._read(self._q("find_job", provider=provider, provider_job_id=provider_job_id))
+        return str(rows[0]["id"]) if rows else None
+
+    async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
+        async def work(tx: Transaction) -> list[Job]:
+            rows = await tx.fetch(*self._q("list_jobs", status=status, limit=limit))
+            return await self._with_deliveries(tx, rows)
+
+        return await self.connector.run(work, write=False)
+
+    async def claim_due_polls(self, now: datetime, limit: int, lease_seconds: float) -> list[Job]:
+        lease = now + timedelta(seconds=lease_seconds)
+        rows = await self._write(self._q("claim_polls", now=now, lease=lease, limit=limit))
+        return [_job(row) for row in rows]
+
+    async def schedule_poll(self, job_id: str, next_poll_at: datetime | None) -> None:
+        await self._execute(*self._q("schedule_poll", id=job_id, next_poll_at=next_poll_at))
+
+    async def poll_soon(self, job_id: str, at: datetime) -> bool:
+        async def work(tx: Transaction) -> bool:
+            await tx.execute(*self._q("poll_soon", id=job_id, at=at))
+            return bool(await tx.fetch(*self._q("job_exists", id=job_id)))
+
+        return await self.connector.run(work)
+
+    async def overdue_jobs(self, now: datetime, limit: int) -> list[str]:
+        rows = await self._read(self._q("overdue_jobs", now=now, limit=limit))
+        return [str(row["id"]) for row in rows]
+
+    async def claim_due_deliveries(
+        self, now: datetime, limit: int, lease_seconds: float
+    ) -> list[DueDelivery]:
+        lease = now + timedelta(seconds=lease_seconds)
+        rows = await self._write(self._q("claim_deliveries", now=now, lease=lease, limit=limit))
+        return [
+            DueDelivery(
+                job_id=row["job_id"],
+                handler=row["handler"],
+                attempts=row["attempts"],
+                event=_json(row["event"]),
+                reports=_json(row["reports"]),
+            )
+            for row in rows
+        ]
+
+    async def finish_delivery(
+        self,
+        job_id: str,
+        handler: str,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        query = self._q(
+            "finish_delivery",
+            job_id=job_id,
+            handler=handler,
+            status=str(finished_status(delivered=delivered, retry_at=retry_at)),
+            last_error=error,
+            next_attempt_at=retry_at,
+            report=report,
+        )
+        await self._execute(*query)
+
+    async def replay(self, job_id: str, routes: Matcher, now: datetime, handler: str | None = None) -> int:
+        async def work(tx: Transaction) -> int:
+            rows = await tx.fetch(*self._q("job_event", id=job_id))
+            if not rows or rows[0]["event"] is None:
+                return 0
+            existing = {r["handler"] for r in await tx.fetch(*self._q("delivery_handlers", job_id=job_id))}
+            targets = replay_targets(_json(rows[0]["event"]), routes, handler, existing)
+            for name, after in targets:
+                delivery = self._q(
+                    "replay_delivery", job_id=job_id, handler=name, next_attempt_at=now, after=list(after)
+                )
+                await tx.execute(*delivery)
+            return len(targets)
+
+        return await self.connector.run(work)
+
+    async def dead_deliveries(self, limit: int = 1000) -> list[tuple[str, str, int, str | None]]:
+        rows = await self._read(self._q("dead_deliveries", limit=limit))
+        return [(r["job_id"], r["handler"], r["attempts"], r["last_error"]) for r in rows]
+
+    async def next_due(self) -> datetime | None:
+        rows = await self._read(self._q("next_due"))
+        return _time(rows[0]["due"]) if rows else None
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {"jobs": {}, "deliveries": {}}
+        for row in await self._read(self._q("counts")):
+            counts[row["kind"]][row["status"]] = row["n"]
+        return counts
+
+    async def job_counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._read(self._q("job_counts"))
+        return {(row["provider"], row["status"]): row["n"] for row in rows}
+
+    async def _with_deliveries(self, tx: Transaction, rows: list[Row]) -> list[Job]:
+        jobs = [_job(row) for row in rows]
+        if not jobs:
+            return jobs
+        by_id = {job.id: job for job in jobs}
+        for d in await tx.fetch(*self._q("job_deliveries", job_ids=list(by_id))):
+            by_id[d["job_id"]].deliveries.append(_delivery(d))
+        return jobs
+
+    async def _read(self, query: tuple[str, dict[str, Any]]) -> list[Row]:
+        return await self.connector.run(lambda tx: tx.fetch(*query), write=False)
+
+    async def _write(self, query: tuple[str, dict[str, Any]]) -> list[Row]:
+        return await self.connector.run(lambda tx: tx.fetch(*query))
+
+    async def _execute(self, sql: str, params: dict[str, Any]) -> None:
+        await self.connector.run(lambda tx: tx.execute(sql, params))
+
+
+def _job(row: Row) -> Job:
+    return Job(
+        id=row["id"],
+        provider=row["provider"],
+        provider_job_id=row["provider_job_id"],
+        model=row["model"],
+        status=JobStatus(row["status"]),
+        request=_json(row["request"]),
+        metadata=_json(row["metadata"]),
+        output_urls=_json(row["output_urls"]),
+        error=JobError.from_json(_json(row["error"])),
+        progress=row["progress"],
+        created_at=_moment(row["created_at"]),
+        submitted_at=_time(row["submitted_at"]),
+        completed_at=_time(row["completed_at"]),
+        completed_via=row["completed_via"],
+        event_id=row["event_id"],
+        deadline_at=_time(row["deadline_at"]),
+        poll_count=row["poll_count"],
+    )
+
+
+def _delivery(row: Row) -> Delivery:
+    return Delivery(
+        handler=row["handler"],
+        status=DeliveryStatus(row["status"]),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        next_attempt_at=_time(row["next_attempt_at"]),
+        report=_json(row["report"]),
+    )
+
+
+def _json(value: Any) -> Any:
+    """SQLite gives JSON as text; psycopg decodes json and jsonb columns itself."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _moment(value: str | datetime) -> datetime:
+    """SQLite gives fixed-width UTC text; PostgreSQL a timestamptz in the session's time zone."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.astimezone(UTC)
+
+
+def _time(value: str | datetime | None) -> datetime | None:
+    return None if value is None else _moment(value)
