@@ -106,7 +106,7 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at)
 -- Declared types name what a TEXT column holds; they keep TEXT affinity. Rows keep their rowids.
 CREATE TABLE receiver_jobs (
     seq INTEGER NOT NULL DEFAULT 0,
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL PRIMARY KEY,
     provider TEXT NOT NULL,
     provider_job_id TEXT,
     model TEXT NOT NULL,
