@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from pg_server import fresh_schema
 
+from receiver.config import SettingsError
 from receiver.events import DeliveryStatus, Job, JobStatus
 from receiver.store import HandlerRoute, SQLStore, Update, open_store
 from receiver.store.queries import load
@@ -36,23 +37,18 @@ PG_TYPES = {
 
 @dataclass(frozen=True)
 class Schema:
-    columns: dict[
-        str, dict[str, tuple[str, bool, str | None]]
-    ]  # table -> column -> (type, not null, default)
-    indexes: dict[str, tuple[str, tuple[str, ...], bool, str]]  # name -> (table, columns, unique, predicate)
+    """Tables as {table: {column: (type, not null, default)}}; indexes as {name: (table, columns, unique,
+    predicate)}; foreign keys as (table, columns, referenced table, its columns, ON DELETE action)."""
+
+    columns: dict[str, dict[str, tuple[str, bool, str | None]]]
+    indexes: dict[str, tuple[str, tuple[str, ...], bool, str]]
     primary_keys: dict[str, tuple[str, ...]]
-    foreign_keys: set[tuple[str, tuple[str, ...], str, tuple[str, ...], str]]  # ... ON DELETE action
+    foreign_keys: set[tuple[str, tuple[str, ...], str, tuple[str, ...], str]]
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_schema() as url:
-        yield url
 
 
 @pytest.fixture
@@ -63,9 +59,11 @@ async def sqlite_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def pg_store(pg_url: str) -> str:
-    await _opened(pg_url)
-    return pg_url
+async def pg_store() -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema, migrated by the store."""
+    with fresh_schema() as url:
+        await _opened(url)
+        yield url
 
 
 async def _opened(url: str) -> None:
@@ -353,3 +351,14 @@ async def test_a_sqlite_file_from_the_first_schema_is_migrated_with_its_data(tmp
         assert json.loads(conn.execute("SELECT event FROM receiver_jobs WHERE id = 'job_open'").fetchone()[0])
     finally:
         conn.close()
+
+
+@pytest.mark.anyio
+async def test_a_sqlite_schema_newer_than_the_receiver_is_refused_in_one_line(sqlite_path: Path) -> None:
+    conn = sqlite3.connect(sqlite_path, isolation_level=None)
+    try:
+        conn.execute("INSERT INTO receiver_schema_version (version) VALUES (99)")
+    finally:
+        conn.close()
+    with pytest.raises(SettingsError, match=r"^RECEIVER_DATABASE_URL: database schema 99 is newer"):
+        await _opened(f"sqlite:///{sqlite_path}")
