@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
+from receiver.clock import Clock, system_clock
 from receiver.events import EVENT_TYPES
 from receiver.providers.registry import NAMES as PROVIDERS
 
@@ -115,8 +116,9 @@ def load_handler_class(type_name: str) -> type[Any]:
     return cls
 
 
-def build_handlers(tables: list[dict[str, Any]]) -> list[HandlerSpec]:
-    """Build every configured handler; an invalid table raises ConfigError naming it and the key."""
+def build_handlers(tables: list[dict[str, Any]], *, clock: Clock = system_clock) -> list[HandlerSpec]:
+    """Build every configured handler; an invalid table raises ConfigError naming it and the key.
+    A handler class that takes `clock` gets the receiver's (it is not a key a table may set)."""
     specs: list[HandlerSpec] = []
     seen: set[str] = set()
     for index, table in enumerate(tables):
@@ -140,6 +142,8 @@ def build_handlers(tables: list[dict[str, Any]]) -> list[HandlerSpec]:
         if default_timeout is not None and "timeout" in table:
             options["timeout"] = timeout
         _check_options(label, cls, options)
+        if "clock" in inspect.signature(cls).parameters:
+            options["clock"] = clock
         try:
             handler = cls(**options)
         except ConfigError as exc:
@@ -186,6 +190,8 @@ def _class_timeout(cls: type[Any]) -> float | None:
 
 def _check_options(label: str, cls: type[Any], options: dict[str, Any]) -> None:
     params = inspect.signature(cls).parameters
+    if "clock" in options:
+        raise ConfigError(f"{label}: unknown key 'clock'")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     for key in options:

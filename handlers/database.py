@@ -16,7 +16,8 @@ import anyio.to_thread
 
 from handlers import ConfigError, PermanentError
 from handlers._http import DeliveryFailed, LoopResource, excerpt
-from receiver.events import iso, parse_iso, utcnow
+from receiver.clock import Clock, system_clock
+from receiver.events import iso, parse_iso
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 JSON_COLUMNS = ("output_urls", "stored_urls", "metadata", "event")
@@ -249,12 +250,13 @@ class DatabaseHandler:
     Upserts one row per event id, creating the table on first use; reports `{"table", "event_id"}`.
     """
 
-    def __init__(self, url: str, table: str = "generation_events") -> None:
+    def __init__(self, url: str, table: str = "generation_events", *, clock: Clock = system_clock) -> None:
         self.table = check_table(table)
+        self.clock = clock
         self._backend = open_backend(url, self.table)
 
     async def handle(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        await self._backend.upsert(event_row(event, utcnow()))
+        await self._backend.upsert(event_row(event, self.clock()))
         return {"table": self.table, "event_id": event["id"]}
 
     async def aclose(self) -> None:

@@ -7,7 +7,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import time
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ from handlers._http import (
     http_client,
     transport_failure,
 )
+from receiver.clock import Clock, system_clock
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of Standard Webhooks secrets, not a secret
 HTTP_TIMEOUT = 30.0
@@ -67,8 +67,10 @@ class ForwardHandler:
         headers: dict[str, str] | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self.url = check_http_url(url, "url")
+        self.clock = clock
         self._key = secret_key(secret)
         if headers is not None and not (
             isinstance(headers, dict)
@@ -81,7 +83,10 @@ class ForwardHandler:
 
     async def handle(self, event: dict[str, Any]) -> dict[str, Any] | None:
         body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-        headers = {**self.headers, **signed_headers(self._key, event["id"], int(time.time()), body)}
+        headers = {
+            **self.headers,
+            **signed_headers(self._key, event["id"], int(self.clock().timestamp()), body),
+        }
         client = await self._client.get()
         try:
             response = await client.post(self.url, content=body, headers=headers)

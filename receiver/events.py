@@ -36,10 +36,6 @@ EVENT_TYPES = ("job.succeeded", "job.failed")
 MODEL = "kling-3.0"
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
@@ -99,13 +95,13 @@ class Job:
     provider: str
     status: JobStatus
     request: dict[str, Any]
+    created_at: datetime
     metadata: dict[str, Any] = field(default_factory=dict)
     model: str = MODEL
     provider_job_id: str | None = None
     output_urls: list[str] = field(default_factory=list)
     error: JobError | None = None
     progress: int | None = None
-    created_at: datetime = field(default_factory=utcnow)
     submitted_at: datetime | None = None
     completed_at: datetime | None = None
     completed_via: str | None = None
@@ -140,11 +136,12 @@ def event_type(status: JobStatus) -> str:
     return "job.succeeded" if status is JobStatus.SUCCEEDED else "job.failed"
 
 
-def make_event(job: Job, event_id: str) -> dict[str, Any]:
-    """The final event of a terminal job; built once, stored, and re-sent unchanged."""
+def make_event(job: Job, event_id: str, *, now: datetime) -> dict[str, Any]:
+    """The final event of a terminal job, created at its completion (`now` when it has none yet);
+    built once, stored, and re-sent unchanged."""
     return {
         "id": event_id,
         "type": event_type(job.status),
-        "created_at": iso(job.completed_at or utcnow()),
+        "created_at": iso(job.completed_at or now),
         "job": job.to_json(deliveries=False),
     }

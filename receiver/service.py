@@ -83,7 +83,10 @@ class Receiver:
         self.by_name = {spec.name: spec for spec in specs}
         self.clock = clock
         self.budget = budget or LocalBudget(
-            limit=settings.runbase_rate_limit, window=settings.runbase_rate_window
+            limit=settings.runbase_rate_limit,
+            window=settings.runbase_rate_window,
+            clock=clock.monotonic,
+            sleep=clock.sleep,
         )
         self._clients: dict[str, ProviderClient] = dict(clients or {})
         self._signer: WebhookSigner | None = None
@@ -97,7 +100,8 @@ class Receiver:
         logs.register_secrets(settings.secrets())
         logs.register_secrets(_handler_secrets(settings.handlers))
         tables = settings.handlers or [{"name": "log", "type": "log"}]
-        return cls(settings, open_store(settings.database_url), build_handlers(tables), **kwargs)
+        specs = build_handlers(tables, clock=kwargs.get("clock", system_clock))
+        return cls(settings, open_store(settings.database_url), specs, **kwargs)
 
     @property
     def signer(self) -> WebhookSigner:

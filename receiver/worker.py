@@ -66,7 +66,7 @@ class Worker:
             idle = MAX_IDLE
             if due is not None:
                 idle = min(MAX_IDLE, max(0.0, (due - self.receiver.clock()).total_seconds()))
-            woken = await _first(self._wake, stop, seconds=idle)
+            woken = await _first(self._wake, stop, self.receiver.clock.sleep(idle))
 
     async def _expire(self, counts: Counter[str]) -> None:
         for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):
@@ -165,10 +165,10 @@ def _backoff(spec: HandlerSpec, attempt: int) -> float:
     return retry_delay(attempt, spec.retry_base, spec.retry_max)
 
 
-async def _first(wake: asyncio.Event, stop: asyncio.Event, seconds: float) -> bool:
-    """Wait for `wake` or `stop`, at most `seconds`; True when `wake` was set."""
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-    await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+async def _first(wake: asyncio.Event, stop: asyncio.Event, sleep: Awaitable[None]) -> bool:
+    """Wait for `wake`, `stop` or `sleep` (on the receiver's clock); True when `wake` was set."""
+    waiters = [asyncio.ensure_future(w) for w in (wake.wait(), stop.wait(), sleep)]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for waiter in waiters:
         waiter.cancel()
         with contextlib.suppress(asyncio.CancelledError):

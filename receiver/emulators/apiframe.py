@@ -11,10 +11,8 @@ import contextlib
 import hashlib
 import hmac
 import json
-import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -24,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from receiver.clock import Clock, system_clock
 from receiver.emulators.common import (
     BadRequestBody,
     Emulator,
@@ -222,6 +221,7 @@ class ApiframeEmulator(Emulator):
         credit_cost: float = 10.0,
         expire_after: float = 24 * 3600.0,
         seed: int | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self.api_key = api_key
         self.delay = delay
@@ -240,7 +240,7 @@ class ApiframeEmulator(Emulator):
         self._idempotency: dict[tuple[str, str], tuple[str, str, float, dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
-        super().__init__(seed)
+        super().__init__(seed, clock)
 
     def validate(self) -> None:
         if self.api_key is not None and not (isinstance(self.api_key, str) and self.api_key):
@@ -332,7 +332,7 @@ class ApiframeEmulator(Emulator):
         answer = {"jobId": job.id, "status": "QUEUED"}
         if idempotency_key is not None:
             self._idempotency[(key_digest(key), idempotency_key)] = (
-                fingerprint, job.id, time.monotonic(), answer,
+                fingerprint, job.id, self.clock.monotonic(), answer,
             )  # fmt: skip
         if job.webhook_mode == "early":
             await self._send_final(job)
@@ -342,7 +342,7 @@ class ApiframeEmulator(Emulator):
 
     def _replay(self, key: str, idempotency_key: str, fingerprint: str) -> Response | None:
         entry = self._idempotency.get((key_digest(key), idempotency_key))
-        if entry is None or time.monotonic() - entry[2] > IDEMPOTENCY_TTL:
+        if entry is None or self.clock.monotonic() - entry[2] > IDEMPOTENCY_TTL:
             return None
         if entry[0] != fingerprint:
             return error(409, ERROR_MESSAGES[409])
@@ -354,8 +354,9 @@ class ApiframeEmulator(Emulator):
             id=str(uuid.uuid4()),
             key=key,
             input=body,
-            started=time.monotonic(),
-            created_at=datetime.now(UTC),
+            clock=self.clock,
+            started=self.clock.monotonic(),
+            created_at=self.clock(),
             delay=0.0 if self.webhook == "early" else float(self.delay),
             fails=self.rng.random() < self.failure_rate,
             cost=self.credit_cost,
@@ -424,7 +425,7 @@ class ApiframeEmulator(Emulator):
 
     @staticmethod
     async def _sleep_until(job: ApiframeJob, offset: float) -> None:
-        await asyncio.sleep(max(0.0, offset - job.elapsed()))
+        await job.clock.sleep(offset - job.elapsed())
 
     async def _send(self, job: ApiframeJob, event: str) -> bool:
         """POST one webhook, retrying a failure twice; True once a 2xx answer came back."""
@@ -436,8 +437,8 @@ class ApiframeEmulator(Emulator):
             "X-Webhook-Signature": sign(raw, job.key),
         }
         for attempt, wait in enumerate((0.0, *RETRY_WAITS), start=1):
-            await asyncio.sleep(wait)
-            record: dict[str, Any] = {"t": time.monotonic(), "url": job.webhook_url, "event": event}
+            await self.clock.sleep(wait)
+            record: dict[str, Any] = {"t": self.clock.monotonic(), "url": job.webhook_url, "event": event}
             record.update(job_id=job.id, attempt=attempt)
             try:
                 answer = await self._http().post(job.webhook_url, content=raw, headers=headers)

@@ -7,7 +7,6 @@ import json
 import random
 import secrets
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -23,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from receiver.clock import Clock, system_clock
 
 SAMPLE = Path(__file__).with_name("sample.mp4")
 QUEUED_SHARE = 0.1  # share of a job's delay spent queued before it starts processing
@@ -99,12 +100,14 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
 
 @dataclass
 class SimulatedJob:
-    """A job an emulator is running: what both providers' jobs share. `key` is what created it."""
+    """A job an emulator is running: what both providers' jobs share. `key` is what created it; its
+    timing is read on `clock`, from the moment it was created."""
 
     id: str
     key: str
     input: dict[str, Any]
-    started: float  # monotonic
+    clock: Clock
+    started: float  # clock.monotonic() at creation
     created_at: datetime
     delay: float
     fails: bool
@@ -112,7 +115,7 @@ class SimulatedJob:
     base_url: str
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock.monotonic() - self.started
 
     def share(self) -> float | None:
         """How far through processing (None while queued, 1.0 or more once final)."""
@@ -158,8 +161,9 @@ class Emulator:
     knobs: ClassVar[tuple[str, ...]] = ()
     middleware: ClassVar[Sequence[Middleware]] = ()
 
-    def __init__(self, seed: int | None) -> None:
+    def __init__(self, seed: int | None, clock: Clock = system_clock) -> None:
         self.seed = seed
+        self.clock = clock
         self.rng = random.Random(seed)  # noqa: S311  # simulated failures, not cryptography
         self.requests: list[dict[str, Any]] = []
         self._injections: deque[Injection] = deque()
@@ -188,7 +192,12 @@ class Emulator:
         return True
 
     def log_entry(self, request: Request, status: int) -> dict[str, Any]:
-        return {"t": time.monotonic(), "method": request.method, "path": request.url.path, "status": status}
+        return {
+            "t": self.clock.monotonic(),
+            "method": request.method,
+            "path": request.url.path,
+            "status": status,
+        }
 
     async def aclose(self) -> None:
         """Release what the emulator holds; runs at app shutdown."""

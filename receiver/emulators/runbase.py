@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from receiver.clock import Clock, system_clock
 from receiver.emulators.common import (
     BadRequestBody,
     Emulator,
@@ -138,6 +137,7 @@ class RunbaseEmulator(Emulator):
         allowed_ips: list[str] | None = None,
         processing_status: str = "processing",
         seed: int | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self.api_key = api_key
         self.delay = delay
@@ -153,7 +153,7 @@ class RunbaseEmulator(Emulator):
         self.runs: dict[str, Run] = {}
         self._windows: dict[str, deque[float]] = {}
         self._spent: dict[str, float] = {}
-        super().__init__(seed)
+        super().__init__(seed, clock)
 
     def validate(self) -> None:
         if self.api_key is not None and not (isinstance(self.api_key, str) and self.api_key):
@@ -205,7 +205,7 @@ class RunbaseEmulator(Emulator):
             return error(403, "ip_not_allowed", f"Requests from {client or 'this address'} are not allowed")
         digest = key_digest(key)
         window = self._windows.setdefault(digest, deque())
-        now = time.monotonic()
+        now = self.clock.monotonic()
         while window and window[0] <= now - self.rate_window:
             window.popleft()
         if len(window) >= self.rate_limit:
@@ -240,8 +240,9 @@ class RunbaseEmulator(Emulator):
             id="run_" + secrets.token_hex(12),
             key=key,
             input=body["input"],
-            started=time.monotonic(),
-            created_at=datetime.now(UTC),
+            clock=self.clock,
+            started=self.clock.monotonic(),
+            created_at=self.clock(),
             delay=float(self.delay),
             fails=self.rng.random() < self.failure_rate,
             cost=self.cost_usd,

@@ -49,7 +49,7 @@ def apply_update(job: Job | None, update: Update, via: str | None, now: datetime
     if update.status is JobStatus.SUCCEEDED:
         job.progress = 100
     job.event_id = new_event_id()
-    event = make_event(job, job.event_id)
+    event = make_event(job, job.event_id, now=now)
     matched = tuple(routes(event))
     job.deliveries.extend(
         Delivery(handler=route.name, status=DeliveryStatus.PENDING, next_attempt_at=now) for route in matched
