@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -9,6 +11,49 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, told to exit through an event instead of noticing on its 0.1 s tick."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._exit = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        while not await self.on_tick(0):  # tick 0 refreshes the Date header, once a second here
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit.wait(), 1.0)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown without its fixed 0.1 s pauses: a test suite starts hundreds of these."""
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        try:
+            await asyncio.wait_for(self._drain(), timeout=self.config.timeout_graceful_shutdown)
+        except TimeoutError:
+            for task in self.server_state.tasks:
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+    async def _drain(self) -> None:
+        while self.server_state.connections or self.server_state.tasks:
+            await asyncio.sleep(0.001)
+        for server in self.servers:
+            await server.wait_closed()
+
+    def exit(self) -> None:
+        """Ask the server to shut down; callable from any thread."""
+        self.should_exit = True
+        loop = self._loop
+        if loop is not None:  # else main_loop has not started and will see should_exit
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(self._exit.set)
 
 
 class BackgroundServer:
@@ -26,7 +71,7 @@ class BackgroundServer:
         self._sock.bind((host, port))
         self._sock.listen(2048)
         self.host, self.port = self._sock.getsockname()[:2]
-        self._server: uvicorn.Server | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -37,7 +82,7 @@ class BackgroundServer:
         config = uvicorn.Config(
             self.app, log_level="warning", lifespan="auto", access_log=False, timeout_graceful_shutdown=2
         )
-        self._server = server = uvicorn.Server(config)
+        self._server = server = _Server(config)
         self._thread = thread = threading.Thread(
             target=server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
@@ -50,10 +95,15 @@ class BackgroundServer:
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
+        self.request_stop()
+        if self._thread is not None:
             self._thread.join(timeout=10)
         self._sock.close()
+
+    def request_stop(self) -> None:
+        """Start shutting down without waiting: servers stopped together shut down side by side."""
+        if self._server is not None:
+            self._server.exit()
 
     def __enter__(self) -> BackgroundServer:
         return self.start()
