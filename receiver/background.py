@@ -42,7 +42,8 @@ class _Server(uvicorn.Server):
             await self.lifespan.shutdown()
 
     async def _drain(self) -> None:
-        while self.server_state.connections or self.server_state.tasks:
+        # uvicorn signals neither a closed connection nor a finished task: poll, briefly.
+        while self.server_state.connections or self.server_state.tasks:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
         for server in self.servers:
             await server.wait_closed()
