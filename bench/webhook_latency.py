@@ -38,12 +38,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 
-from receiver.events import Job, JobStatus, new_job_id, utcnow
+from receiver.events import Job, JobStatus, new_job_id
 from receiver.signing import WebhookSigner
 from receiver.store import open_store
 
@@ -163,7 +163,7 @@ async def _make_jobs(db: Path, count: int) -> list[tuple[str, str]]:
     store = open_store(f"sqlite:///{db}")
     await store.open()
     try:
-        now = utcnow()
+        now = datetime.now(UTC)
         jobs = []
         for _ in range(count):
             job = Job(

@@ -1,1 +1,2 @@
-"""Shared test helpers live beside this file (pg_server.py); pytest puts this folder on sys.path."""
+"""Helpers shared by the integration and end-to-end tests live in tests/support (`pythonpath` in
+pyproject.toml makes `tests.support` importable)."""

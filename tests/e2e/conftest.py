@@ -8,62 +8,26 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from receiver.background import BackgroundServer
 from receiver.emulators.apiframe import ApiframeEmulator
 from receiver.emulators.runbase import RunbaseEmulator
+from tests.support.inbox import Inbox, running_inbox
+from tests.support.waiting import wait_until
+
+__all__ = ["ADMIN", "APIFRAME_KEY", "FORWARD_SECRET", "RUNBASE_KEY", "World", "free_port", "wait_until"]
 
 APIFRAME_KEY = "afk_e2e_key"
 RUNBASE_KEY = "rb_e2e_key"
 ADMIN = "e2e-admin"
 FORWARD_SECRET = "whsec_ZTJlLWZvcndhcmQtc2VjcmV0LWJ5dGVz"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.05)
-
-
-@dataclass
-class Inbox:
-    """The forward handler's target: records posts, answers the queued statuses, then 200."""
-
-    url: str = ""
-    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    answers: list[int] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=threading.Condition)
-
-    async def receive(self, request: Request) -> Response:
-        body = await request.body()
-        with self.changed:
-            self.posts.append((dict(request.headers), body))
-            self.changed.notify_all()
-        return Response(status_code=self.answers.pop(0) if self.answers else 200)
-
-    def wait_for(self, count: int, timeout: float = 20.0) -> list[tuple[dict[str, str], bytes]]:
-        with self.changed:
-            if not self.changed.wait_for(lambda: len(self.posts) >= count, timeout):
-                pytest.fail(f"{len(self.posts)} forwarded events within {timeout} s, expected {count}")
-            return list(self.posts)
 
 
 @dataclass
@@ -129,7 +93,6 @@ def free_port() -> int:
 @pytest.fixture
 def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
     options = getattr(request, "param", {})
-    inbox = Inbox()
     apiframe = ApiframeEmulator(
         api_key=APIFRAME_KEY, **{"delay": 0.5, "seed": 2, **options.get("apiframe", {})}
     )
@@ -140,11 +103,10 @@ def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
         "retry_base = 0\n"
     )
     with (
-        BackgroundServer(Starlette(routes=[Route("/in", inbox.receive, methods=["POST"])])) as inbox_server,
+        running_inbox() as inbox,
         BackgroundServer(apiframe.app) as apiframe_server,
         BackgroundServer(runbase.app) as runbase_server,
     ):
-        inbox.url = inbox_server.url + "/in"
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(tmp_path),

@@ -8,7 +8,8 @@ import sys
 import httpx
 import pytest
 from conftest import ADMIN, World, free_port, wait_until
-from pg_server import fresh_schema
+
+from tests.support.pg import fresh_schema
 
 pytestmark = pytest.mark.postgres
 

@@ -40,7 +40,7 @@ def succeeded(job_id: str = "job_db1") -> dict[str, Any]:
         completed_at=START + timedelta(seconds=150),
         completed_via="poll",
     )
-    return make_event(job, "evt_" + job_id)
+    return make_event(job, "evt_" + job_id, now=START)
 
 
 def failed(job_id: str = "job_db2") -> dict[str, Any]:
@@ -53,7 +53,7 @@ def failed(job_id: str = "job_db2") -> dict[str, Any]:
         created_at=START,
         completed_at=START + timedelta(hours=1),
     )
-    return make_event(job, "evt_" + job_id)
+    return make_event(job, "evt_" + job_id, now=START)
 
 
 @pytest.fixture

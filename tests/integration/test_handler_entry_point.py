@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import tomllib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,11 @@ async def test_the_entry_point_is_found_and_built(installed: str) -> None:
     )
     assert isinstance(spec.handler, cls)
     assert (spec.events, spec.max_attempts) == (("job.succeeded",), 2)
-    job = Job(id="job_ep", provider="apiframe", status=JobStatus.SUCCEEDED, request={"prompt": "p"})
-    assert await spec.handler.handle(make_event(job, "evt_ep")) == {"echo": "seen:evt_ep"}
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    job = Job(
+        id="job_ep", provider="apiframe", status=JobStatus.SUCCEEDED, request={"prompt": "p"}, created_at=now
+    )
+    assert await spec.handler.handle(make_event(job, "evt_ep", now=now)) == {"echo": "seen:evt_ep"}
 
 
 def test_its_own_validation_is_reported_with_the_handler_name(installed: str) -> None:

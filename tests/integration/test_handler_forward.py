@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -53,15 +54,20 @@ def receiver() -> Iterator[Receiver]:
         yield state
 
 
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
 def an_event() -> dict[str, Any]:
     job = Job(
         id="job_fwd",
         provider="apiframe",
         status=JobStatus.SUCCEEDED,
         request={"prompt": "Un renard roux court dans la neige — 雪"},
+        created_at=NOW,
+        completed_at=NOW,
         output_urls=["https://cdn.example.com/v.mp4"],
     )
-    return make_event(job, "evt_forward_1")
+    return make_event(job, "evt_forward_1", now=NOW)
 
 
 async def test_posts_the_event_signed_per_standard_webhooks(receiver: Receiver) -> None:

@@ -130,7 +130,7 @@ def an_event(
         completed_at=START + timedelta(seconds=148),
         completed_via="webhook",
     )
-    return make_event(job, "evt_slack")
+    return make_event(job, "evt_slack", now=START)
 
 
 async def test_success_and_failure_messages_are_accepted(slack: tuple[SlackLike, str]) -> None:

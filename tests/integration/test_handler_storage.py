@@ -13,6 +13,7 @@ import threading
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,9 @@ def bucket(moto_endpoint: str, aws_env: None) -> tuple[Any, str]:
     return s3, name
 
 
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
 def an_event(
     *urls: str, status: JobStatus = JobStatus.SUCCEEDED, job_id: str = "job_store1"
 ) -> dict[str, Any]:
@@ -178,8 +182,9 @@ def an_event(
         request={"prompt": "a lighthouse in a storm"},
         output_urls=list(urls),
         error=None if status is JobStatus.SUCCEEDED else JobError("failed", "model error"),
+        created_at=NOW,
     )
-    return make_event(job, "evt_" + job_id)
+    return make_event(job, "evt_" + job_id, now=NOW)
 
 
 def keys(s3: Any, bucket: str) -> list[str]:

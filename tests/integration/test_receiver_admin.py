@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from receiver_stack import receiver_stack
+
+from tests.support.stack import receiver_stack
 
 
 def test_admin_routes_need_the_bearer_token_and_are_off_without_one(tmp_path: Path, sink) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from receiver_stack import FORWARD_SECRET, receiver_stack, verify_forward
+from tests.support.stack import FORWARD_SECRET, receiver_stack, verify_forward
 
 
 def forward(url: str, **keys: object) -> dict[str, object]:

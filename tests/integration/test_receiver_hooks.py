@@ -10,9 +10,9 @@ from unittest import mock
 
 import httpx
 import pytest
-from receiver_stack import SECRET, apiframe_body, apiframe_signature, receiver_stack
 
 from receiver.signing import WebhookSigner
+from tests.support.stack import SECRET, apiframe_body, apiframe_signature, receiver_stack
 
 QUIET = {"apiframe": {"webhook": "drop", "delay": 600}, "expected_seconds": 600}
 

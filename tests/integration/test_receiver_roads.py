@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import httpx
-from receiver_stack import receiver_stack, verify_forward
+
+from tests.support.stack import receiver_stack, verify_forward
 
 
 def test_apiframe_completion_arrives_by_webhook_and_is_forwarded_once(

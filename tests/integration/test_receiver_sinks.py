@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from receiver_stack import receiver_stack
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -17,6 +16,7 @@ from starlette.routing import Route
 from test_handler_slack import block_problems
 
 from receiver.background import BackgroundServer
+from tests.support.stack import receiver_stack
 
 
 class Slack:

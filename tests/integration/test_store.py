@@ -10,11 +10,11 @@ from typing import Any
 
 import anyio
 import pytest
-from pg_server import fresh_schema
 
-from receiver.clock import FrozenClock
+from receiver.clock import VirtualClock
 from receiver.events import DeliveryStatus, Job, JobError, JobStatus
 from receiver.store import HandlerRoute, Store, Update, open_store
+from tests.support.pg import fresh_schema
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 TIMEOUT = timedelta(hours=1)
@@ -439,7 +439,7 @@ async def test_mark_submitted_keeps_running_from_an_early_progress_report(store:
 
 @pytest.mark.anyio
 async def test_list_jobs_newest_first_and_by_status(store: Store) -> None:
-    clock = FrozenClock(T0)
+    clock = VirtualClock(T0)
     for n in range(4):
         await _create(store, f"job_{n}", created=clock())
         clock.advance(60)

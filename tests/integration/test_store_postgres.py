@@ -12,13 +12,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_server import fresh_schema
 
 from receiver.config import SettingsError
 from receiver.events import Job, JobError, JobStatus
 from receiver.store import HandlerRoute, Recorded, SQLStore, Update, open_store
 from receiver.store.postgres import PostgresConnector
 from receiver.store.queries import load
+from tests.support.pg import fresh_schema
 
 SCHEMA_VERSION = load("postgres").schema_version
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_server import fresh_schema
 
 from receiver.config import SettingsError
 from receiver.events import DeliveryStatus, Job, JobStatus
 from receiver.store import HandlerRoute, SQLStore, Update, open_store
 from receiver.store.queries import load
+from tests.support.pg import fresh_schema
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -138,7 +138,7 @@ def test_job_json_without_deliveries() -> None:
 
 def test_event_shape() -> None:
     job = _job()
-    event = make_event(job, "evt_1")
+    event = make_event(job, "evt_1", now=CREATED)
     assert event == {
         "id": "evt_1",
         "type": "job.succeeded",
@@ -158,12 +158,12 @@ def test_event_shape() -> None:
 )
 def test_every_end_but_success_is_job_failed(status: JobStatus, kind: str) -> None:
     assert event_type(status) == kind
-    assert make_event(_job(status=status), "evt_1")["type"] == kind
+    assert make_event(_job(status=status), "evt_1", now=CREATED)["type"] == kind
 
 
 def test_event_is_the_same_when_built_again() -> None:
     job = _job()
-    assert make_event(job, "evt_1") == make_event(job, "evt_1")
+    assert make_event(job, "evt_1", now=CREATED) == make_event(job, "evt_1", now=CREATED)
 
 
 def test_terminal_statuses() -> None:

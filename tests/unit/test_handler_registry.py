@@ -156,8 +156,11 @@ def test_storage_targets_and_extensions(tmp_path: Path) -> None:
 
 
 def test_event_row_and_upsert_sql() -> None:
-    job = Job(id="job_1", provider="apiframe", status=JobStatus.SUCCEEDED, request={"prompt": "fox"})
-    event = make_event(job, "evt_1")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    job = Job(
+        id="job_1", provider="apiframe", status=JobStatus.SUCCEEDED, request={"prompt": "fox"}, created_at=now
+    )
+    event = make_event(job, "evt_1", now=now)
     assert event_row(event, datetime.now(UTC)).values["stored_urls"] is None
     event["reports"] = {"copy": {"stored_urls": ["s3://b/job_1/0.mp4"]}, "db": None}
     row = event_row(event, datetime.now(UTC)).values
@@ -178,10 +181,11 @@ async def test_log_writes_one_line_with_the_event_fields() -> None:
         status=JobStatus.FAILED,
         request={"prompt": "p"},
         error=JobError("timeout", "no final status"),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
     handler = LogHandler()
     with structlog.testing.capture_logs() as lines:
-        assert await handler.handle(make_event(job, "evt_log")) is None
+        assert await handler.handle(make_event(job, "evt_log", now=job.created_at)) is None
     await handler.aclose()
     assert lines == [
         {

@@ -37,7 +37,7 @@ def event(status: JobStatus = JobStatus.SUCCEEDED, **changes: Any) -> dict[str, 
         completed_via="poll",
         **changes,
     )
-    return make_event(job, "evt_1")
+    return make_event(job, "evt_1", now=START)
 
 
 def texts(payload: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""A whole receiver on loopback for integration tests: both emulators, the app, a forward sink."""
+"""A whole receiver on loopback for integration tests: both emulators and the app, on one virtual clock."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver.app import create_app
 from receiver.background import BackgroundServer
+from receiver.clock import VirtualClock
 from receiver.config import Settings
 from receiver.emulators.apiframe import ApiframeEmulator
 from receiver.emulators.runbase import RunbaseEmulator
@@ -31,6 +33,9 @@ FORWARD_SECRET = "whsec_" + base64.b64encode(b"forward-secret-for-tests").decode
 
 @dataclass
 class Stack:
+    """`clock` drives the receiver, its handlers and both emulators: time passes when a test says."""
+
+    clock: VirtualClock
     receiver: Receiver
     url: str
     admin: httpx.Client
@@ -61,6 +66,16 @@ class Stack:
 
     def hook_url(self, job_id: str, provider: str = "apiframe") -> str:
         return self.receiver.signer.url(self.url, job_id, provider)
+
+    def idle(self, sleepers: int = 1) -> None:
+        """Wait until the worker has finished its round and sleeps (with `sleepers` counting anything
+        else asleep on the clock, such as an Apiframe job's webhook schedule)."""
+        self.clock.wait_for_sleepers(sleepers)
+
+    def advance(self, seconds: float, sleepers: int = 1) -> None:
+        """Let the worker finish what it is doing, then move time on by `seconds`."""
+        self.idle(sleepers)
+        self.clock.advance(seconds)
 
 
 def apiframe_body(provider_job_id: str, *, event: str = "completed", result: Any = None) -> bytes:
@@ -98,20 +113,27 @@ def receiver_stack(
     runbase: dict[str, Any] | None = None,
     run_worker: bool = True,
     handlers: list[dict[str, Any]] | None = None,
+    clock: VirtualClock | None = None,
     **settings: Any,
 ) -> Iterator[Stack]:
+    """Emulator jobs take 0.3 s and the receiver expects 0.3 s, on a virtual clock that starts at the
+    real time (in whole seconds: forward's signatures carry seconds, and verifiers check them
+    against the real clock)."""
+    clock = clock or VirtualClock(datetime.now(UTC).replace(microsecond=0))
     apiframe_emulator = ApiframeEmulator(
-        api_key=APIFRAME_KEY, **{"delay": 0.3, "seed": 1, **(apiframe or {})}
+        api_key=APIFRAME_KEY, clock=clock, **{"delay": 0.3, "seed": 1, **(apiframe or {})}
     )
-    runbase_emulator = RunbaseEmulator(api_key=RUNBASE_KEY, **{"delay": 0.3, "seed": 1, **(runbase or {})})
+    runbase_emulator = RunbaseEmulator(
+        api_key=RUNBASE_KEY, clock=clock, **{"delay": 0.3, "seed": 1, **(runbase or {})}
+    )
     if handlers is None:
         handlers = [{"name": "forward", "type": "forward", "url": forward_url, "secret": FORWARD_SECRET,
                      "retry_base": 0}]  # fmt: skip
     with ExitStack() as stack:
-        apiframe_server = stack.enter_context(BackgroundServer(apiframe_emulator.app))
-        runbase_server = stack.enter_context(BackgroundServer(runbase_emulator.app))
+        apiframe_server = BackgroundServer(apiframe_emulator.app).start()
+        runbase_server = BackgroundServer(runbase_emulator.app).start()
         server = BackgroundServer()
-        stack.callback(server.stop)
+        stack.callback(stop_together, server, apiframe_server, runbase_server)
         config = replace(
             Settings(),
             secret=SECRET,
@@ -128,13 +150,14 @@ def receiver_stack(
                 **settings,
             },
         )
-        receiver = Receiver.from_settings(config)
+        receiver = Receiver.from_settings(config, clock=clock)
         server.app = create_app(receiver, run_worker=run_worker)
         server.start()
         admin = stack.enter_context(
             httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
         )
         yield Stack(
+            clock,
             receiver,
             server.url,
             admin,
@@ -143,3 +166,11 @@ def receiver_stack(
             runbase_emulator,
             runbase_server.url,
         )
+
+
+def stop_together(*servers: BackgroundServer) -> None:
+    """Shut servers down side by side, in the order given (the receiver before the emulators it calls)."""
+    for server in servers:
+        server.request_stop()
+    for server in servers:
+        server.stop()
