@@ -10,8 +10,8 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,11 @@ import httpx
 import pytest
 
 from receiver.background import BackgroundServer
+from receiver.clock import VirtualClock
 from receiver.emulators.apiframe import ApiframeEmulator
 from receiver.emulators.cli import add_arguments, run
 from receiver.emulators.common import SAMPLE
+from receiver.events import iso
 
 KEY = "afk_test_key"
 GOOD = {"prompt": "a cat surfing at sunset", "model": "kling-3.0"}
@@ -29,10 +31,11 @@ GOOD = {"prompt": "a cat surfing at sunset", "model": "kling-3.0"}
 
 @pytest.fixture
 def start(serve):
-    """`start(**knobs)`: an emulator with the test key, served, and an authenticated client."""
+    """`start(**knobs)`: an emulator with the test key on a virtual clock, served, and an authenticated
+    client."""
 
     def build(**knobs: Any) -> tuple[ApiframeEmulator, httpx.Client]:
-        emulator = ApiframeEmulator(**{"api_key": KEY, **knobs})
+        emulator = ApiframeEmulator(**{"api_key": KEY, "clock": VirtualClock(), **knobs})
         return emulator, serve(emulator.app, headers={"X-API-Key": KEY})
 
     return build
@@ -53,12 +56,19 @@ def submit(client: httpx.Client, body: dict[str, Any] | None = None, **headers: 
     return client.post("/v2/videos/generate", json=GOOD if body is None else body, headers=headers)
 
 
-def job_when(client: httpx.Client, wait, job_id: str, status: str, timeout: float = 5.0) -> dict[str, Any]:
-    def read() -> dict[str, Any] | None:
-        job = client.get(f"/v2/jobs/{job_id}").json()
-        return job if job["status"] == status else None
+def read_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = client.get(f"/v2/jobs/{job_id}").json()
+    return job
 
-    return wait(read, timeout)
+
+def next_wake(emulator: ApiframeEmulator) -> float:
+    """When the emulator's one webhook task wakes next (seconds on its clock), once it sleeps."""
+    [deadline] = emulator.clock.wait_for_sleepers(1)
+    return deadline
+
+
+def finished_webhooks(emulator: ApiframeEmulator) -> bool:
+    return not emulator._tasks
 
 
 def verify(post, api_key: str = KEY) -> dict[str, Any]:
@@ -183,24 +193,23 @@ def test_seed_page_webhook_field_is_configurable(start):
 # -- status over time --------------------------------------------------------------------------------
 
 
-def test_status_goes_queued_processing_completed(start, wait):
-    _, client = start(delay=1.0)
+def test_status_goes_queued_processing_completed(start):
+    emulator, client = start(delay=1.0)
+    clock = emulator.clock
     job_id = submit(client).json()["jobId"]
-    seen: list[dict[str, Any]] = []
+    seen = []
+    for seconds in (0, 0.0625, 0.1875, 0.25, 0.25, 0.25):  # queued for 10% of the delay, then processing
+        clock.advance(seconds)
+        job = read_job(client, job_id)
+        seen.append((clock.monotonic(), job["status"], job["progress"]))
 
-    def completed() -> bool:
-        seen.append(client.get(f"/v2/jobs/{job_id}").json())
-        return seen[-1]["status"] == "COMPLETED"
-
-    wait(completed, timeout=5)
-    statuses = [job["status"] for job in seen]
-    assert statuses[0] == "QUEUED"
-    assert "PROCESSING" in statuses
-    assert statuses == sorted(statuses, key=["QUEUED", "PROCESSING", "COMPLETED"].index)
-    progress = [job["progress"] for job in seen]
-    assert progress == sorted(progress)
-    assert all(0 < job["progress"] < 100 for job in seen if job["status"] == "PROCESSING")
-    final = seen[-1]
+    assert seen == [
+        (0, "QUEUED", 0), (0.0625, "QUEUED", 0), (0.25, "PROCESSING", 16), (0.5, "PROCESSING", 44),
+        (0.75, "PROCESSING", 72), (1.0, "COMPLETED", 100),
+    ]  # fmt: skip
+    final = read_job(client, job_id)
+    assert final["createdAt"] == iso(clock.start)
+    assert final["completedAt"] == iso(clock.start + timedelta(seconds=1))
     assert final["progress"] == 100
     assert final["error"] is None
     assert final["completedAt"] is not None
@@ -218,10 +227,11 @@ def test_status_goes_queued_processing_completed(start, wait):
 
 
 @pytest.mark.parametrize(("shape", "expected"), [("videos", {"videos": ["URL"]}), ("string", "URL")])
-def test_result_shapes(start, wait, shape, expected):
+def test_result_shapes(start, shape, expected):
     _, client = start(delay=0, result_shape=shape)
     job_id = submit(client).json()["jobId"]
-    job = job_when(client, wait, job_id, "COMPLETED")
+    job = read_job(client, job_id)
+    assert job["status"] == "COMPLETED"
     url = job["result"] if shape == "string" else job["result"]["videos"][0]
     assert url.endswith(f"/files/{job_id}.mp4")
     assert json.loads(json.dumps(job["result"]).replace(json.dumps(url)[1:-1], "URL")) == expected
@@ -237,11 +247,13 @@ def test_job_id_must_be_a_uuid_and_known(shared):
     assert "error" in unknown.json()
 
 
-def test_failed_job_reports_an_error_and_refunds_credits(start, wait):
+def test_failed_job_reports_an_error_and_refunds_credits(start):
     emulator, client = start(delay=0.2, failure_rate=1.0, credits=25, credit_cost=10)
     job_id = submit(client).json()["jobId"]
     assert emulator.credits == 15
-    job = job_when(client, wait, job_id, "FAILED")
+    emulator.clock.advance(0.2)
+    job = read_job(client, job_id)
+    assert job["status"] == "FAILED"
     assert isinstance(job["error"], str)
     assert job["error"]
     assert job["result"] is None
@@ -257,10 +269,15 @@ def test_insufficient_credits_is_402(start):
     assert len(emulator.jobs) == 1
 
 
-def test_output_expires(start, wait):
-    _, client = start(delay=0, expire_after=0)
+def test_output_expires(start):
+    emulator, client = start(delay=0, expire_after=60)
     job_id = submit(client).json()["jobId"]
-    job = wait(lambda: (j := client.get(f"/v2/jobs/{job_id}").json())["expired"] and j)
+    emulator.clock.advance(60)
+    fresh = read_job(client, job_id)
+    emulator.clock.advance(0.001)
+    job = read_job(client, job_id)
+    assert fresh["expired"] is False
+    assert job["expired"] is True
     assert job["status"] == "COMPLETED"
     assert client.get(f"/files/{job_id}.mp4").status_code == 404
 
@@ -309,13 +326,17 @@ def test_idempotency_keys_belong_to_one_api_key(serve):
 def test_webhooks_progress_then_completed_signed(start, sink, wait):
     emulator, client = start(delay=0.5)
     job_id = submit(client, {**GOOD, "webhookUrl": sink.url}).json()["jobId"]
-    posts = sink.wait_for(3)
+    wakes = []
+    for count in (1, 2, 3):  # 40% and 75% through processing (which starts at 10% of the delay), then done
+        wakes.append(next_wake(emulator))
+        emulator.clock.advance(wakes[-1] - emulator.clock.monotonic())
+        posts = sink.wait_for(count)
     bodies = [verify(post) for post in posts]
+    assert wakes == [pytest.approx(0.05 + 0.4 * 0.45), pytest.approx(0.05 + 0.75 * 0.45), 0.5]
     assert [body["event"] for body in bodies] == ["progress", "progress", "completed"]
-    for body in bodies[:2]:
+    for body, progress in zip(bodies[:2], (40, 75), strict=True):
         assert body == {"event": "progress", "jobId": job_id, "status": "PROCESSING",
-                        "progress": body["progress"], "model": "kling-3.0"}  # fmt: skip
-    assert 0 < bodies[0]["progress"] < bodies[1]["progress"] < 100
+                        "progress": progress, "model": "kling-3.0"}  # fmt: skip
     completed = bodies[2]
     job = client.get(f"/v2/jobs/{job_id}").json()
     assert completed == {
@@ -330,8 +351,9 @@ def test_webhooks_progress_then_completed_signed(start, sink, wait):
 
 
 def test_failed_webhook_body(start, sink):
-    _, client = start(delay=0.1, failure_rate=1.0, progress_webhooks=False)
+    emulator, client = start(delay=0.1, failure_rate=1.0, progress_webhooks=False)
     job_id = submit(client, {**GOOD, "webhookUrl": sink.url}).json()["jobId"]
+    emulator.clock.advance(0.1)
     [post] = sink.wait_for(1)
     body = verify(post)
     assert body == {"event": "failed", "jobId": job_id, "status": "FAILED", "error": body["error"],
@@ -340,14 +362,15 @@ def test_failed_webhook_body(start, sink):
 
 
 def test_webhook_events_choose_what_is_sent(start, sink, wait):
-    _, client = start(delay=0.3)
+    emulator, client = start(delay=0.3)
     job_id = submit(client, {**GOOD, "webhookUrl": sink.url, "webhookEvents": ["completed"]}).json()["jobId"]
-    [post] = sink.wait_for(1)
-    assert verify(post)["event"] == "completed"
     only_failed = {**GOOD, "webhookUrl": sink.url, "webhookEvents": ["failed"]}
     other = submit(client, only_failed).json()["jobId"]
-    job_when(client, wait, other, "COMPLETED")
-    time.sleep(0.2)  # a webhook would have been sent by now
+    emulator.clock.advance(0.3)
+    [post] = sink.wait_for(1)
+    wait(lambda: finished_webhooks(emulator))
+    assert verify(post)["event"] == "completed"
+    assert read_job(client, other)["status"] == "COMPLETED"
     assert len(sink.posts) == 1
     assert job_id != other
 
@@ -355,29 +378,35 @@ def test_webhook_events_choose_what_is_sent(start, sink, wait):
 def test_drop_mode_sends_nothing(start, sink, wait):
     emulator, client = start(delay=0.2, webhook="drop")
     job_id = submit(client, {**GOOD, "webhookUrl": sink.url}).json()["jobId"]
-    job_when(client, wait, job_id, "COMPLETED")
-    wait(lambda: client.get(f"/v2/jobs/{job_id}").json()["webhookStatus"] == "FAILED")
-    time.sleep(0.2)  # a webhook would have been sent by now
+    emulator.clock.advance(0.2)
+    wait(lambda: finished_webhooks(emulator))
+    job = read_job(client, job_id)
+    assert (job["status"], job["webhookStatus"]) == ("COMPLETED", "FAILED")
     assert sink.posts == []
     assert emulator.webhooks_sent == []
 
 
 def test_duplicate_mode_sends_the_final_webhook_twice(start, sink):
-    _, client = start(delay=0.2, webhook="duplicate", progress_webhooks=False)
+    emulator, client = start(delay=0.2, webhook="duplicate", progress_webhooks=False)
     submit(client, {**GOOD, "webhookUrl": sink.url})
+    emulator.clock.advance(0.2)
     first, second = sink.wait_for(2)
     assert first.body == second.body
     assert verify(first)["event"] == "completed"
 
 
-def test_delay_mode_sends_the_final_webhook_late(start, sink, wait):
-    _, client = start(delay=0.1, webhook="delay", webhook_delay=0.6, progress_webhooks=False)
-    sent = time.monotonic()
+def test_delay_mode_sends_the_final_webhook_late(start, sink):
+    emulator, client = start(delay=0.1, webhook="delay", webhook_delay=0.6, progress_webhooks=False)
     job_id = submit(client, {**GOOD, "webhookUrl": sink.url}).json()["jobId"]
-    job_when(client, wait, job_id, "COMPLETED")
-    assert sink.posts == []
+    emulator.clock.advance(0.1)
+    status = read_job(client, job_id)["status"]
+    wake = next_wake(emulator)
+    posted_before = list(sink.posts)
+    emulator.clock.advance(0.6)
     [post] = sink.wait_for(1)
-    assert post.t - sent >= 0.7
+    assert status == "COMPLETED"
+    assert wake == pytest.approx(0.7)
+    assert posted_before == []
     assert verify(post)["jobId"] == job_id
 
 
@@ -396,7 +425,12 @@ def test_a_failing_webhook_is_retried(start, sink, wait):
     emulator, client = start(delay=0.1, progress_webhooks=False)
     sink.answers = [500]
     job_id = submit(client, {**GOOD, "webhookUrl": sink.url}).json()["jobId"]
+    emulator.clock.advance(0.1)
+    sink.wait_for(1)
+    retry_at = next_wake(emulator)
+    emulator.clock.advance(0.2)
     first, second = sink.wait_for(2)
+    assert retry_at == pytest.approx(0.3)
     assert first.body == second.body
     wait(lambda: client.get(f"/v2/jobs/{job_id}").json()["webhookStatus"] == "DELIVERED")
     assert [(s["attempt"], s["status_code"]) for s in emulator.webhooks_sent] == [(1, 500), (2, 200)]
@@ -408,7 +442,13 @@ def test_an_unreachable_webhook_gives_up_after_three_attempts(start, wait):
         port = probe.getsockname()[1]
     emulator, client = start(delay=0, progress_webhooks=False)
     job_id = submit(client, {**GOOD, "webhookUrl": f"http://127.0.0.1:{port}/hook"}).json()["jobId"]
-    wait(lambda: client.get(f"/v2/jobs/{job_id}").json()["webhookStatus"] == "FAILED")
+    retries = []
+    for wait_before in (0.2, 0.5):
+        retries.append(next_wake(emulator))
+        emulator.clock.advance(wait_before)
+    wait(lambda: finished_webhooks(emulator))
+    assert read_job(client, job_id)["webhookStatus"] == "FAILED"
+    assert retries == [pytest.approx(0.2), pytest.approx(0.7)]
     assert [s["attempt"] for s in emulator.webhooks_sent] == [1, 2, 3]
     assert all("error" in s for s in emulator.webhooks_sent)
 
