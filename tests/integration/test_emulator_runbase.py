@@ -7,15 +7,17 @@ import os
 import socket
 import subprocess
 import sys
-import time
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 
 from receiver.background import BackgroundServer
+from receiver.clock import VirtualClock
 from receiver.emulators.common import SAMPLE
 from receiver.emulators.runbase import RunbaseEmulator
+from receiver.events import iso
 
 KEY = "rb_test_key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -24,10 +26,11 @@ GOOD = {"model": "kling/kling-3.0", "input": {"prompt": "a ceramic lamp, cinemat
 
 @pytest.fixture
 def start(serve):
-    """`start(**knobs)`: an emulator with the test key (and room for fast polling), served, and a client."""
+    """`start(**knobs)`: an emulator with the test key (and room for fast polling) on a virtual clock,
+    served, and a client."""
 
     def build(**knobs: Any) -> tuple[RunbaseEmulator, httpx.Client]:
-        emulator = RunbaseEmulator(**{"api_key": KEY, "rate_limit": 1000, **knobs})
+        emulator = RunbaseEmulator(**{"api_key": KEY, "rate_limit": 1000, "clock": VirtualClock(), **knobs})
         return emulator, serve(emulator.app, headers=AUTH)
 
     return build
@@ -53,12 +56,9 @@ def error_of(answer: httpx.Response) -> tuple[int, str]:
     return answer.status_code, body["error"]["code"]
 
 
-def run_when(client: httpx.Client, wait, run_id: str, status: str) -> dict[str, Any]:
-    def read() -> dict[str, Any] | None:
-        run = client.get(f"/api/v1/runs/{run_id}").json()
-        return run if run["status"] == status else None
-
-    return wait(read)
+def read_run(client: httpx.Client, run_id: str) -> dict[str, Any]:
+    run: dict[str, Any] = client.get(f"/api/v1/runs/{run_id}").json()
+    return run
 
 
 # -- plain routes and keys ---------------------------------------------------------------------------
@@ -190,38 +190,41 @@ def test_ip_allow_list_is_403(start):
 # -- status over time --------------------------------------------------------------------------------
 
 
-def test_status_goes_pending_processing_succeeded(start, wait):
-    _, client = start(delay=1.0)
+def test_status_goes_pending_processing_succeeded(start):
+    emulator, client = start(delay=1.0)
+    clock = emulator.clock
     run_id = submit(client).json()["id"]
-    seen: list[dict[str, Any]] = []
+    seen = []
+    for seconds in (0, 0.0625, 0.1875, 0.5, 0.25):  # pending for 10% of the delay, then processing
+        clock.advance(seconds)
+        seen.append(read_run(client, run_id))
 
-    def succeeded() -> bool:
-        seen.append(client.get(f"/api/v1/runs/{run_id}").json())
-        return seen[-1]["status"] == "succeeded"
-
-    wait(succeeded)
-    statuses = [run["status"] for run in seen]
-    assert statuses[0] == "pending"
-    assert "processing" in statuses
-    assert statuses == sorted(statuses, key=["pending", "processing", "succeeded"].index)
-    assert all(run["output"] is None and run["completedAt"] is None for run in seen[:-1])
+    assert [(run["status"], run["completedAt"]) for run in seen] == [
+        ("pending", None), ("pending", None), ("processing", None), ("processing", None),
+        ("succeeded", iso(clock.start + timedelta(seconds=1))),
+    ]  # fmt: skip
+    assert all(run["output"] is None for run in seen[:-1])
     final = seen[-1]
-    assert final["completedAt"].endswith("Z")
+    assert final["createdAt"] == iso(clock.start)
     assert final["error"] is None
     [url] = final["output"]["urls"]
     assert url.endswith(f"/files/{run_id}.mp4")
     assert httpx.get(url).headers["content-type"] == "video/mp4"
 
 
-def test_running_can_stand_in_for_processing(start, wait):
-    _, client = start(delay=0.5, processing_status="running")
+def test_running_can_stand_in_for_processing(start):
+    emulator, client = start(delay=0.5, processing_status="running")
     run_id = submit(client).json()["id"]
-    run_when(client, wait, run_id, "running")
+    emulator.clock.advance(0.25)
+    assert read_run(client, run_id)["status"] == "running"
 
 
-def test_failed_run_has_an_error_message(start, wait):
-    _, client = start(delay=0.1, failure_rate=1.0)
-    run = run_when(client, wait, submit(client).json()["id"], "failed")
+def test_failed_run_has_an_error_message(start):
+    emulator, client = start(delay=0.1, failure_rate=1.0)
+    run_id = submit(client).json()["id"]
+    emulator.clock.advance(0.1)
+    run = read_run(client, run_id)
+    assert run["status"] == "failed"
     assert isinstance(run["error"], str)
     assert run["error"]
     assert run["output"] is None
@@ -235,7 +238,7 @@ def test_unknown_run_is_404(shared):
 # -- rate limit --------------------------------------------------------------------------------------
 
 
-def test_rate_limit_counts_submits_and_reads_per_key(start, wait):
+def test_rate_limit_counts_submits_and_reads_per_key(start):
     emulator, client = start(api_key=None, rate_limit=3, rate_window=0.5, delay=30)
     run_id = submit(client, Authorization="Bearer a").json()["id"]
     read = client.get(f"/api/v1/runs/{run_id}", headers={"Authorization": "Bearer a"})
@@ -246,7 +249,8 @@ def test_rate_limit_counts_submits_and_reads_per_key(start, wait):
     assert "retry-after" not in limited.headers
     assert error_of(submit(client, Authorization="Bearer a")) == (429, "RATE_LIMITED")
     assert submit(client, Authorization="Bearer b").status_code == 201
-    wait(lambda: submit(client, Authorization="Bearer a").status_code == 201, timeout=3)
+    emulator.clock.advance(0.5)
+    assert submit(client, Authorization="Bearer a").status_code == 201
     key_a = hashlib.sha256(b"a").hexdigest()[:12]
     log = emulator.requests
     assert [entry["status"] for entry in log[:6]] == [201, 200, 201, 429, 429, 201]
@@ -257,15 +261,14 @@ def test_rate_limit_counts_submits_and_reads_per_key(start, wait):
 def test_refused_requests_do_not_extend_the_window(start):
     emulator, client = start(rate_limit=2, rate_window=1.5, delay=30)
     assert [submit(client).status_code for _ in range(2)] == [201, 201]
-    first = emulator.requests[0]["t"]
-    deadline = time.monotonic() + 6
-    # Hammering while refused: if refusals counted, the window would never empty before the deadline.
-    while (status := client.get("/api/v1/runs/run_x").status_code) == 429:
-        assert time.monotonic() < deadline, "refused requests kept the window full"
-    assert status == 404
-    assert [entry for entry in emulator.requests if entry["status"] == 429]
-    # The log stamps a request after the limiter admitted it, so allow that much before the window.
-    assert emulator.requests[-1]["t"] - first >= 1.4
+    refused = []
+    for _ in range(3):  # hammering while refused: if refusals counted, the window would stay full
+        emulator.clock.advance(0.45)
+        refused.append(client.get("/api/v1/runs/run_x").status_code)
+    emulator.clock.advance(0.15)
+    assert refused == [429, 429, 429]
+    assert client.get("/api/v1/runs/run_x").status_code == 404
+    assert [entry["t"] for entry in emulator.requests][-1] == pytest.approx(1.5)
 
 
 # -- injected errors and the control routes ----------------------------------------------------------
