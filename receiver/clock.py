@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -92,8 +93,21 @@ class VirtualClock:
         """Move time forward and wake every sleeper whose deadline is reached."""
         if seconds < 0:
             raise ValueError("a clock does not go back")
+        self._move(lambda elapsed: elapsed + seconds)
+
+    def advance_to(self, moment: datetime | float) -> None:
+        """Move time forward to `moment`: a datetime, or a reading of `monotonic()` such as a
+        sleeper's deadline (reached exactly, with no rounding on the way). The past is a no-op."""
+        if isinstance(moment, datetime):
+            offset = (moment - self.start).total_seconds()
+            self._move(lambda elapsed: max(elapsed, offset))
+        else:
+            target = moment
+            self._move(lambda elapsed: max(elapsed, target))
+
+    def _move(self, to: Callable[[float], float]) -> None:
         with self._changed:
-            self._elapsed += seconds
+            self._elapsed = to(self._elapsed)
             due = [s for s in self._sleepers if s.deadline <= self._elapsed]
             for sleeper in due:
                 self._sleepers.remove(sleeper)
@@ -101,9 +115,6 @@ class VirtualClock:
         for sleeper in due:
             with contextlib.suppress(RuntimeError):  # that loop has closed: nothing is left to wake
                 sleeper.loop.call_soon_threadsafe(_wake, sleeper.woken)
-
-    def advance_to(self, moment: datetime) -> None:
-        self.advance(max(0.0, (moment - self()).total_seconds()))
 
     def wait_for_sleepers(self, count: int, timeout: float = 20.0) -> list[float]:
         """Block until at least `count` sleepers wait on this clock; their deadlines, soonest first.

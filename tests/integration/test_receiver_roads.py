@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
+
+from receiver.events import iso
 
 from tests.support.stack import receiver_stack, verify_forward
 
@@ -17,8 +20,10 @@ def test_apiframe_completion_arrives_by_webhook_and_is_forwarded_once(
         job = stack.submit("apiframe", mode="standard", metadata={"team": "ads"})
         assert job["status"] == "submitted"
         assert job["provider_job_id"]
+        stack.clock.advance(0.3)  # the emulator's job is done and its webhook goes out
         posts = sink.wait_for(1)
         done = wait(lambda: stack.settled(job["id"]))
+        now = stack.clock()
 
     event = verify_forward(posts[0].headers, posts[0].body)
     assert event["type"] == "job.succeeded"
@@ -27,6 +32,8 @@ def test_apiframe_completion_arrives_by_webhook_and_is_forwarded_once(
     assert event["job"]["completed_via"] == "webhook"
     assert posts[0].headers["webhook-id"] == event["id"]
     assert done["completed_via"] == "webhook"
+    assert done["completed_at"] == event["created_at"] == iso(now)
+    assert posts[0].headers["webhook-timestamp"] == str(int(now.timestamp()))
     assert done["output_urls"][0].endswith(".mp4")
     assert done["deliveries"] == [
         {"handler": "forward", "status": "delivered", "attempts": 1, "last_error": None}
@@ -39,15 +46,20 @@ def test_runbase_completion_arrives_by_polling_and_is_forwarded_once(
 ) -> None:
     with receiver_stack(tmp_path, sink.url, database_url=store_url) as stack:
         job = stack.submit("runbase", aspect_ratio="9:16", duration=5)
-        posts = sink.wait_for(1, timeout=15)
+        # The worker sleeps at most a second when nothing woke it: its next round polls the job.
+        posts = stack.run_until(lambda: sink.posts)
         done = wait(lambda: stack.settled(job["id"]))
         submits = [r for r in stack.runbase.requests if r["method"] == "POST"]
+        reads = [r["t"] for r in stack.runbase.requests if r["method"] == "GET"]
+        start = stack.clock.start
 
     event = verify_forward(posts[0].headers, posts[0].body)
     assert event["job"]["completed_via"] == "poll"
     assert event["job"]["request"]["aspect_ratio"] == "9:16"
     assert done["status"] == "succeeded"
     assert done["output_urls"]
+    assert done["completed_at"] == iso(start + timedelta(seconds=1))
+    assert reads == [1.0]
     assert len(sink.posts) == 1
     assert len(submits) == 1
 
@@ -68,6 +80,7 @@ def test_webhook_before_the_submit_answer_is_recorded(tmp_path: Path, sink, wait
 def test_duplicate_webhooks_from_the_provider_deliver_once(tmp_path: Path, sink, wait) -> None:
     with receiver_stack(tmp_path, sink.url, apiframe={"webhook": "duplicate"}, expected_seconds=60) as stack:
         job = stack.submit("apiframe")
+        stack.clock.advance(0.3)
         wait(lambda: sum(1 for w in stack.apiframe.webhooks_sent if w.get("event") == "completed") >= 2)
         done = wait(lambda: stack.settled(job["id"]))
 
@@ -78,6 +91,7 @@ def test_duplicate_webhooks_from_the_provider_deliver_once(tmp_path: Path, sink,
 def test_a_provider_failure_reaches_the_handlers_as_job_failed(tmp_path: Path, sink, wait) -> None:
     with receiver_stack(tmp_path, sink.url, apiframe={"failure_rate": 1.0}, expected_seconds=60) as stack:
         job = stack.submit("apiframe")
+        stack.clock.advance(0.3)
         posts = sink.wait_for(1)
         done = wait(lambda: stack.job(job["id"])["status"] == "failed" and stack.job(job["id"]))
 
@@ -91,11 +105,12 @@ def test_a_job_with_no_final_status_times_out_and_handlers_hear_of_it(tmp_path: 
         tmp_path, sink.url, apiframe={"webhook": "drop", "delay": 600}, job_timeout=0.5, expected_seconds=600
     ) as stack:
         job = stack.submit("apiframe")
-        posts = sink.wait_for(1, timeout=10)
+        posts = stack.run_until(lambda: sink.posts, sleepers=2)  # the worker, the emulator's job
         done = stack.job(job["id"])
 
     event = verify_forward(posts[0].headers, posts[0].body)
     assert event["type"] == "job.failed"
+    assert done["completed_at"] == iso(stack.clock.start + timedelta(seconds=1))
     assert done["status"] == "failed"
     assert done["error"]["code"] == "timeout"
     assert done["completed_via"] is None
@@ -117,13 +132,15 @@ def test_refused_submit_answers_the_provider_status_and_ends_the_job_failed(tmp_
 def test_unusable_webhook_is_confirmed_by_a_status_read(tmp_path: Path, sink, wait) -> None:
     with receiver_stack(tmp_path, sink.url, apiframe={"webhook": "drop"}, expected_seconds=600) as stack:
         job = stack.submit("apiframe")
-        wait(lambda: httpx.get(f"{stack.apiframe_url}/v2/jobs/{job['provider_job_id']}",
-                               headers={"X-API-Key": "afk_test_key_123"}).json()["status"] == "COMPLETED")  # fmt: skip
+        stack.clock.advance(0.3)
+        provider = httpx.get(f"{stack.apiframe_url}/v2/jobs/{job['provider_job_id']}",
+                             headers={"X-API-Key": "afk_test_key_123"}).json()  # fmt: skip
         body = json.dumps({"event": "completed", "jobId": job["provider_job_id"], "status": "COMPLETED"})
         answer = httpx.post(stack.hook_url(job["id"]), content=body)
-        sink.wait_for(1)
+        stack.run_until(lambda: sink.posts)
         done = stack.job(job["id"])
 
+    assert provider["status"] == "COMPLETED"
     assert answer.status_code == 200
     assert answer.json()["confirm"] == "poll"
     assert done["status"] == "succeeded"

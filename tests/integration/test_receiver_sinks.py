@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,19 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from test_handler_slack import block_problems
 
+import pytest
+
 from receiver.background import BackgroundServer
+from receiver.clock import VirtualClock
 from tests.support.stack import receiver_stack
 
 
 class Slack:
-    """Checks each payload as Slack would; answers the queued (status, headers) first, then 200 ok."""
+    """Checks each payload as Slack would; answers the queued (status, headers) first, then 200 ok.
+    Records each post with the time on `clock` when it came."""
 
-    def __init__(self, *answers: tuple[int, dict[str, str]]) -> None:
+    def __init__(self, clock: VirtualClock, *answers: tuple[int, dict[str, str]]) -> None:
+        self.clock = clock
         self.answers = list(answers)
         self.posts: list[tuple[float, dict[str, Any]]] = []
         self.changed = threading.Condition()
@@ -30,7 +34,7 @@ class Slack:
     async def hook(self, request: Request) -> PlainTextResponse:
         payload = json.loads(await request.body())
         with self.changed:
-            self.posts.append((time.monotonic(), payload))
+            self.posts.append((self.clock.monotonic(), payload))
             self.changed.notify_all()
         if problems := block_problems(payload):
             return PlainTextResponse("invalid_blocks: " + "; ".join(problems), status_code=400)
@@ -46,7 +50,8 @@ class Slack:
 
 
 def test_after_storage_the_slack_message_links_the_stored_copy(tmp_path: Path, wait) -> None:
-    slack = Slack()
+    clock = VirtualClock()
+    slack = Slack(clock)
     with BackgroundServer(Starlette(routes=[Route("/hook", slack.hook, methods=["POST"])])) as server:
         handlers = [
             {"name": "chat", "type": "slack", "webhook_url": f"{server.url}/hook", "after": ["videos"]},
@@ -54,8 +59,9 @@ def test_after_storage_the_slack_message_links_the_stored_copy(tmp_path: Path, w
              "public_url": "https://cdn.example.com/kling/"},
             {"name": "rows", "type": "database", "url": f"sqlite:///{tmp_path / 'events.db'}"},
         ]  # fmt: skip
-        with receiver_stack(tmp_path, None, handlers=handlers) as stack:
+        with receiver_stack(tmp_path, None, handlers=handlers, clock=clock) as stack:
             job = stack.submit("apiframe", metadata={"campaign": "spring"})
+            clock.advance(0.3)
             payload = slack.wait_for(1)[0][1]
             done = wait(lambda: stack.settled(job["id"]))
 
@@ -70,14 +76,17 @@ def test_after_storage_the_slack_message_links_the_stored_copy(tmp_path: Path, w
     assert rows == [(job["id"], "succeeded")]
 
 
-def test_slack_429_with_retry_after_2_is_retried_about_2_seconds_later(tmp_path: Path, wait) -> None:
-    slack = Slack((429, {"Retry-After": "2"}))
+def test_slack_429_with_retry_after_2_is_retried_2_seconds_later(tmp_path: Path, wait) -> None:
+    clock = VirtualClock()
+    slack = Slack(clock, (429, {"Retry-After": "2"}))
     with BackgroundServer(Starlette(routes=[Route("/hook", slack.hook, methods=["POST"])])) as server:
         handlers = [{"name": "chat", "type": "slack", "webhook_url": f"{server.url}/hook", "retry_base": 60}]
-        with receiver_stack(tmp_path, None, handlers=handlers) as stack:
+        with receiver_stack(tmp_path, None, handlers=handlers, clock=clock) as stack:
             job = stack.submit("apiframe")
-            (first, _), (second, _) = slack.wait_for(2, timeout=20)[:2]
+            clock.advance(0.3)
+            slack.wait_for(1)
+            (first, _), (second, _) = stack.run_until(lambda: len(slack.posts) >= 2 and slack.posts)
             done = wait(lambda: stack.settled(job["id"]))
 
-    assert 1.9 <= second - first <= 4.0
+    assert (first, second) == (0.3, pytest.approx(2.3))
     assert done["deliveries"][0]["attempts"] == 2

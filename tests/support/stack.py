@@ -6,7 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -67,15 +67,21 @@ class Stack:
     def hook_url(self, job_id: str, provider: str = "apiframe") -> str:
         return self.receiver.signer.url(self.url, job_id, provider)
 
-    def idle(self, sleepers: int = 1) -> None:
-        """Wait until the worker has finished its round and sleeps (with `sleepers` counting anything
-        else asleep on the clock, such as an Apiframe job's webhook schedule)."""
-        self.clock.wait_for_sleepers(sleepers)
-
     def advance(self, seconds: float, sleepers: int = 1) -> None:
-        """Let the worker finish what it is doing, then move time on by `seconds`."""
-        self.idle(sleepers)
+        """Once the worker has finished its round and sleeps (with `sleepers` counting anything else
+        asleep on the clock, such as an Apiframe job's webhook schedule), move time on by `seconds`."""
+        self.clock.wait_for_sleepers(sleepers)
         self.clock.advance(seconds)
+
+    def run_until(self, predicate: Callable[[], Any], sleepers: int = 1, limit: int = 100) -> Any:
+        """Jump from one wake-up on the clock to the next until `predicate()` holds, looking each time
+        everything has gone back to sleep; the predicate's value."""
+        for _ in range(limit):
+            deadlines = self.clock.wait_for_sleepers(sleepers)
+            if value := predicate():
+                return value
+            self.clock.advance_to(deadlines[0])
+        raise AssertionError(f"not done after {limit} wake-ups, at {self.clock.monotonic()} s")
 
 
 def apiframe_body(provider_job_id: str, *, event: str = "completed", result: Any = None) -> bytes:
