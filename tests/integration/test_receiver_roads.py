@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 
 from receiver.events import iso
-
 from tests.support.stack import receiver_stack, verify_forward
 
 

@@ -8,13 +8,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from test_handler_slack import block_problems
-
-import pytest
 
 from receiver.background import BackgroundServer
 from receiver.clock import VirtualClock
