@@ -12,6 +12,7 @@ import stamina
 from structlog.testing import capture_logs
 
 from receiver.background import BackgroundServer
+from receiver.clock import VirtualClock
 from receiver.emulators.apiframe import ApiframeEmulator
 from receiver.events import JobStatus
 from receiver.providers import make_client
@@ -46,6 +47,7 @@ def no_retry_waits() -> Iterator[None]:
 class Emulated:
     def __init__(self, **settings: Any) -> None:
         settings.setdefault("delay", 0.3)
+        self.clock = settings.setdefault("clock", VirtualClock())
         settings.setdefault("webhook", "drop")
         self.emulator = ApiframeEmulator(api_key=KEY, seed=1, **settings)
         self.server = BackgroundServer(self.emulator.app)
@@ -64,12 +66,13 @@ def emulated() -> Iterator[Emulated]:
         yield emulated
 
 
-async def _follow(client: ApiframeClient, job_id: str) -> ProviderStatus:
-    for _ in range(200):
+async def _follow(emulated: Emulated, client: ApiframeClient, job_id: str) -> ProviderStatus:
+    """Read the status until it is final, moving the emulator's clock on 0.1 s after each read."""
+    for _ in range(100):
         status = await client.get_status(job_id)
         if status.status.terminal:
             return status
-        await anyio.sleep(0.05)
+        emulated.clock.advance(0.1)
     raise AssertionError(f"job {job_id} did not finish")
 
 
@@ -79,7 +82,7 @@ async def test_submit_then_poll_to_success(emulated: Emulated) -> None:
     assert submitted.status is JobStatus.SUBMITTED
     assert submitted.provider_job_id in emulated.emulator.jobs
     seen = {(await client.get_status(submitted.provider_job_id)).status}
-    final = await _follow(client, submitted.provider_job_id)
+    final = await _follow(emulated, client, submitted.provider_job_id)
     assert final.status is JobStatus.SUCCEEDED
     assert final.output_urls == [f"{emulated.server.url}/files/{submitted.provider_job_id}.mp4"]
     assert final.progress == 100
@@ -99,7 +102,7 @@ async def test_every_result_shape_gives_the_url(shape: str) -> None:
     with emulated.server:
         client = emulated.client()
         submitted = await client.submit("job_shape", KlingRequest(prompt="p"))
-        final = await _follow(client, submitted.provider_job_id)
+        final = await _follow(emulated, client, submitted.provider_job_id)
         assert final.output_urls == [f"{emulated.server.url}/files/{submitted.provider_job_id}.mp4"]
         await client.aclose()
 
@@ -109,7 +112,7 @@ async def test_failed_job() -> None:
     with emulated.server:
         client = emulated.client()
         submitted = await client.submit("job_fail", KlingRequest(prompt="p"))
-        final = await _follow(client, submitted.provider_job_id)
+        final = await _follow(emulated, client, submitted.provider_job_id)
         assert final.status is JobStatus.FAILED
         assert final.error is not None
         assert final.error.code == "provider_failed"
@@ -282,6 +285,7 @@ async def test_webhooks_verify_and_parse(field: str, sink: Any, wait: Callable[.
     with emulated.server:
         client = make_client("apiframe", api_key=KEY, base_url=emulated.server.url, webhook_field=field)
         submitted = await client.submit("job_hook", KlingRequest(prompt="p"), sink.url)
+        emulated.clock.advance(0.3)
         wait(lambda: any(post.headers.get("x-webhook-event") == "completed" for post in sink.posts))
         reports = []
         for post in sink.posts:

@@ -11,6 +11,7 @@ import stamina
 from structlog.testing import capture_logs
 
 from receiver.background import BackgroundServer
+from receiver.clock import VirtualClock, system_clock
 from receiver.emulators.runbase import RunbaseEmulator
 from receiver.events import JobStatus
 from receiver.providers import make_client
@@ -44,6 +45,7 @@ def no_retry_waits() -> Iterator[None]:
 class Emulated:
     def __init__(self, **settings: Any) -> None:
         settings.setdefault("delay", 0.3)
+        self.clock = settings.setdefault("clock", VirtualClock())
         self.emulator = RunbaseEmulator(api_key=KEY, seed=1, **settings)
         self.server = BackgroundServer(self.emulator.app)
 
@@ -61,12 +63,13 @@ def emulated() -> Iterator[Emulated]:
         yield emulated
 
 
-async def _follow(client: RunbaseClient, run_id: str) -> ProviderStatus:
-    for _ in range(200):
+async def _follow(emulated: Emulated, client: RunbaseClient, run_id: str) -> ProviderStatus:
+    """Read the status until it is final, moving the emulator's clock on 0.1 s after each read."""
+    for _ in range(100):
         status = await client.get_status(run_id)
         if status.status.terminal:
             return status
-        await anyio.sleep(0.05)
+        emulated.clock.advance(0.1)
     raise AssertionError(f"run {run_id} did not finish")
 
 
@@ -92,7 +95,7 @@ async def test_submit_then_poll_to_success(processing_status: str) -> None:
             seen.add(status.status)
             if status.status.terminal:
                 break
-            await anyio.sleep(0.02)
+            emulated.clock.advance(0.05)
         assert status.status is JobStatus.SUCCEEDED
         assert status.output_urls == [f"{emulated.server.url}/files/{submitted.provider_job_id}.mp4"]
         assert JobStatus.RUNNING in seen
@@ -111,7 +114,7 @@ async def test_failed_run() -> None:
     with emulated.server:
         client = emulated.client()
         submitted = await client.submit("job_fail", KlingRequest(prompt="p"))
-        final = await _follow(client, submitted.provider_job_id)
+        final = await _follow(emulated, client, submitted.provider_job_id)
         assert final.status is JobStatus.FAILED
         assert final.error is not None
         assert final.error.code == "provider_failed"
@@ -237,23 +240,26 @@ async def test_read_is_retried_after_500(emulated: Emulated) -> None:
     await client.aclose()
 
 
-async def test_read_429_slows_the_whole_key(emulated: Emulated) -> None:
-    budget = LocalBudget(limit=100, window=1.0)
-    client = emulated.client(budget=budget, wait_initial=0.3)
-    submitted = await client.submit("job_r", KlingRequest(prompt="p"))
-    emulated.emulator.inject(429)
-    started = anyio.current_time()
-    await client.get_status(submitted.provider_job_id)
-    assert anyio.current_time() - started >= 0.3
-    gets = emulated.calls("GET")
-    assert [r["status"] for r in gets] == [429, 200]
-    assert gets[1]["t"] - gets[0]["t"] >= 0.29
-    await client.aclose()
+async def test_read_429_slows_the_whole_key() -> None:
+    emulated = Emulated(clock=system_clock)  # the budget keeps real time, so the emulator's log must too
+    with emulated.server:
+        budget = LocalBudget(limit=100, window=1.0)
+        client = emulated.client(budget=budget, wait_initial=0.3)
+        submitted = await client.submit("job_r", KlingRequest(prompt="p"))
+        emulated.emulator.inject(429)
+        started = anyio.current_time()
+        await client.get_status(submitted.provider_job_id)
+        assert anyio.current_time() - started >= 0.3
+        gets = emulated.calls("GET")
+        assert [r["status"] for r in gets] == [429, 200]
+        assert gets[1]["t"] - gets[0]["t"] >= 0.29
+        await client.aclose()
 
 
 async def test_budget_keeps_a_burst_within_the_limit() -> None:
     limit, window = 5, 0.5
-    emulated = Emulated(rate_limit=limit, rate_window=window, delay=60.0)
+    # The budget keeps real time (its clock is the budget's own business), so the emulator must too.
+    emulated = Emulated(rate_limit=limit, rate_window=window, delay=60.0, clock=system_clock)
     with emulated.server:
         client = emulated.client(budget=LocalBudget(limit=limit, window=window))
         submitted = await client.submit("job_burst", KlingRequest(prompt="p"))
