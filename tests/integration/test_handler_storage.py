@@ -12,12 +12,11 @@ import sys
 import threading
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import anyio
 import boto3
 import pytest
 from starlette.applications import Starlette
@@ -30,6 +29,7 @@ from handlers._http import DeliveryFailed
 from handlers.storage import StorageHandler
 from receiver.background import BackgroundServer
 from receiver.events import Job, JobError, JobStatus, make_event
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.anyio
 SAMPLE = Path(__file__).resolve().parents[2] / "receiver" / "emulators" / "sample.mp4"
@@ -325,13 +325,6 @@ async def test_a_broken_download_is_retried_and_leaves_nothing(
     assert s3.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
 
 
-async def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Poll a (blocking) condition from a worker thread until it holds."""
-    with anyio.fail_after(timeout):
-        while not await anyio.to_thread.run_sync(condition):
-            await anyio.sleep(0.01)
-
-
 async def test_a_cancelled_copy_aborts_its_upload_and_leaves_no_temp_file(
     half_origin: str, bucket: tuple[Any, str], moto_endpoint: str, tmp_path: Path
 ) -> None:
@@ -345,7 +338,7 @@ async def test_a_cancelled_copy_aborts_its_upload_and_leaves_no_temp_file(
         handler = StorageHandler(target, endpoint_url=moto_endpoint if where == "s3" else None)
         try:
             copy = asyncio.create_task(handler.handle(event))
-            await wait_for(started[where])  # 10 MiB in: a temp file / a part uploaded
+            await wait_until_async(started[where])  # 10 MiB in: a temp file / a part uploaded
             copy.cancel()  # what the dispatcher's asyncio.wait_for does when its timeout passes
             with pytest.raises(asyncio.CancelledError):
                 await copy

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -221,9 +220,8 @@ async def test_a_row_locked_elsewhere_is_skipped_not_waited_for(
         await store.record(job_id, DONE, "poll", _at(150), routes("log"))
     with psycopg.connect(pg_url) as other:  # another replica, in the middle of claiming job_a's delivery
         other.execute("SELECT 1 FROM receiver_deliveries WHERE job_id = 'job_a' FOR UPDATE")
-        started = time.monotonic()
+        # Waiting for the lock would last until the rollback below, past the timeout: a failure.
         claimed = await asyncio.wait_for(store.claim_due_deliveries(_at(150), 10, 60), timeout=5)
-        assert time.monotonic() - started < 2
         other.rollback()
     assert [d.job_id for d in claimed] == ["job_b"]
     assert [d.job_id for d in await store.claim_due_deliveries(_at(150), 10, 60)] == ["job_a"]

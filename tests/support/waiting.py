@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from receiver.clock import VirtualClock
@@ -33,3 +35,12 @@ def wait_until(
         if clock is not None:
             clock.advance(step)
         time.sleep(POLL)
+
+
+async def wait_until_async(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """`wait_until` for async tests: the (blocking) predicate runs in a worker thread, so the test's
+    event loop keeps serving whatever brings the condition about."""
+    with anyio.fail_after(timeout):
+        while not (value := await anyio.to_thread.run_sync(predicate)):
+            await anyio.sleep(POLL)
+        return value
