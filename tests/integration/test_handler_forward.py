@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from handlers import PermanentError, RetryLater
 from handlers._http import DeliveryFailed
 from handlers.forward import ForwardHandler
 from receiver.background import BackgroundServer
+from receiver.clock import VirtualClock
 from receiver.events import Job, JobStatus, make_event
 
 pytestmark = pytest.mark.anyio
@@ -71,7 +72,9 @@ def an_event() -> dict[str, Any]:
 
 
 async def test_posts_the_event_signed_per_standard_webhooks(receiver: Receiver) -> None:
-    handler = ForwardHandler(receiver.url, SECRET, headers={"x-team": "video"})
+    # A minute ago: inside the verifier's tolerance, and plainly not the real time.
+    clock = VirtualClock(datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1))
+    handler = ForwardHandler(receiver.url, SECRET, headers={"x-team": "video"}, clock=clock)
     event = an_event()
     try:
         assert await handler.handle(event) == {"status_code": 200}
@@ -80,6 +83,7 @@ async def test_posts_the_event_signed_per_standard_webhooks(receiver: Receiver) 
     assert receiver.verified == [json.loads(json.dumps(event))]
     sent = receiver.headers[0]
     assert sent["webhook-id"] == "evt_forward_1"
+    assert sent["webhook-timestamp"] == str(int(clock().timestamp()))
     assert sent["x-team"] == "video"
     assert sent["content-type"] == "application/json"
 

@@ -161,6 +161,14 @@ def test_every_end_but_success_is_job_failed(status: JobStatus, kind: str) -> No
     assert make_event(_job(status=status), "evt_1", now=CREATED)["type"] == kind
 
 
+def test_an_event_is_created_at_the_completion_or_else_now() -> None:
+    now = CREATED + timedelta(hours=1)
+    job = _job()
+    assert make_event(job, "evt_1", now=now)["created_at"] == iso(job.completed_at)
+    job.completed_at = None
+    assert make_event(job, "evt_1", now=now)["created_at"] == "2026-01-01T13:00:00Z"
+
+
 def test_event_is_the_same_when_built_again() -> None:
     job = _job()
     assert make_event(job, "evt_1", now=CREATED) == make_event(job, "evt_1", now=CREATED)

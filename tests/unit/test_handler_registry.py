@@ -25,6 +25,7 @@ from handlers.database import COLUMNS, event_row, upsert_sql
 from handlers.forward import sign, signed_headers
 from handlers.log import LogHandler
 from handlers.storage import extension, parse_target
+from receiver.clock import VirtualClock
 from receiver.events import Job, JobError, JobStatus, make_event
 from receiver.schedule import parse_retry_after
 
@@ -50,6 +51,21 @@ def test_every_builtin_builds_from_its_minimal_table(type_name: str) -> None:
     spec = build_one(type_name, **MINIMAL[type_name])
     assert isinstance(spec.handler, Handler)
     assert spec.type == type_name
+
+
+def test_handlers_that_take_a_clock_get_the_receivers_and_a_table_cannot_set_one() -> None:
+    clock = VirtualClock()
+    forward, rows = build_handlers(
+        [
+            {"name": "f", "type": "forward", **MINIMAL["forward"]},
+            {"name": "d", "type": "database", **MINIMAL["database"]},
+        ],
+        clock=clock,
+    )
+    assert forward.handler.clock is clock
+    assert rows.handler.clock is clock
+    with pytest.raises(ConfigError, match=r"^handler 'h': unknown key 'clock'$"):
+        build_one("forward", clock="x", **MINIMAL["forward"])
 
 
 def test_storage_gets_a_long_timeout_and_the_table_can_change_it() -> None:
