@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from receiver_stack import apiframe_body, apiframe_signature, receiver_stack
+
+from tests.support.stack import apiframe_body, apiframe_signature, receiver_stack
 
 # A provider segment that, pasted into a label value, would close it and start a sample of its own.
 INJECTIONS = ("x%0Areceiver_x%201", "x%22%2Ccode%3D%22200%22%7D%201%0Areceiver_x%201%0A%23")
@@ -44,7 +45,7 @@ def test_metrics_parse_have_help_take_no_label_from_the_url_and_move(tmp_path: P
             stack.admin.post("/tick")
             return bool(stack.settled(by_webhook["id"]) and stack.settled(by_poll["id"]))
 
-        wait(settled, timeout=10)
+        wait(settled, clock=stack.clock, step=0.5)  # the Runbase job needs time to pass
         answer = httpx.get(f"{stack.url}/metrics")
 
     assert hooked.status_code == 200, hooked.text
