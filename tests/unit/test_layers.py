@@ -34,7 +34,9 @@ def test_route_module_imports_neither_worker_nor_store(module: str) -> None:
 
 
 def test_the_check_sees_every_import_form() -> None:
-    source = "import receiver.worker\nfrom receiver.store.base import HandlerRoute\nfrom receiver import store\n"
+    source = (
+        "import receiver.worker\nfrom receiver.store.base import HandlerRoute\nfrom receiver import store\n"
+    )
     assert forbidden(imported(source)) == [
         "receiver.store",
         "receiver.store.base",
