@@ -11,10 +11,10 @@ from starlette.responses import JSONResponse, Response
 
 from receiver.config import SettingsError
 from receiver.events import JobStatus
+from receiver.generation import KlingRequest, ValidationError
 from receiver.hooks import error
 from receiver.providers.base import ProviderError, UnsupportedParameter
 from receiver.providers.registry import NAMES
-from receiver.request import KlingRequest, ValidationError
 from receiver.service import NoSuchJob, NotFinished, Receiver
 
 MAX_LIMIT = 1000

@@ -17,9 +17,9 @@ from handlers import ConfigError
 from receiver import logs
 from receiver.config import Settings, SettingsError, load_settings
 from receiver.events import TERMINAL, Job, JobStatus
+from receiver.generation import KlingRequest, ValidationError
 from receiver.providers.base import ProviderError, UnsupportedParameter
 from receiver.providers.registry import NAMES
-from receiver.request import KlingRequest, ValidationError
 from receiver.service import NoSuchJob, NotFinished, Receiver, UnknownProvider
 
 USER_ERRORS = (SettingsError, ConfigError, ValidationError, UnknownProvider, ProviderError)

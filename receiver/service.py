@@ -16,12 +16,12 @@ from receiver import logs
 from receiver.clock import Clock, system_clock
 from receiver.config import Settings, SettingsError
 from receiver.events import TERMINAL, Job, JobError, JobStatus, new_job_id
+from receiver.generation import KlingRequest
 from receiver.metrics import Metrics
 from receiver.providers import registry
 from receiver.providers.base import ProviderClient, ProviderError, ProviderStatus
 from receiver.providers.ratelimit import LocalBudget, RateBudget
 from receiver.providers.registry import UnknownProvider
-from receiver.request import KlingRequest
 from receiver.signing import TokenError, WebhookSigner
 from receiver.store import HandlerRoute, Recorded, Store, Update, open_store
 

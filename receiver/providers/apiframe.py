@@ -13,6 +13,7 @@ import httpx
 import structlog
 
 from receiver.events import JobStatus
+from receiver.generation import KlingRequest
 from receiver.providers.base import (
     ProviderError,
     ProviderStatus,
@@ -22,7 +23,6 @@ from receiver.providers.base import (
 )
 from receiver.providers.http import ErrorBody, ProviderHTTP, number, retrying, transient
 from receiver.providers.ratelimit import RateBudget
-from receiver.request import KlingRequest
 
 if TYPE_CHECKING:
     from receiver.config import Settings

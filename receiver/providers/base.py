@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from receiver.events import JobError, JobStatus
-from receiver.request import KlingRequest
+from receiver.generation import KlingRequest
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import httpx
 import structlog
 
 from receiver.events import JobStatus
+from receiver.generation import KlingRequest
 from receiver.providers.base import (
     ProviderStatus,
     RateLimited,
@@ -17,7 +18,6 @@ from receiver.providers.base import (
 )
 from receiver.providers.http import ErrorBody, ProviderHTTP, not_sent, retrying, transient
 from receiver.providers.ratelimit import RateBudget
-from receiver.request import KlingRequest
 
 PROVIDER = "runbase"
 MODEL = "kling/kling-3.0"

@@ -15,6 +15,7 @@ from receiver.background import BackgroundServer
 from receiver.clock import VirtualClock
 from receiver.emulators.apiframe import ApiframeEmulator
 from receiver.events import JobStatus
+from receiver.generation import KlingRequest
 from receiver.providers import make_client
 from receiver.providers.apiframe import ApiframeClient, parse_webhook, verify_signature
 from receiver.providers.base import (
@@ -30,7 +31,6 @@ from receiver.providers.base import (
     ProviderUnavailable,
     RateLimited,
 )
-from receiver.request import KlingRequest
 
 pytestmark = pytest.mark.anyio
 

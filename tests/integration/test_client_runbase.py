@@ -14,6 +14,7 @@ from receiver.background import BackgroundServer
 from receiver.clock import VirtualClock, system_clock
 from receiver.emulators.runbase import RunbaseEmulator
 from receiver.events import JobStatus
+from receiver.generation import KlingRequest
 from receiver.providers import make_client
 from receiver.providers.base import (
     AuthenticationError,
@@ -29,7 +30,6 @@ from receiver.providers.base import (
 )
 from receiver.providers.ratelimit import LocalBudget
 from receiver.providers.runbase import RunbaseClient
-from receiver.request import KlingRequest
 
 pytestmark = pytest.mark.anyio
 

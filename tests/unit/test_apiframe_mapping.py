@@ -14,6 +14,7 @@ import stamina
 from structlog.testing import capture_logs
 
 from receiver.events import JobError, JobStatus
+from receiver.generation import KlingRequest
 from receiver.providers import ApiframeClient, RunbaseClient, make_client
 from receiver.providers.apiframe import (
     build_body,
@@ -39,7 +40,6 @@ from receiver.providers.base import (
     UnsupportedParameter,
 )
 from receiver.providers.http import parse_retry_after, transient
-from receiver.request import KlingRequest
 
 KEY = "afk_test_secret_key_0123456789"
 JOB = "b2c3d4e5-f6a7-8901-bcde-f23456789012"

@@ -21,7 +21,7 @@ from receiver.events import (
     new_job_id,
     parse_iso,
 )
-from receiver.request import KlingRequest
+from receiver.generation import KlingRequest
 
 CREATED = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 JOB_KEYS = {

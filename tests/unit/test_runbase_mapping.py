@@ -12,6 +12,7 @@ import stamina
 from structlog.testing import capture_logs
 
 from receiver.events import JobError, JobStatus
+from receiver.generation import KlingRequest
 from receiver.providers.base import (
     AuthenticationError,
     Forbidden,
@@ -27,7 +28,6 @@ from receiver.providers.base import (
 )
 from receiver.providers.ratelimit import budget_key
 from receiver.providers.runbase import RunbaseClient, build_body, check, map_status, parse_error
-from receiver.request import KlingRequest
 
 KEY = "rb_test_secret_key_0123456789"
 RUN = "run_abc123"

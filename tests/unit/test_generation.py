@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from receiver.request import MAX_PROMPT, MAX_TEXT, KlingRequest, ValidationError
+from receiver.generation import MAX_PROMPT, MAX_TEXT, KlingRequest, ValidationError
 
 
 def _errors(data: dict[str, Any]) -> dict[str, str]:
