@@ -20,6 +20,16 @@ def budget_key(provider: str, api_key: str) -> str:
     return f"{provider}:{digest}"
 
 
+class BudgetBusy(Exception):
+    """No slot for the key within the wait the caller allowed (the caller queues the request instead)."""
+
+    def __init__(self, key: str, wait: float | None) -> None:
+        self.key = key
+        self.wait = wait
+        when = "until an answer comes back" if wait is None else f"for {wait:.1f} s"
+        super().__init__(f"the rate budget is full {when}")
+
+
 class RateBudget(Protocol):
     """An allowance of requests per key: at most `limit` requests in any `window` seconds.
 
@@ -28,8 +38,11 @@ class RateBudget(Protocol):
     either direction cannot put one request too many into a provider's window.
     """
 
-    def slot(self, key: str) -> AbstractAsyncContextManager[None]:
-        """Wait until one more request for `key` fits, and hold its slot while the request runs."""
+    def slot(self, key: str, *, within: float | None = None) -> AbstractAsyncContextManager[None]:
+        """Wait until one more request for `key` fits, and hold its slot while the request runs.
+
+        With `within`, raise BudgetBusy at once instead of waiting longer than `within` seconds.
+        """
 
     def penalize(self, key: str, seconds: float) -> None:
         """The provider said slow down: no request for `key` starts within `seconds` from now."""
@@ -87,8 +100,12 @@ class LocalBudget(RateBudget):
         return wait
 
     @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
+    async def slot(self, key: str, *, within: float | None = None) -> AsyncIterator[None]:
         state = self._keys.setdefault(key, _Key())
+        if within is not None:
+            wait = self.wait_time(key)
+            if state.lock.locked() or wait is None or wait > within:
+                raise BudgetBusy(key, wait)
         # One waiter per key at a time: callers are served in arrival order and never overshoot.
         async with state.lock:
             while (wait := self.wait_time(key)) != 0:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from receiver.providers.ratelimit import LocalBudget, RateBudget, budget_key
+from receiver.providers.ratelimit import BudgetBusy, LocalBudget, RateBudget, budget_key
 
 
 class FakeTime:
@@ -177,3 +177,29 @@ def test_wait_time_is_zero_for_an_unknown_key() -> None:
 def test_nonsense_limits_are_refused(limit: int, window: float) -> None:
     with pytest.raises(ValueError, match="limit"):
         LocalBudget(limit, window)
+
+
+@pytest.mark.anyio
+async def test_within_refuses_a_wait_longer_than_allowed_and_takes_a_shorter_one() -> None:
+    time = FakeTime()
+    budget = _budget(time, limit=1)
+    await _request(budget, time)
+    with pytest.raises(BudgetBusy) as busy:
+        async with budget.slot("k", within=5.0):
+            pass
+    assert busy.value.wait == pytest.approx(10.0)
+    assert time.sleeps == []
+    time.now += 6.0
+    async with budget.slot("k", within=5.0):
+        assert time.now == pytest.approx(1010.0)
+
+
+@pytest.mark.anyio
+async def test_within_refuses_while_every_slot_waits_for_an_answer() -> None:
+    time = FakeTime()
+    budget = _budget(time, limit=1)
+    async with budget.slot("k"):
+        with pytest.raises(BudgetBusy) as busy:
+            async with budget.slot("k", within=60.0):
+                pass
+    assert busy.value.wait is None
