@@ -7,7 +7,6 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -104,33 +103,14 @@ class Metrics:
             provider = known(str(job.get("provider")))
             self.webhook_to_handler.labels(provider).observe(max(0.0, (now - completed).total_seconds()))
 
-    def transport(self, provider: str, inner: httpx.AsyncBaseTransport | None = None) -> CountingTransport:
-        return CountingTransport(self, known(provider), inner or httpx.AsyncHTTPTransport())
+    def provider_request(self, provider: str, status_code: int | None) -> None:
+        """Count one request a provider client sent, by its answer's status (None: no answer)."""
+        provider = known(provider)
+        self.provider_requests.labels(provider, "error" if status_code is None else str(status_code)).inc()
+        if status_code == 429:
+            self.provider_rate_limited.labels(provider).inc()
 
     def render(self, jobs: Mapping[tuple[str, str], int], deliveries: Mapping[str, int]) -> bytes:
         """The Prometheus text with the store's counts as given."""
         self.store.jobs, self.store.deliveries = jobs, deliveries
         return generate_latest(self.registry)
-
-
-class CountingTransport(httpx.AsyncBaseTransport):
-    """Counts every request a provider client sends, by the answer's status code."""
-
-    def __init__(self, metrics: Metrics, provider: str, inner: httpx.AsyncBaseTransport) -> None:
-        self._metrics = metrics
-        self._provider = provider
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await self._inner.handle_async_request(request)
-        except httpx.TransportError:
-            self._metrics.provider_requests.labels(self._provider, "error").inc()
-            raise
-        self._metrics.provider_requests.labels(self._provider, str(response.status_code)).inc()
-        if response.status_code == 429:
-            self._metrics.provider_rate_limited.labels(self._provider).inc()
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()

@@ -6,6 +6,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -122,8 +123,12 @@ class Receiver:
     def client(self, provider: str) -> ProviderClient:
         spec = registry.get(provider)
         if provider not in self._clients:
-            transport = self.metrics.transport(provider)
-            self._clients[provider] = spec.client(self.settings, budget=self.budget, transport=transport)
+            self._clients[provider] = spec.client(
+                self.settings,
+                budget=self.budget,
+                clock=self.clock,
+                observe=partial(self.metrics.provider_request, provider),
+            )
         return self._clients[provider]
 
     async def open(self) -> None:

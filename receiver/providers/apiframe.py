@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from receiver.clock import Clock, system_clock
 from receiver.events import JobStatus
 from receiver.generation import KlingRequest
 from receiver.providers.base import (
@@ -21,7 +22,7 @@ from receiver.providers.base import (
     UnsupportedParameter,
     report,
 )
-from receiver.providers.http import ErrorBody, ProviderHTTP, number, retrying, transient
+from receiver.providers.http import ErrorBody, Observer, ProviderHTTP, number, transient
 from receiver.providers.ratelimit import RateBudget
 
 if TYPE_CHECKING:
@@ -191,12 +192,12 @@ class ApiframeClient:
         wait_initial: float = 0.5,
         wait_max: float = 10.0,
         max_retry_after: float = 60.0,
+        clock: Clock = system_clock,
+        observe: Observer | None = None,
     ) -> None:
         if webhook_field not in WEBHOOK_FIELDS:
             raise ValueError(f"webhook_field must be one of {', '.join(WEBHOOK_FIELDS)}")
         self.webhook_field = webhook_field
-        self.max_attempts = max_attempts
-        self._wait = (wait_initial, wait_max)
         self._on = transient(max_retry_after)
         self._http = ProviderHTTP(
             PROVIDER,
@@ -207,8 +208,11 @@ class ApiframeClient:
             transport=transport,
             timeout=timeout,
             budget=budget,
+            max_attempts=max_attempts,
             backoff_initial=wait_initial,
             backoff_max=wait_max,
+            clock=clock,
+            observe=observe,
         )
 
     def check(self, request: KlingRequest) -> None:
@@ -224,9 +228,7 @@ class ApiframeClient:
         async def call(attempt: int) -> dict[str, Any]:
             return await self._http.request("POST", SUBMIT_PATH, body=body, headers=headers, attempt=attempt)
 
-        data = await retrying(
-            call, on=self._on, attempts=self.max_attempts, wait_initial=self._wait[0], wait_max=self._wait[1]
-        )
+        data = await self._http.retrying(call, on=self._on)
         status = map_status({"status": "QUEUED", **data})
         log.info(
             "provider_job_submitted", provider=PROVIDER, job_id=job_id, provider_job_id=status.provider_job_id
@@ -239,9 +241,7 @@ class ApiframeClient:
         async def call(attempt: int) -> dict[str, Any]:
             return await self._http.request("GET", path, attempt=attempt, provider_job_id=provider_job_id)
 
-        data = await retrying(
-            call, on=self._on, attempts=self.max_attempts, wait_initial=self._wait[0], wait_max=self._wait[1]
-        )
+        data = await self._http.retrying(call, on=self._on)
         return map_status({"id": provider_job_id, **data})
 
     async def aclose(self) -> None:

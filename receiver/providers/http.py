@@ -1,4 +1,8 @@
-"""HTTP plumbing shared by the provider clients: one session, typed errors, budgets and retries."""
+"""HTTP plumbing shared by the provider clients: one session, typed errors, budgets and retries.
+
+Retries are a loop written here rather than a library's: its waits go through the receiver's clock
+(tests run them on a VirtualClock) and share the one backoff formula, `schedule.retry_delay`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-import stamina
 import structlog
 
+from receiver.clock import Clock, system_clock
 from receiver.providers.base import (
     AuthenticationError,
     Conflict,
@@ -30,6 +34,7 @@ from receiver.schedule import parse_retry_after, retry_delay
 
 T = TypeVar("T")
 BackoffHook = Callable[[Exception], bool | float]
+Observer = Callable[[int | None], None]
 
 log = structlog.get_logger()
 
@@ -69,7 +74,7 @@ def number(value: Any) -> float | None:
 
 
 def transient(max_retry_after: float) -> BackoffHook:
-    """A stamina `on=` hook: retry rate limits and outages, waiting `Retry-After` when one was given.
+    """A retry hook: retry rate limits and outages, waiting `Retry-After` when one was given.
 
     An unreadable answer is not retried (it would read the same again), nor is a `Retry-After` longer
     than `max_retry_after`: the caller reschedules instead of holding a request open that long.
@@ -86,25 +91,8 @@ def transient(max_retry_after: float) -> BackoffHook:
 
 
 def not_sent(exc: Exception) -> bool:
-    """A stamina `on=` hook for requests that must not repeat once sent (a submit without idempotency)."""
+    """A retry hook for requests that must not repeat once sent (a submit without idempotency)."""
     return isinstance(exc, NotSent)
-
-
-async def retrying(
-    call: Callable[[int], Awaitable[T]],
-    *,
-    on: BackoffHook,
-    attempts: int,
-    wait_initial: float,
-    wait_max: float,
-) -> T:
-    """Run `call(attempt_number)` under stamina until it returns or `on` declines the error."""
-    async for attempt in stamina.retry_context(
-        on=on, attempts=attempts, timeout=None, wait_initial=wait_initial, wait_max=wait_max
-    ):
-        with attempt:
-            return await call(attempt.num)
-    raise AssertionError("unreachable: stamina re-raises the last error")
 
 
 class ProviderHTTP:
@@ -125,8 +113,11 @@ class ProviderHTTP:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
         budget: RateBudget | None = None,
+        max_attempts: int = 4,
         backoff_initial: float = 1.0,
         backoff_max: float = 10.0,
+        clock: Clock = system_clock,
+        observe: Observer | None = None,
     ) -> None:
         api_key = api_key.strip()
         if not api_key:
@@ -139,8 +130,11 @@ class ProviderHTTP:
         self._parse_error = parse_error
         self.budget = budget
         self.budget_key = budget_key(provider, api_key)
+        self.max_attempts = max_attempts
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self._clock = clock
+        self._observe = observe
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={
@@ -151,6 +145,34 @@ class ProviderHTTP:
             transport=transport,
             timeout=timeout,
         )
+
+    async def retrying(self, call: Callable[[int], Awaitable[T]], *, on: BackoffHook) -> T:
+        """Run `call(attempt)` until it returns, `on` declines its error, or the attempts run out.
+
+        `on` answers True (retry after the backoff), a number (retry after that many seconds, a
+        `Retry-After`) or False (raise now).
+        """
+        attempt = 1
+        while True:
+            try:
+                return await call(attempt)
+            except ProviderError as exc:
+                decision = on(exc)
+                if decision is False or attempt >= self.max_attempts:
+                    raise
+                if decision is True:
+                    wait = retry_delay(attempt, self.backoff_initial, self.backoff_max)
+                else:
+                    wait = float(decision)
+                log.info(
+                    "provider_retry_scheduled",
+                    provider=self.provider,
+                    attempt=attempt,
+                    wait=round(wait, 3),
+                    error=type(exc).__name__,
+                )
+                await self._clock.sleep(wait)
+                attempt += 1
 
     async def request(
         self,
@@ -169,11 +191,14 @@ class ProviderHTTP:
             async with slot:
                 response = await self._client.request(method, path, json=body, headers=headers)
         except _NOT_SENT as exc:
+            self._observed(None)
             log.warning("provider_not_reached", error=type(exc).__name__, **fields)
             raise NotSent(self.provider, self.redact(f"could not connect: {exc}")) from exc
         except httpx.TransportError as exc:
+            self._observed(None)
             log.warning("provider_transport_failed", error=type(exc).__name__, **fields)
             raise ProviderUnavailable(self.provider, self.redact(f"{type(exc).__name__}: {exc}")) from exc
+        self._observed(response.status_code)
         if response.is_success:
             return self._json_object(response)
         error = self.error_from(response)
@@ -190,6 +215,10 @@ class ProviderHTTP:
                 wait = retry_delay(attempt, self.backoff_initial, self.backoff_max)
             self.budget.penalize(self.budget_key, wait)
         raise error
+
+    def _observed(self, status_code: int | None) -> None:
+        if self._observe is not None:
+            self._observe(status_code)
 
     def error_from(self, response: httpx.Response) -> ProviderError:
         """The typed error for a non-2xx answer, carrying the provider's message, code and request id."""
@@ -219,7 +248,7 @@ class ProviderHTTP:
                 **common,
             )
         if status == 429:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(response.headers.get("retry-after"), self._clock())
             return RateLimited(self.provider, message, retry_after=retry_after, **common)
         if status >= 500:
             return ProviderUnavailable(self.provider, message, **common)

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from receiver import schedule
+from receiver.clock import Clock, system_clock
 from receiver.providers import apiframe, runbase
 from receiver.providers.base import ProviderClient, ProviderStatus
+from receiver.providers.http import Observer
 from receiver.providers.ratelimit import RateBudget
 
 if TYPE_CHECKING:
@@ -58,6 +60,8 @@ class Provider:
         *,
         budget: RateBudget | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock = system_clock,
+        observe: Observer | None = None,
     ) -> ProviderClient:
         """The client built from settings; raises SettingsError when the API key is missing."""
         return self.client_class(
@@ -65,6 +69,8 @@ class Provider:
             self.base_url(settings),
             budget=budget if self.spends_budget else None,
             transport=transport,
+            clock=clock,
+            observe=observe,
             **self.client_options(settings),
         )
 

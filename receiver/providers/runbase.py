@@ -8,6 +8,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from receiver.clock import Clock, system_clock
 from receiver.events import JobStatus
 from receiver.generation import KlingRequest
 from receiver.providers.base import (
@@ -16,7 +17,7 @@ from receiver.providers.base import (
     UnsupportedParameter,
     report,
 )
-from receiver.providers.http import ErrorBody, ProviderHTTP, not_sent, retrying, transient
+from receiver.providers.http import ErrorBody, Observer, ProviderHTTP, not_sent, transient
 from receiver.providers.ratelimit import RateBudget
 
 PROVIDER = "runbase"
@@ -128,9 +129,9 @@ class RunbaseClient:
         max_attempts: int = 4,
         wait_initial: float = 1.0,
         wait_max: float = 10.0,
+        clock: Clock = system_clock,
+        observe: Observer | None = None,
     ) -> None:
-        self.max_attempts = max_attempts
-        self._wait = (wait_initial, wait_max)
         self._transient = transient(max_retry_after=wait_max)
         self._http = ProviderHTTP(
             PROVIDER,
@@ -142,8 +143,11 @@ class RunbaseClient:
             transport=transport,
             timeout=timeout,
             budget=budget,
+            max_attempts=max_attempts,
             backoff_initial=wait_initial,
             backoff_max=wait_max,
+            clock=clock,
+            observe=observe,
         )
 
     @property
@@ -164,9 +168,7 @@ class RunbaseClient:
         async def call(attempt: int) -> dict[str, Any]:
             return await self._http.request("POST", RUNS_PATH, body=body, attempt=attempt)
 
-        data = await retrying(
-            call, on=not_sent, attempts=self.max_attempts, wait_initial=self._wait[0], wait_max=self._wait[1]
-        )
+        data = await self._http.retrying(call, on=not_sent)
         status = map_status({"status": "pending", **data})
         log.info(
             "provider_job_submitted", provider=PROVIDER, job_id=job_id, provider_job_id=status.provider_job_id
@@ -179,13 +181,7 @@ class RunbaseClient:
         async def call(attempt: int) -> dict[str, Any]:
             return await self._http.request("GET", path, attempt=attempt, provider_job_id=provider_job_id)
 
-        data = await retrying(
-            call,
-            on=self._on_read,
-            attempts=self.max_attempts,
-            wait_initial=self._wait[0],
-            wait_max=self._wait[1],
-        )
+        data = await self._http.retrying(call, on=self._on_read)
         return map_status({"id": provider_job_id, **data})
 
     def _on_read(self, exc: Exception) -> bool | float:

@@ -6,9 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import anyio
 import pytest
-import stamina
 from structlog.testing import capture_logs
 
 from receiver.background import BackgroundServer
@@ -31,17 +29,12 @@ from receiver.providers.base import (
     ProviderUnavailable,
     RateLimited,
 )
+from tests.support.clock import SteppingClock
 
 pytestmark = pytest.mark.anyio
 
 KEY = "afk_integration_secret_0123456789"
 UNKNOWN_JOB = "00000000-0000-4000-8000-000000000000"
-
-
-@pytest.fixture(autouse=True)
-def no_retry_waits() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=4):
-        yield
 
 
 class Emulated:
@@ -51,8 +44,10 @@ class Emulated:
         settings.setdefault("webhook", "drop")
         self.emulator = ApiframeEmulator(api_key=KEY, seed=1, **settings)
         self.server = BackgroundServer(self.emulator.app)
+        self.waits = SteppingClock()  # the client's retry waits pass at once and are recorded
 
     def client(self, key: str = KEY, **options: Any) -> ApiframeClient:
+        options.setdefault("clock", self.waits)
         return ApiframeClient(key, self.server.url, **options)
 
     def calls(self, method: str) -> list[dict[str, Any]]:
@@ -133,9 +128,9 @@ async def test_same_job_id_is_one_provider_job(emulated: Emulated) -> None:
 
 
 async def test_same_job_id_with_another_body_is_a_conflict(emulated: Emulated) -> None:
-    client = emulated.client()
+    client = emulated.client(max_attempts=1)
     await client.submit("job_changed", KlingRequest(prompt="p"))
-    with stamina.set_testing(True, attempts=1), pytest.raises(Conflict) as info:
+    with pytest.raises(Conflict) as info:
         await client.submit("job_changed", KlingRequest(prompt="another prompt"))
     assert "Idempotency-Key" in str(info.value)
     assert len(emulated.emulator.jobs) == 1
@@ -162,13 +157,13 @@ async def test_same_job_id_with_another_body_is_a_conflict(emulated: Emulated) -
 async def test_injected_errors(
     emulated: Emulated, status: int, error_type: type[ProviderError], message: str, operation: str
 ) -> None:
-    client = emulated.client()
+    client = emulated.client(max_attempts=1)
     emulated.emulator.inject(status)
     if operation == "submit":
         call = client.submit("job_err", KlingRequest(prompt="p"))
     else:
         call = client.get_status(UNKNOWN_JOB)
-    with stamina.set_testing(True, attempts=1), pytest.raises(error_type) as info:
+    with pytest.raises(error_type) as info:
         await call
     error = info.value
     assert type(error) is error_type
@@ -263,17 +258,26 @@ async def test_retries_stop_after_max_attempts(emulated: Emulated) -> None:
     await client.aclose()
 
 
-async def test_retry_after_is_waited() -> None:
-    emulated = Emulated()
-    with emulated.server, stamina.set_testing(False):
-        client = emulated.client()
-        emulated.emulator.inject(429, retry_after=0.3)
-        started = anyio.current_time()
-        with pytest.raises(NotFound):
-            await client.get_status(UNKNOWN_JOB)
-        assert anyio.current_time() - started >= 0.3
-        assert [r["status"] for r in emulated.calls("GET")] == [429, 404]
-        await client.aclose()
+async def test_retry_after_is_waited(emulated: Emulated) -> None:
+    client = emulated.client()
+    emulated.emulator.inject(429, retry_after=7)
+    with pytest.raises(NotFound):
+        await client.get_status(UNKNOWN_JOB)
+    assert emulated.waits.slept == [7.0]
+    assert [r["status"] for r in emulated.calls("GET")] == [429, 404]
+    await client.aclose()
+
+
+async def test_retries_back_off_exponentially(emulated: Emulated) -> None:
+    client = emulated.client(wait_initial=0.5, wait_max=10.0)
+    emulated.emulator.inject(503, count=10)
+    with pytest.raises(ProviderUnavailable):
+        await client.get_status(UNKNOWN_JOB)
+    # Three waits between four attempts: 0.5 s doubling, each with up to 25% jitter.
+    assert len(emulated.waits.slept) == 3
+    for nominal, waited in zip([0.5, 1.0, 2.0], emulated.waits.slept, strict=True):
+        assert nominal <= waited <= nominal * 1.25
+    await client.aclose()
 
 
 # --- webhooks from the emulator ----------------------------------------------------------------

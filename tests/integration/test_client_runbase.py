@@ -7,11 +7,10 @@ from typing import Any
 
 import anyio
 import pytest
-import stamina
 from structlog.testing import capture_logs
 
 from receiver.background import BackgroundServer
-from receiver.clock import VirtualClock, system_clock
+from receiver.clock import VirtualClock
 from receiver.emulators.runbase import RunbaseEmulator
 from receiver.events import JobStatus
 from receiver.generation import KlingRequest
@@ -30,16 +29,11 @@ from receiver.providers.base import (
 )
 from receiver.providers.ratelimit import LocalBudget
 from receiver.providers.runbase import RunbaseClient
+from tests.support.clock import SteppingClock
 
 pytestmark = pytest.mark.anyio
 
 KEY = "rb_integration_secret_0123456789"
-
-
-@pytest.fixture(autouse=True)
-def no_retry_waits() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=4):
-        yield
 
 
 class Emulated:
@@ -48,8 +42,10 @@ class Emulated:
         self.clock = settings.setdefault("clock", VirtualClock())
         self.emulator = RunbaseEmulator(api_key=KEY, seed=1, **settings)
         self.server = BackgroundServer(self.emulator.app)
+        self.waits = SteppingClock()  # the client's retry waits pass at once and are recorded
 
     def client(self, key: str = KEY, **options: Any) -> RunbaseClient:
+        options.setdefault("clock", self.waits)
         return RunbaseClient(key, self.server.url, **options)
 
     def calls(self, method: str) -> list[dict[str, Any]]:
@@ -155,13 +151,13 @@ async def test_webhook_url_is_ignored(emulated: Emulated) -> None:
 async def test_injected_errors(
     emulated: Emulated, status: int, code: str, error_type: type[ProviderError], operation: str
 ) -> None:
-    client = emulated.client()
+    client = emulated.client(max_attempts=1)
     emulated.emulator.inject(status, code=code)
     if operation == "submit":
         call = client.submit("job_err", KlingRequest(prompt="p"))
     else:
         call = client.get_status("run_missing")
-    with stamina.set_testing(True, attempts=1), pytest.raises(error_type) as info:
+    with pytest.raises(error_type) as info:
         await call
     error = info.value
     assert type(error) is error_type
@@ -241,27 +237,29 @@ async def test_read_is_retried_after_500(emulated: Emulated) -> None:
 
 
 async def test_read_429_slows_the_whole_key() -> None:
-    emulated = Emulated(clock=system_clock)  # the budget keeps real time, so the emulator's log must too
+    # One clock for the emulator's log, the client's retry waits and the budget: waits pass at once.
+    clock = SteppingClock()
+    emulated = Emulated(clock=clock)
     with emulated.server:
-        budget = LocalBudget(limit=100, window=1.0)
-        client = emulated.client(budget=budget, wait_initial=0.3)
+        budget = LocalBudget(limit=100, window=1.0, clock=clock.monotonic, sleep=clock.sleep)
+        client = emulated.client(budget=budget, wait_initial=0.3, clock=clock)
         submitted = await client.submit("job_r", KlingRequest(prompt="p"))
         emulated.emulator.inject(429)
-        started = anyio.current_time()
         await client.get_status(submitted.provider_job_id)
-        assert anyio.current_time() - started >= 0.3
         gets = emulated.calls("GET")
         assert [r["status"] for r in gets] == [429, 200]
-        assert gets[1]["t"] - gets[0]["t"] >= 0.29
+        # The retry waits its backoff (0.3 s plus up to 25% jitter) and the key's penalty the same.
+        assert 0.3 <= gets[1]["t"] - gets[0]["t"] <= 0.375
         await client.aclose()
 
 
 async def test_budget_keeps_a_burst_within_the_limit() -> None:
     limit, window = 5, 0.5
-    # The budget keeps real time (its clock is the budget's own business), so the emulator must too.
-    emulated = Emulated(rate_limit=limit, rate_window=window, delay=60.0, clock=system_clock)
+    clock = SteppingClock()
+    emulated = Emulated(rate_limit=limit, rate_window=window, delay=60.0, clock=clock)
     with emulated.server:
-        client = emulated.client(budget=LocalBudget(limit=limit, window=window))
+        budget = LocalBudget(limit=limit, window=window, clock=clock.monotonic, sleep=clock.sleep)
+        client = emulated.client(budget=budget, clock=clock)
         submitted = await client.submit("job_burst", KlingRequest(prompt="p"))
         results: list[ProviderStatus] = []
 
@@ -277,5 +275,5 @@ async def test_budget_keeps_a_burst_within_the_limit() -> None:
         assert {r["status"] for r in log} == {200, 201}
         stamps = sorted(r["t"] for r in log)
         busiest = max(sum(1 for t in stamps if start <= t < start + window) for start in stamps)
-        assert busiest <= limit
+        assert busiest == limit
         await client.aclose()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-import stamina
 from structlog.testing import capture_logs
 
 from receiver.events import JobError, JobStatus
@@ -40,16 +39,11 @@ from receiver.providers.base import (
     UnsupportedParameter,
 )
 from receiver.providers.http import parse_retry_after, transient
+from tests.support.clock import SteppingClock
 
 KEY = "afk_test_secret_key_0123456789"
 JOB = "b2c3d4e5-f6a7-8901-bcde-f23456789012"
 HOOK = "https://hooks.example.com/hooks/apiframe/tok"
-
-
-@pytest.fixture(autouse=True)
-def no_retry_waits() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=4):
-        yield
 
 
 # --- body --------------------------------------------------------------------------------------
@@ -305,6 +299,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def _client(handler: Handler, **options: object) -> ApiframeClient:
+    options.setdefault("clock", SteppingClock())  # retry waits pass at once
     return ApiframeClient(KEY, "https://api.test", transport=httpx.MockTransport(handler), **options)  # type: ignore[arg-type]
 
 
@@ -511,7 +506,7 @@ async def test_key_never_reaches_logs_of_retries() -> None:
     client = _client(busy)
     with capture_logs() as logs, pytest.raises(ProviderUnavailable):
         await client.get_status(JOB)
-    assert any(entry["event"] == "stamina.retry_scheduled" for entry in logs)
+    assert any(entry["event"] == "provider_retry_scheduled" for entry in logs)
     assert KEY not in repr(logs)
     await client.aclose()
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-import stamina
 from structlog.testing import capture_logs
 
 from receiver.events import JobError, JobStatus
@@ -28,15 +27,10 @@ from receiver.providers.base import (
 )
 from receiver.providers.ratelimit import budget_key
 from receiver.providers.runbase import RunbaseClient, build_body, check, map_status, parse_error
+from tests.support.clock import SteppingClock
 
 KEY = "rb_test_secret_key_0123456789"
 RUN = "run_abc123"
-
-
-@pytest.fixture(autouse=True)
-def no_retry_waits() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=4):
-        yield
 
 
 # --- body --------------------------------------------------------------------------------------
@@ -203,7 +197,13 @@ class RecordingBudget:
 
 
 def _client(handler: Handler, budget: RecordingBudget | None = None) -> RunbaseClient:
-    return RunbaseClient(KEY, "https://runbase.test", transport=httpx.MockTransport(handler), budget=budget)
+    return RunbaseClient(
+        KEY,
+        "https://runbase.test",
+        transport=httpx.MockTransport(handler),
+        budget=budget,
+        clock=SteppingClock(),
+    )
 
 
 def _error(status: int, code: str, message: str = "refused") -> Handler:
