@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, suppress
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import httpx
@@ -26,7 +27,7 @@ def excerpt(text: str, limit: int = BODY_EXCERPT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def check_status(status: int, headers: Mapping[str, str], body: str, what: str) -> None:
+def check_status(status: int, headers: Mapping[str, str], body: str, what: str, *, now: datetime) -> None:
     """Return on 2xx; otherwise raise the error that tells the dispatcher what to do next.
 
     `what` names the call ("slack", "forward to example.com") and must hold no secret.
@@ -35,7 +36,7 @@ def check_status(status: int, headers: Mapping[str, str], body: str, what: str) 
         return
     detail = f"{what} answered {status}" + (f": {excerpt(body)}" if body.strip() else "")
     if status == 429:
-        delay = parse_retry_after(headers.get("retry-after"))
+        delay = parse_retry_after(headers.get("retry-after"), now)
         if delay is not None:
             raise RetryLater(delay, detail)
         raise DeliveryFailed(detail)

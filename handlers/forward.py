@@ -92,7 +92,7 @@ class ForwardHandler:
             response = await client.post(self.url, content=body, headers=headers)
         except httpx.TransportError as exc:
             raise transport_failure(exc, self._what) from None
-        check_status(response.status_code, response.headers, response.text, self._what)
+        check_status(response.status_code, response.headers, response.text, self._what, now=self.clock())
         return {"status_code": response.status_code}
 
     async def aclose(self) -> None:

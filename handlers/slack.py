@@ -8,6 +8,7 @@ import httpx
 
 from handlers import ConfigError
 from handlers._http import check_http_url, check_status, check_transport, http_client, transport_failure
+from receiver.clock import Clock, system_clock
 from receiver.events import parse_iso
 
 HTTP_TIMEOUT = 30.0
@@ -232,8 +233,10 @@ class SlackHandler:
         icon_emoji: str | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self._url = check_http_url(webhook_url, "webhook_url")
+        self.clock = clock
         for key, value in (("channel", channel), ("username", username), ("icon_emoji", icon_emoji)):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"key {key!r}: must be a string")
@@ -249,7 +252,7 @@ class SlackHandler:
             response = await client.post(self._url, json=payload)
         except httpx.TransportError as exc:
             raise transport_failure(exc, "slack") from None
-        check_status(response.status_code, response.headers, response.text, "slack")
+        check_status(response.status_code, response.headers, response.text, "slack", now=self.clock())
         return None
 
     async def aclose(self) -> None:

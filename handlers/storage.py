@@ -32,6 +32,7 @@ from handlers._http import (
     http_client,
     transport_failure,
 )
+from receiver.clock import Clock, system_clock
 
 logger = structlog.get_logger("handlers.storage")
 
@@ -310,8 +311,10 @@ class StorageHandler:
         timeout: float = 300.0,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self.target = parse_target(target)
+        self.clock = clock
         if endpoint_url is not None:
             check_http_url(endpoint_url, "endpoint_url")
             if self.target.bucket is None:
@@ -362,7 +365,7 @@ class StorageHandler:
             async with client.stream("GET", url) as response:
                 if not 200 <= response.status_code < 300:
                     body = await _error_excerpt(response)
-                    check_status(response.status_code, response.headers, body, what)
+                    check_status(response.status_code, response.headers, body, what, now=self.clock())
                 length = response.headers.get("content-length", "")
                 if length.isdigit() and int(length) > self.max_bytes:
                     raise PermanentError(

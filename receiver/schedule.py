@@ -66,7 +66,7 @@ def retry_delay(attempt: int, base: float, cap: float, rand: Callable[[], float]
     return min(cap, nominal * (1 + 0.25 * rand()))
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """`Retry-After` as seconds: a number of seconds or an HTTP date; None when absent or unreadable."""
     if value is None or not value.strip():
         return None
@@ -79,7 +79,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+        seconds = (when - now).total_seconds()
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)

@@ -541,13 +541,13 @@ def test_unusable_keys_are_refused_without_echo(key: str) -> None:
 
 def test_retry_after_seconds_and_dates() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after("0") == 0.0
-    assert parse_retry_after("-2") == 0.0
+    assert parse_retry_after("3", now) == 3.0
+    assert parse_retry_after("0", now) == 0.0
+    assert parse_retry_after("-2", now) == 0.0
     assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now=now) == 30.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("nan") is None
+    assert parse_retry_after(None, now) is None
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("nan", now) is None
 
 
 def test_hook_waits_retry_after_and_retries_only_transient_errors() -> None:

@@ -121,14 +121,17 @@ def test_signature_matches_the_standard_webhooks_vector() -> None:
     assert sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265331, body) != expected
 
 
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
 def test_retry_after_reads_seconds_and_dates() -> None:
     now = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-    assert parse_retry_after("2") == 2
-    assert parse_retry_after(" 1.5 ") == 1.5
+    assert parse_retry_after("2", now) == 2
+    assert parse_retry_after(" 1.5 ", now) == 1.5
     assert parse_retry_after("Sun, 01 Mar 2026 12:00:30 GMT", now) == 30
     assert parse_retry_after("Sun, 01 Mar 2026 11:00:00 GMT", now) == 0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
 
 
 @pytest.mark.parametrize(
@@ -149,10 +152,10 @@ def test_retry_after_reads_seconds_and_dates() -> None:
 )
 def test_status_mapping(status: int, headers: dict[str, str], error: type[Exception] | None) -> None:
     if error is None:
-        check_status(status, headers, "ok", "slack")
+        check_status(status, headers, "ok", "slack", now=NOW)
         return
     with pytest.raises(error) as caught:
-        check_status(status, headers, "no_service\n", "slack")
+        check_status(status, headers, "no_service\n", "slack", now=NOW)
     assert not isinstance(caught.value, PermanentError) or error is PermanentError
     assert f"slack answered {status}: no_service" in str(caught.value)
     if error is RetryLater:
