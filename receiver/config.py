@@ -39,6 +39,11 @@ class Settings:
     runbase_rate_window: float = 10.0
     job_timeout: float = 3600.0
     expected_seconds: float = 150.0
+    # How long a submit may wait for the Runbase budget before it is queued for the worker instead.
+    submit_wait: float = 2.0
+    # A job still `pending` this long after its submit began lost its process: longer than a provider
+    # client can spend on one submit (4 attempts of 30 s plus waits of up to 60 s between them).
+    submit_lease: float = 600.0
     token_max_age: float = 172800.0
     require_signature: bool = False
     handlers: list[dict[str, Any]] = field(default_factory=list)
@@ -88,6 +93,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         runbase_rate_window=read.number("RUNBASE_RATE_WINDOW", Settings.runbase_rate_window),
         job_timeout=read.number("RECEIVER_JOB_TIMEOUT", Settings.job_timeout),
         expected_seconds=read.number("RECEIVER_EXPECTED_SECONDS", Settings.expected_seconds),
+        submit_wait=read.number("RECEIVER_SUBMIT_WAIT", Settings.submit_wait),
+        submit_lease=read.number("RECEIVER_SUBMIT_LEASE", Settings.submit_lease),
         token_max_age=read.number("RECEIVER_TOKEN_MAX_AGE", Settings.token_max_age),
         require_signature=_flag(read.text("RECEIVER_REQUIRE_SIGNATURE"), Settings.require_signature),
         handlers=handlers,

@@ -11,6 +11,7 @@ from typing import Any
 
 class JobStatus(StrEnum):
     PENDING = "pending"
+    QUEUED = "queued"  # waiting for the provider's rate budget; the worker sends it
     SUBMITTED = "submitted"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -109,6 +110,8 @@ class Job:
     event_id: str | None = None
     deadline_at: datetime | None = None
     poll_count: int = 0
+    webhook_url: str | None = None  # as first sent: a resubmit must carry the same body
+    refusals: int = 0  # submits the provider refused with 429, for the backoff
 
     def to_json(self, *, deliveries: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -20,9 +20,18 @@ from receiver.events import TERMINAL, Job, JobError, JobStatus, new_job_id
 from receiver.generation import KlingRequest
 from receiver.metrics import Metrics
 from receiver.providers import registry
-from receiver.providers.base import ProviderClient, ProviderError, ProviderStatus
-from receiver.providers.ratelimit import LocalBudget, RateBudget
+from receiver.providers.base import (
+    NotSent,
+    ProviderClient,
+    ProviderError,
+    ProviderStatus,
+    ProviderUnavailable,
+    RateLimited,
+    UnexpectedResponse,
+)
+from receiver.providers.ratelimit import BudgetBusy, LocalBudget, RateBudget
 from receiver.providers.registry import UnknownProvider
+from receiver.schedule import retry_delay
 from receiver.signing import TokenError, WebhookSigner
 from receiver.store import HandlerRoute, Recorded, Store, Update, open_store
 
@@ -30,6 +39,9 @@ if TYPE_CHECKING:
     from receiver.worker import Worker
 
 log = structlog.get_logger()
+
+SUBMIT_RETRY_BASE = 1.0  # backoff of a submit refused with 429 and no Retry-After
+SUBMIT_RETRY_MAX = 60.0
 
 SECRET_KEYS = ("webhook_url", "secret", "token", "password", "api_key")
 
@@ -164,40 +176,75 @@ class Receiver:
             self._wake()
 
     async def submit(self, provider: str, request: KlingRequest) -> Job:
-        """Record the job, then submit it. A refused job ends `failed` (its handlers hear of it) and the
-        provider's error is raised; a parameter the provider cannot take is refused before anything."""
+        """Record the job, then submit it. A submit the rate budget holds back, or the provider refuses
+        with 429, is `queued` for the worker; a refused job ends `failed` (its handlers hear of it) and
+        the provider's error is raised; a parameter the provider cannot take is refused before anything."""
         client = self.client(provider)
         client.check(request)
         spec = registry.get(provider)
-        webhook_signer = self.signer if spec.sends_webhooks else None
         now = self.clock()
+        job_id = new_job_id()
         job = Job(
-            id=new_job_id(),
+            id=job_id,
             provider=provider,
             status=JobStatus.PENDING,
             request=request.params(),
             metadata=request.metadata,
             created_at=now,
+            webhook_url=self.signer.url(self.settings.public_url, job_id, provider)
+            if spec.sends_webhooks
+            else None,
         )
-        await self.store.create_job(job, now + timedelta(seconds=self.settings.job_timeout))
-        webhook_url = (
-            webhook_signer.url(self.settings.public_url, job.id, provider) if webhook_signer else None
-        )
+        deadline = now + timedelta(seconds=self.settings.job_timeout)
+        await self.store.create_job(job, deadline, now + timedelta(seconds=self.settings.submit_lease))
+        await self.send(job)
+        return await self.get_job(job.id)
+
+    async def send(self, job: Job) -> bool:
+        """Submit a recorded `pending` job: its first submit, a queued one, or again (the same body and
+        Idempotency-Key) one whose process stopped before the answer. True once the provider took it;
+        False when it is queued for later. A refusal is recorded (the job ends `failed`) and raised."""
+        client = self.client(job.provider)
+        request = KlingRequest(**job.request, metadata=job.metadata)
         try:
-            status = await client.submit(job.id, request, webhook_url)
+            status = await client.submit(job.id, request, job.webhook_url, within=self.settings.submit_wait)
+        except BudgetBusy as exc:
+            await self._queue(job, self.settings.submit_wait if exc.wait is None else exc.wait, job.refusals)
+            return False
+        except RateLimited as exc:
+            refusals = job.refusals + 1
+            wait = exc.retry_after
+            if wait is None:
+                wait = retry_delay(refusals, SUBMIT_RETRY_BASE, SUBMIT_RETRY_MAX)
+            await self._queue(job, wait, refusals)
+            return False
         except ProviderError as exc:
-            log.warning("job.refused", job_id=job.id, provider=provider, error=str(exc))
-            await self.record(job.id, Update(JobStatus.FAILED, error=exc.to_job_error()), via=None)
+            log.warning("job.refused", job_id=job.id, provider=job.provider, error=str(exc))
+            await self.record(
+                job.id, Update(JobStatus.FAILED, error=submit_error(job.provider, exc)), via=None
+            )
             raise
         submitted = self.clock()
+        spec = registry.get(job.provider)
         first_poll = spec.next_poll_at(submitted, submitted, self.settings.expected_seconds)
         await self.store.mark_submitted(job.id, status.provider_job_id, submitted, first_poll)
         if status.status.terminal or status.status is JobStatus.RUNNING:
             await self.record(job.id, update_from(status), via="poll")
-        log.info("job.submitted", job_id=job.id, provider=provider, provider_job_id=status.provider_job_id)
-        stored = await self.store.get_job(job.id)
-        assert stored is not None
-        return stored
+        log.info(
+            "job.submitted", job_id=job.id, provider=job.provider, provider_job_id=status.provider_job_id
+        )
+        return True
+
+    async def _queue(self, job: Job, wait: float, refusals: int) -> None:
+        await self.store.queue_job(job.id, self.clock() + timedelta(seconds=wait), refusals)
+        log.info("job.queued", job_id=job.id, provider=job.provider, wait=round(wait, 3), refusals=refusals)
+
+    async def lose(self, job: Job) -> Recorded:
+        """A job whose submit lost its answer, at a provider that cannot take it twice, ends `failed`."""
+        log.warning("job.submit_unknown", job_id=job.id, provider=job.provider)
+        return await self.record(
+            job.id, Update(JobStatus.FAILED, error=submit_unknown(job.provider)), via=None
+        )
 
     async def time_out(self, job_id: str) -> Recorded:
         seconds = self.settings.job_timeout
@@ -269,6 +316,29 @@ class Receiver:
         """The Prometheus text: the store's counts read now, plus this process's counters."""
         counts = await self.store.counts()
         return self.metrics.render(await self.store.job_counts(), counts["deliveries"])
+
+
+def submit_unknown(provider: str) -> JobError:
+    return JobError(
+        code="submit_unknown",
+        message=(
+            f"the answer to the submit was lost, so whether {provider} started a run is unknown; "
+            f"{provider} has no idempotency key, so the job is not sent again (look for a run at {provider})"
+        ),
+    )
+
+
+def submit_error(provider: str, exc: ProviderError) -> JobError:
+    """What a refused submit records. A submit sent without an answer, to a provider that cannot take
+    it twice, may have made a run: `submit_unknown`, not a refusal."""
+    lost = (
+        isinstance(exc, ProviderUnavailable)
+        and not isinstance(exc, NotSent | UnexpectedResponse)
+        and exc.status_code is None
+    )
+    if lost and not registry.get(provider).idempotent_submit:
+        return submit_unknown(provider)
+    return exc.to_job_error()
 
 
 def update_from(status: ProviderStatus) -> Update:

@@ -13,6 +13,7 @@ import structlog
 
 from handlers import HandlerSpec, PermanentError, RetryLater
 from receiver.config import SettingsError
+from receiver.events import Job, JobStatus
 from receiver.logs import mask
 from receiver.providers import registry
 from receiver.providers.base import ProviderError
@@ -42,6 +43,7 @@ class Worker:
         """One round: time out overdue jobs, poll due ones, then dispatch until nothing is due."""
         counts: Counter[str] = Counter()
         await self._expire(counts)
+        await self._submit(counts)
         await self._poll(counts)
         return _summary(counts, Counter(await self.dispatch()))
 
@@ -72,6 +74,29 @@ class Worker:
         for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):
             if (await self.receiver.time_out(job_id)).terminal:
                 counts["timed_out"] += 1
+
+    async def _submit(self, counts: Counter[str]) -> None:
+        """Send due queued jobs, ahead of polls; resubmit (same body and key) or give up on `pending`
+        jobs whose submitting process stopped before the answer."""
+        receiver = self.receiver
+        store, lease = receiver.store, receiver.settings.submit_lease
+        lost = await store.claim_submits(JobStatus.PENDING, receiver.clock(), POLL_BATCH, lease)
+        queued = await store.claim_submits(JobStatus.QUEUED, receiver.clock(), POLL_BATCH, lease)
+
+        async def send(job: Job, orphan: bool) -> None:
+            try:
+                if orphan and not registry.get(job.provider).idempotent_submit:
+                    if (await receiver.lose(job)).terminal:
+                        counts["lost"] += 1
+                    return
+                if orphan:
+                    log.info("job.resubmit", job_id=job.id, provider=job.provider)
+                counts["submitted" if await receiver.send(job) else "queued"] += 1
+            except (ProviderError, SettingsError) as exc:
+                log.warning("submit.failed", job_id=job.id, provider=job.provider, error=str(exc))
+
+        sends: list[Awaitable[None]] = [send(job, orphan=True) for job in lost]
+        await _bounded(sends + [send(job, orphan=False) for job in queued])
 
     async def _poll(self, counts: Counter[str]) -> None:
         receiver = self.receiver
@@ -158,7 +183,8 @@ def _summary(*counts: Counter[str]) -> dict[str, int]:
     total: Counter[str] = Counter()
     for c in counts:
         total.update(c)
-    return {key: total[key] for key in ("polled", "completed", "timed_out", "delivered", "retried", "dead")}
+    keys = ("submitted", "queued", "lost", "polled", "completed", "timed_out", "delivered", "retried", "dead")
+    return {key: total[key] for key in keys}
 
 
 def _backoff(spec: HandlerSpec, attempt: int) -> float:

@@ -219,14 +219,21 @@ class ApiframeClient:
         check(request)
 
     async def submit(
-        self, job_id: str, request: KlingRequest, webhook_url: str | None = None
+        self,
+        job_id: str,
+        request: KlingRequest,
+        webhook_url: str | None = None,
+        *,
+        within: float | None = None,
     ) -> ProviderStatus:
         check(request)
         body = build_body(request, webhook_url, self.webhook_field)
         headers = {"Idempotency-Key": idempotency_key(job_id)}
 
         async def call(attempt: int) -> dict[str, Any]:
-            return await self._http.request("POST", SUBMIT_PATH, body=body, headers=headers, attempt=attempt)
+            return await self._http.request(
+                "POST", SUBMIT_PATH, body=body, headers=headers, attempt=attempt, within=within
+            )
 
         data = await self._http.retrying(call, on=self._on)
         status = map_status({"status": "QUEUED", **data})

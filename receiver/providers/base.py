@@ -196,9 +196,15 @@ class ProviderClient(Protocol):
         """Raise UnsupportedParameter for a parameter this provider cannot take."""
 
     async def submit(
-        self, job_id: str, request: KlingRequest, webhook_url: str | None = None
+        self,
+        job_id: str,
+        request: KlingRequest,
+        webhook_url: str | None = None,
+        *,
+        within: float | None = None,
     ) -> ProviderStatus:
-        """Create the job; `job_id` is the local id (Apiframe derives its Idempotency-Key from it)."""
+        """Create the job; `job_id` is the local id (Apiframe derives its Idempotency-Key from it). With
+        `within`, raise ratelimit.BudgetBusy rather than wait longer than that for the rate budget."""
 
     async def get_status(self, provider_job_id: str) -> ProviderStatus:
         """Read the job's current status."""

@@ -183,10 +183,12 @@ class ProviderHTTP:
         headers: Mapping[str, str] | None = None,
         attempt: int = 1,
         provider_job_id: str | None = None,
+        within: float | None = None,
     ) -> dict[str, Any]:
-        """One HTTP request (inside the budget when there is one); the answer's JSON object."""
+        """One HTTP request (inside the budget when there is one); the answer's JSON object. With
+        `within`, ratelimit.BudgetBusy when the budget has no slot within that many seconds."""
         fields = {"provider": self.provider, "attempt": attempt, "provider_job_id": provider_job_id}
-        slot = nullcontext() if self.budget is None else self.budget.slot(self.budget_key)
+        slot = nullcontext() if self.budget is None else self.budget.slot(self.budget_key, within=within)
         try:
             async with slot:
                 response = await self._client.request(method, path, json=body, headers=headers)

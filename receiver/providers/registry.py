@@ -50,6 +50,9 @@ class Provider:
     base_url: Callable[[Settings], str]
     poll_plan: schedule.PollPlan
     spends_budget: bool = False
+    # The same submit sent twice makes one job (an idempotency key): a submit whose answer was lost
+    # may be sent again.
+    idempotent_submit: bool = False
     client_options: Callable[[Settings], dict[str, Any]] = _no_options
     verify_webhook: Callable[[Settings, Mapping[str, str], bytes], bool] = _unsigned
     read_webhook: Callable[[dict[str, Any]], ProviderStatus | None] = _confirm_by_poll
@@ -90,6 +93,7 @@ REGISTRY: Mapping[str, Provider] = {
         client_options=apiframe.client_options,
         verify_webhook=apiframe.signature_ok,
         read_webhook=apiframe.read_webhook,
+        idempotent_submit=True,
     ),
     runbase.PROVIDER: Provider(
         name=runbase.PROVIDER,

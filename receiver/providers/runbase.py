@@ -159,14 +159,19 @@ class RunbaseClient:
         check(request)
 
     async def submit(
-        self, job_id: str, request: KlingRequest, webhook_url: str | None = None
+        self,
+        job_id: str,
+        request: KlingRequest,
+        webhook_url: str | None = None,
+        *,
+        within: float | None = None,
     ) -> ProviderStatus:
         """Create a run; `webhook_url` is ignored (Runbase has no webhooks)."""
         check(request)
         body = build_body(request)
 
         async def call(attempt: int) -> dict[str, Any]:
-            return await self._http.request("POST", RUNS_PATH, body=body, attempt=attempt)
+            return await self._http.request("POST", RUNS_PATH, body=body, attempt=attempt, within=within)
 
         data = await self._http.retrying(call, on=not_sent)
         status = map_status({"status": "pending", **data})

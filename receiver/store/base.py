@@ -61,7 +61,17 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create_job(self, job: Job, deadline: datetime) -> None: ...
+    async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> None:
+        """Insert a new job; one without a provider job id is looked at again at `look_at`."""
+
+    async def queue_job(self, job_id: str, at: datetime, refusals: int) -> None:
+        """A `pending` job whose submit was held back or refused becomes `queued`, sent at `at`."""
+
+    async def claim_submits(
+        self, status: JobStatus, now: datetime, limit: int, lease_seconds: float
+    ) -> list[Job]:
+        """Due jobs in `status` (`queued`, or `pending` past their lease) with no provider job id, made
+        `pending` with a new lease, in one statement."""
 
     async def mark_submitted(
         self, job_id: str, provider_job_id: str, at: datetime, next_poll_at: datetime | None

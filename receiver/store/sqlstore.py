@@ -48,7 +48,7 @@ class SQLStore:
     async def close(self) -> None:
         await self.connector.close()
 
-    async def create_job(self, job: Job, deadline: datetime) -> None:
+    async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> None:
         async def work(tx: Transaction) -> None:
             await tx.execute(
                 *self._q(
@@ -62,6 +62,8 @@ class SQLStore:
                     metadata=job.metadata,
                     created_at=job.created_at,
                     deadline_at=deadline,
+                    next_poll_at=look_at,
+                    webhook_url=job.webhook_url,
                 )
             )
 
@@ -78,6 +80,16 @@ class SQLStore:
             next_poll_at=next_poll_at,
         )
         await self._execute(*query)
+
+    async def queue_job(self, job_id: str, at: datetime, refusals: int) -> None:
+        await self._execute(*self._q("queue_job", id=job_id, at=at, refusals=refusals))
+
+    async def claim_submits(
+        self, status: JobStatus, now: datetime, limit: int, lease_seconds: float
+    ) -> list[Job]:
+        lease = now + timedelta(seconds=lease_seconds)
+        query = self._q("claim_submits", status=str(status), now=now, lease=lease, limit=limit)
+        return [_job(row) for row in await self._write(query)]
 
     async def record(
         self, job_id: str, update: Update, via: str | None, now: datetime, routes: Matcher
@@ -272,6 +284,8 @@ def _job(row: Row) -> Job:
         event_id=row["event_id"],
         deadline_at=_time(row["deadline_at"]),
         poll_count=row["poll_count"],
+        webhook_url=row["webhook_url"],
+        refusals=row["refusals"],
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from receiver.events import TERMINAL, Delivery, DeliveryStatus, Job, JobStatus, make_event, new_event_id
 from receiver.store.base import HandlerRoute, Matcher, Recorded, Update
 
-_RANK = {JobStatus.PENDING: 0, JobStatus.SUBMITTED: 1, JobStatus.RUNNING: 2}
+_RANK = {JobStatus.PENDING: 0, JobStatus.QUEUED: 0, JobStatus.SUBMITTED: 1, JobStatus.RUNNING: 2}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,23 @@ WITH candidate AS (
 )
 SELECT * FROM claimed ORDER BY next_poll_at, seq
 
+-- name: claim_submits
+-- Due jobs in `status` that have no provider job id, made `pending` again with the next look at `lease`
+-- (a submit that outlives it lost its process), in one statement: `queued` ones to send, `pending`
+-- ones whose submit lost its process.
+WITH candidate AS (
+    SELECT id FROM receiver_jobs
+    WHERE completed_at IS NULL AND status = :status AND provider_job_id IS NULL
+      AND next_poll_at IS NOT NULL AND next_poll_at <= :now
+    ORDER BY next_poll_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE receiver_jobs AS j SET status = 'pending', next_poll_at = :lease
+    FROM candidate WHERE j.id = candidate.id
+    RETURNING j.*
+)
+SELECT * FROM claimed ORDER BY created_at, seq
+
 -- name: claim_deliveries
 -- Due deliveries whose `after` handlers have finished, leased in one statement, with the job's event and
 -- the reports of those handlers (read from the statement's snapshot: it changes only leases).
@@ -115,3 +132,8 @@ CREATE INDEX receiver_deliveries_dead ON receiver_deliveries (seq) WHERE status 
 ALTER TABLE receiver_deliveries ALTER COLUMN after DROP DEFAULT;
 ALTER TABLE receiver_deliveries ALTER COLUMN after TYPE jsonb USING to_jsonb(after);
 ALTER TABLE receiver_deliveries ALTER COLUMN after SET DEFAULT '[]';
+
+-- name: migration_3
+-- What a resubmit needs (the webhook URL as sent) and the 429 count of a queued submit's backoff.
+ALTER TABLE receiver_jobs ADD COLUMN webhook_url text;
+ALTER TABLE receiver_jobs ADD COLUMN refusals integer NOT NULL DEFAULT 0;

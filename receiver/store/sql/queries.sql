@@ -4,9 +4,17 @@
 -- `seq` is insertion order (an identity on PostgreSQL, the rowid copied by a trigger on SQLite).
 
 -- name: insert_job
+-- A job without a provider job id is looked at again at `next_poll_at`: a `pending` one there has lost
+-- the process that was submitting it (see claim_submits).
 INSERT INTO receiver_jobs (id, provider, provider_job_id, model, status, request, metadata, created_at,
-    deadline_at)
-VALUES (:id, :provider, :provider_job_id, :model, :status, :request, :metadata, :created_at, :deadline_at)
+    deadline_at, next_poll_at, webhook_url)
+VALUES (:id, :provider, :provider_job_id, :model, :status, :request, :metadata, :created_at, :deadline_at,
+    :next_poll_at, :webhook_url)
+
+-- name: queue_job
+-- The submit was held back (rate budget) or refused with 429: the worker sends it at `at`.
+UPDATE receiver_jobs SET status = 'queued', next_poll_at = :at, refusals = :refusals
+WHERE id = :id AND completed_at IS NULL AND status = 'pending'
 
 -- name: mark_submitted
 -- A job an early webhook already ended keeps its status and gets no poll. NULLIF(x, x) is a NULL of the

@@ -13,6 +13,19 @@ WHERE id IN (
 )
 RETURNING *
 
+-- name: claim_submits
+-- Due jobs in `status` that have no provider job id, made `pending` again with the next look at `lease`
+-- (a submit that outlives it lost its process), in one statement: `queued` ones to send, `pending`
+-- ones whose submit lost its process.
+UPDATE receiver_jobs SET status = 'pending', next_poll_at = :lease
+WHERE id IN (
+    SELECT id FROM receiver_jobs
+    WHERE completed_at IS NULL AND status = :status AND provider_job_id IS NULL
+      AND next_poll_at IS NOT NULL AND next_poll_at <= :now
+    ORDER BY next_poll_at LIMIT :limit
+)
+RETURNING *
+
 -- name: claim_deliveries
 -- Due deliveries whose `after` handlers have finished, leased in one statement, with the job's event and
 -- the reports of those handlers.
@@ -167,3 +180,8 @@ CREATE INDEX receiver_deliveries_due ON receiver_deliveries (next_attempt_at)
     WHERE status IN ('pending', 'retrying');
 CREATE INDEX receiver_deliveries_dead ON receiver_deliveries (seq) WHERE status = 'dead';
 PRAGMA user_version = 2;
+
+-- name: migration_3
+-- What a resubmit needs (the webhook URL as sent) and the 429 count of a queued submit's backoff.
+ALTER TABLE receiver_jobs ADD COLUMN webhook_url TEXT;
+ALTER TABLE receiver_jobs ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
