@@ -197,12 +197,14 @@ class ApiframeEmulator(Emulator):
 
     Webhook modes: deliver (once), drop (never), duplicate (final webhook twice), delay (final webhook
     `webhook_delay` s late), early (the job completes at once and its final webhook is answered before
-    the submit is). A failed job's credits come back when its failure is first observed.
+    the submit is). A failed job's credits come back when its failure is first observed. `submit_hold`
+    answers a submit that many seconds after it made the job. The request log carries each request's
+    `Idempotency-Key`.
     """
 
     knobs = (
         "api_key", "delay", "failure_rate", "webhook", "webhook_delay", "progress_webhooks",
-        "webhook_field", "result_shape", "credits", "credit_cost", "expire_after", "seed",
+        "webhook_field", "result_shape", "credits", "credit_cost", "expire_after", "submit_hold", "seed",
     )  # fmt: skip
     middleware = (Middleware(RequestIdMiddleware),)
 
@@ -220,6 +222,7 @@ class ApiframeEmulator(Emulator):
         credits: float = 1000.0,
         credit_cost: float = 10.0,
         expire_after: float = 24 * 3600.0,
+        submit_hold: float = 0.0,
         seed: int | None = None,
         clock: Clock = system_clock,
     ) -> None:
@@ -234,6 +237,7 @@ class ApiframeEmulator(Emulator):
         self.credits = credits
         self.credit_cost = credit_cost
         self.expire_after = expire_after
+        self.submit_hold = submit_hold
         self.validate()
         self.webhooks_sent: list[dict[str, Any]] = []
         self.jobs: dict[str, ApiframeJob] = {}
@@ -256,6 +260,7 @@ class ApiframeEmulator(Emulator):
         check_number("credits", self.credits, 0)
         check_number("credit_cost", self.credit_cost, 0)
         check_number("expire_after", self.expire_after, 0)
+        check_number("submit_hold", self.submit_hold, 0)
 
     def api_routes(self) -> list[BaseRoute]:
         return [
@@ -266,11 +271,14 @@ class ApiframeEmulator(Emulator):
     def control_routes(self) -> list[BaseRoute]:
         return [Route("/_emulator/webhooks", self._webhooks)]
 
-    def inject(self, status: int, count: int = 1, retry_after: float | None = None) -> None:
-        """The next `count` API requests answer `status` with its documented body."""
+    def inject(
+        self, status: int, count: int = 1, retry_after: float | None = None, *, seconds: float | None = None
+    ) -> None:
+        """The next `count` API requests (or, with `seconds`, every API request for that long) answer
+        `status` with its documented body."""
         if retry_after is not None:
             check_number("retry_after", retry_after, 0)
-        self._queue(Injection(status=status, remaining=count, retry_after=retry_after))
+        self._queue(Injection(status=status, remaining=count, retry_after=retry_after), seconds)
 
     def error_response(self, injection: Injection) -> Response:
         status = injection.status
@@ -285,6 +293,12 @@ class ApiframeEmulator(Emulator):
             wait = 1 if injection.retry_after is None else injection.retry_after
             response.headers["Retry-After"] = format(wait, "g")
         return response
+
+    def log_entry(self, request: Request, status: int) -> dict[str, Any]:
+        entry = super().log_entry(request, status)
+        if request.method == "POST":
+            entry["idempotency_key"] = request.headers.get("idempotency-key")
+        return entry
 
     def file_available(self, name: str) -> bool:
         job = self.jobs.get(name)
@@ -338,6 +352,9 @@ class ApiframeEmulator(Emulator):
             await self._send_final(job)
         elif job.webhook_url:
             self._start(self._follow(job))
+        if self.submit_hold:
+            # The job exists and its key is spent; the answer is late (a lost answer, when the caller dies).
+            await self.clock.sleep(self.submit_hold)
         return JSONResponse(answer, status_code=202)
 
     def _replay(self, key: str, idempotency_key: str, fingerprint: str) -> Response | None:

@@ -37,12 +37,14 @@ class BadRequestBody(ValueError):
 
 @dataclass
 class Injection:
-    """An error status the next `remaining` API requests answer with."""
+    """An error status the next `remaining` API requests answer with; with `until` (a reading of the
+    emulator's clock), every API request answers it until then instead (a storm)."""
 
     status: int
     remaining: int
     retry_after: float | None = None
     code: str | None = None
+    until: float | None = None
 
 
 def key_digest(key: str) -> str:
@@ -227,23 +229,32 @@ class Emulator:
         settings["api_key_set"] = getattr(self, "api_key", None) is not None
         return settings
 
-    def _queue(self, injection: Injection) -> None:
+    def _queue(self, injection: Injection, seconds: float | None = None) -> None:
+        """Queue an injection; with `seconds`, it answers every request for that long from now."""
         if not 400 <= injection.status <= 599:
             raise ValueError("status must be an HTTP error status, 400 to 599")
         if injection.remaining < 1:
             raise ValueError("count must be at least 1")
+        if seconds is not None:
+            check_number("seconds", seconds, 0)
+            injection.until = self.clock.monotonic() + seconds
         with self._lock:
             self._injections.append(injection)
 
     def _take_injection(self) -> Injection | None:
         with self._lock:
-            if not self._injections:
-                return None
-            injection = self._injections[0]
-            injection.remaining -= 1
-            if injection.remaining == 0:
-                self._injections.popleft()
-            return injection
+            while self._injections:
+                injection = self._injections[0]
+                if injection.until is not None:
+                    if self.clock.monotonic() < injection.until:
+                        return injection
+                    self._injections.popleft()
+                    continue
+                injection.remaining -= 1
+                if injection.remaining == 0:
+                    self._injections.popleft()
+                return injection
+            return None
 
     def api(self, endpoint: Endpoint) -> Endpoint:
         """Wrap an API endpoint: an injected error wins over it, and every answer is logged."""
@@ -295,8 +306,8 @@ class Emulator:
                 return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(self.config())
 
-    def inject(self, status: int, count: int = 1) -> None:
-        self._queue(Injection(status=status, remaining=count))
+    def inject(self, status: int, count: int = 1, *, seconds: float | None = None) -> None:
+        self._queue(Injection(status=status, remaining=count), seconds)
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:

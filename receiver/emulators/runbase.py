@@ -179,9 +179,12 @@ class RunbaseEmulator(Emulator):
             Route("/api/v1/runs/{run_id}", self.api(self._get_run)),
         ]
 
-    def inject(self, status: int, count: int = 1, code: str | None = None) -> None:
-        """The next `count` API requests answer `status` with `code` (default: the status's usual code)."""
-        self._queue(Injection(status=status, remaining=count, code=code))
+    def inject(
+        self, status: int, count: int = 1, code: str | None = None, *, seconds: float | None = None
+    ) -> None:
+        """The next `count` API requests (or, with `seconds`, every API request for that long) answer
+        `status` with `code` (default: the status's usual code)."""
+        self._queue(Injection(status=status, remaining=count, code=code), seconds)
 
     def error_response(self, injection: Injection) -> Response:
         default_code, message = DEFAULT_CODES.get(injection.status, ("error", "Request failed"))

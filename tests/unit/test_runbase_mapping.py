@@ -188,7 +188,7 @@ class RecordingBudget:
         self.penalties: list[tuple[str, float]] = []
 
     @contextlib.asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
+    async def slot(self, key: str, *, within: float | None = None) -> AsyncIterator[None]:
         self.acquired.append(key)
         yield
 
