@@ -211,6 +211,8 @@ async def follow(receiver: Receiver, job: Job) -> Job:
             transient=True,
         ) as progress:
             bar = progress.add_task(f"{job.id} {job.status}", total=100)
+            if job.status is JobStatus.QUEUED:
+                console.print(f"{job.id} queued: sent to {job.provider} when its rate budget allows")
             while True:
                 job = await receiver.get_job(job.id)
                 progress.update(bar, completed=job.progress or 0, description=f"{job.id} {job.status}")
