@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -318,6 +319,32 @@ def test_idempotency_keys_belong_to_one_api_key(serve):
     first = client.post("/v2/videos/generate", json=GOOD, headers={"X-API-Key": "a", "Idempotency-Key": "k"})
     other = client.post("/v2/videos/generate", json=GOOD, headers={"X-API-Key": "b", "Idempotency-Key": "k"})
     assert first.json()["jobId"] != other.json()["jobId"]
+
+
+def test_an_idempotency_key_is_kept_for_24_hours(start):
+    emulator, client = start(delay=30)
+    first = submit(client, **{"Idempotency-Key": "job_1"}).json()
+    emulator.clock.advance(24 * 3600 - 1)
+    assert submit(client, **{"Idempotency-Key": "job_1"}).json() == first
+    emulator.clock.advance(2)
+    assert submit(client, **{"Idempotency-Key": "job_1"}).json()["jobId"] != first["jobId"]
+    assert len(emulator.jobs) == 2
+
+
+def test_a_held_submit_answer_comes_late_but_its_job_and_key_exist_at_once(start, wait):
+    emulator, client = start(delay=30, submit_hold=60)
+    late: list[httpx.Response] = []
+    held = threading.Thread(target=lambda: late.append(submit(client, **{"Idempotency-Key": "job_1"})))
+    held.start()
+    (made,) = wait(lambda: list(emulator.jobs.values()))
+    again = submit(client, **{"Idempotency-Key": "job_1"})  # a resubmit is answered from the key at once
+    assert (again.status_code, again.json()["jobId"]) == (202, made.id)
+    assert not late
+    emulator.clock.advance(60)
+    held.join(timeout=10)
+    assert (late[0].status_code, late[0].json()["jobId"]) == (202, made.id)
+    assert [(r["status"], r["idempotency_key"]) for r in emulator.requests] == [(202, "job_1")] * 2
+    assert len(emulator.jobs) == 1
 
 
 # -- webhooks ----------------------------------------------------------------------------------------

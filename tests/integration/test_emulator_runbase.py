@@ -301,6 +301,18 @@ def test_inject_count_and_code(shared):
     assert answers == [(429, "USAGE_EXCEEDED"), (429, "USAGE_EXCEEDED"), (404, "run_not_found")]
 
 
+def test_inject_for_a_stretch_of_time(start):
+    emulator, client = start()
+    assert client.post("/_emulator/inject", json={"status": 429, "seconds": 30}).status_code == 200
+    answers = [error_of(submit(client)) for _ in range(3)]
+    emulator.clock.advance(29.9)
+    answers.append(error_of(client.get("/api/v1/runs/run_x")))
+    assert answers == [(429, "RATE_LIMITED")] * 4
+    emulator.clock.advance(0.1)
+    assert submit(client).status_code == 201
+    assert client.post("/_emulator/inject", json={"status": 429, "seconds": -1}).status_code == 400
+
+
 def test_control_routes(start):
     emulator, client = start(delay=30)
     assert client.post("/_emulator/inject", json={"status": 500, "code": "boom"}).status_code == 200
