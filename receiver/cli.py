@@ -189,6 +189,11 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             Console().print(job_table(job))
         else:
             print(job.id)
+        if job.status is JobStatus.QUEUED:
+            print(
+                f"{job.id} queued: a worker (serve, worker or tick) sends it when the budget allows",
+                file=sys.stderr,
+            )
         return 0 if not args.wait or job.status == "succeeded" else 1
 
     return await _with_receiver(settings, run)

@@ -61,3 +61,12 @@ def test_submit_wait_shows_a_job_refused_with_429_queued_then_follows_it_to_the_
     assert job["status"] == "succeeded"
     assert [r["status"] for r in world.runbase.requests if r["method"] == "POST"] == [429, 201]
     assert len(world.inbox.wait_for(1)) == 1
+
+
+def test_submit_without_wait_says_who_sends_a_queued_job(world: World) -> None:
+    world.runbase.inject(429)
+    done = world.run("submit", "--provider", "runbase", "--prompt", "lamp")
+    job_id = done.stdout.strip()
+
+    assert f"{job_id} queued: a worker (serve, worker or tick) sends it" in done.stderr
+    assert world.show(job_id)["status"] == "queued"
