@@ -120,7 +120,7 @@ class Receiver:
     def signer(self) -> WebhookSigner:
         if self._signer is None:
             s = self.settings
-            self._signer = WebhookSigner(s.require_secret(), s.old_secrets, s.token_max_age)
+            self._signer = WebhookSigner(s.require_secret(), s.old_secrets, s.token_max_age, clock=self.clock)
         return self._signer
 
     @property

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+
+from receiver.clock import Clock, system_clock
 
 _SALT = "receiver.webhook.v1"
 
@@ -34,9 +36,18 @@ class TokenClaims:
 class WebhookSigner:
     """Signs with the current secret; verifies with it and with every old secret (rotation)."""
 
-    def __init__(self, secret: str, old_secrets: tuple[str, ...] = (), max_age: float = 172800.0) -> None:
+    def __init__(
+        self,
+        secret: str,
+        old_secrets: tuple[str, ...] = (),
+        max_age: float = 172800.0,
+        *,
+        clock: Clock = system_clock,
+    ) -> None:
         # itsdangerous signs with the last key and verifies with all of them.
-        self._serializer = URLSafeTimedSerializer([*old_secrets, secret], salt=_SALT)
+        self._serializer = URLSafeTimedSerializer(
+            [*old_secrets, secret], salt=_SALT, signer=_clock_signer(clock)
+        )
         self.max_age = max_age
 
     def token(self, job_id: str, provider: str) -> str:
@@ -61,3 +72,13 @@ class WebhookSigner:
         if data["p"] != provider:
             raise TokenMismatch("webhook token belongs to another provider")
         return TokenClaims(job_id=data["j"], provider=data["p"])
+
+
+def _clock_signer(clock: Clock) -> type[TimestampSigner]:
+    """itsdangerous's signer with its stamp and age read from `clock` instead of `time.time()`."""
+
+    class ClockSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock().timestamp())
+
+    return ClockSigner

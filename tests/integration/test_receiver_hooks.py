@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
+from datetime import timedelta
 from pathlib import Path
-from unittest import mock
 
 import httpx
 import pytest
 
+from receiver.clock import VirtualClock
 from receiver.signing import WebhookSigner
 from tests.support.stack import SECRET, apiframe_body, apiframe_signature, receiver_stack
 
@@ -24,8 +24,8 @@ def test_bad_tokens_and_signatures_get_401_and_cause_no_delivery(tmp_path: Path,
         body = apiframe_body(job["provider_job_id"])
         signed = {"X-Webhook-Signature": apiframe_signature(body)}
         good = stack.hook_url(job["id"])
-        with mock.patch("itsdangerous.timed.time.time", return_value=time.time() - 3 * 86400):
-            expired = stack.hook_url(job["id"])
+        three_days_ago = VirtualClock(stack.clock() - timedelta(days=3))
+        expired = WebhookSigner(SECRET, clock=three_days_ago).url(stack.url, job["id"], "apiframe")
         cases = {
             "tampered": good[:-3] + ("aaa" if not good.endswith("aaa") else "bbb"),
             "expired": expired,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from unittest.mock import patch
-
 import pytest
 
+from receiver.clock import VirtualClock
 from receiver.signing import (
     TokenClaims,
     TokenError,
@@ -20,10 +18,13 @@ SECRET = "current-secret-0123456789"
 OLD = "old-secret-abcdefghij"
 
 
-def _token_made_at(signer: WebhookSigner, moment: float, job_id: str = "job_1") -> str:
-    """itsdangerous stamps tokens with time.time(): the one seam for an old token."""
-    with patch("itsdangerous.timed.time.time", return_value=moment):
-        return signer.token(job_id, "apiframe")
+def _aged_token(max_age: float, age: float) -> tuple[WebhookSigner, str]:
+    """A signer on a virtual clock and a token it made `age` seconds ago."""
+    clock = VirtualClock()
+    signer = WebhookSigner(SECRET, max_age=max_age, clock=clock)
+    token = signer.token("job_1", "apiframe")
+    clock.advance(age)
+    return signer, token
 
 
 def _refusal(signer: WebhookSigner, token: str, provider: str = "apiframe") -> TokenError:
@@ -93,22 +94,19 @@ def test_garbage_is_invalid(garbage: str) -> None:
 
 
 def test_token_older_than_max_age_is_expired() -> None:
-    signer = WebhookSigner(SECRET, max_age=3600)
-    token = _token_made_at(signer, time.time() - 3601 - 5)
+    signer, token = _aged_token(3600, 3601)
     error = _refusal(signer, token)
     assert isinstance(error, TokenExpired)
     _assert_discreet(error, SECRET, token)
 
 
 def test_token_within_max_age_still_verifies() -> None:
-    signer = WebhookSigner(SECRET, max_age=3600)
-    token = _token_made_at(signer, time.time() - 3000)
+    signer, token = _aged_token(3600, 3600)
     assert signer.verify(token, "apiframe").job_id == "job_1"
 
 
 def test_zero_max_age_expires_a_token_made_seconds_ago() -> None:
-    signer = WebhookSigner(SECRET, max_age=0)
-    token = _token_made_at(signer, time.time() - 2)
+    signer, token = _aged_token(0, 1)
     assert isinstance(_refusal(signer, token), TokenExpired)
 
 
