@@ -71,6 +71,9 @@ class PostgresConnector:
             max_size=POOL_MAX,
             open=False,
             name="receiver-store",
+            # A connection is checked before it is lent: after a server restart every pooled one is
+            # dead, and without the check each would fail one call.
+            check=AsyncConnectionPool.check_connection,
         )
         try:
             async with await AsyncConnection.connect(self.url, **options):
