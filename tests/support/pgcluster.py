@@ -3,6 +3,7 @@ own port, never the machine's shared server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -84,8 +85,6 @@ def private_cluster() -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped by the test
             cluster.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass  # already stopped by the test
         shutil.rmtree(folder, ignore_errors=True)
