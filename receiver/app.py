@@ -48,10 +48,15 @@ def create_app(receiver: Receiver, *, run_worker: bool = True) -> Starlette:
         lifespan=lifespan,
     )
     app.state.receiver = receiver
+    app.state.run_worker = run_worker
     return app
 
 
 async def healthz(request: Request) -> Response:
+    receiver: Receiver = request.app.state.receiver
+    problems = await receiver.health(with_worker=request.app.state.run_worker)
+    if problems:
+        return JSONResponse({"ok": False, "problems": problems}, status_code=503)
     return JSONResponse({"ok": True})
 
 

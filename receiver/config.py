@@ -44,6 +44,8 @@ class Settings:
     # A job still `pending` this long after its submit began lost its process: longer than a provider
     # client can spend on one submit (4 attempts of 30 s plus waits of up to 60 s between them).
     submit_lease: float = 600.0
+    worker_stale_after: float = 120.0
+    store_timeout: float = 5.0
     token_max_age: float = 172800.0
     require_signature: bool = False
     handlers: list[dict[str, Any]] = field(default_factory=list)
@@ -95,6 +97,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         expected_seconds=read.number("RECEIVER_EXPECTED_SECONDS", Settings.expected_seconds),
         submit_wait=read.number("RECEIVER_SUBMIT_WAIT", Settings.submit_wait),
         submit_lease=read.number("RECEIVER_SUBMIT_LEASE", Settings.submit_lease),
+        worker_stale_after=read.number("RECEIVER_WORKER_STALE_AFTER", Settings.worker_stale_after),
+        store_timeout=read.number("RECEIVER_STORE_TIMEOUT", Settings.store_timeout),
         token_max_age=read.number("RECEIVER_TOKEN_MAX_AGE", Settings.token_max_age),
         require_signature=_flag(read.text("RECEIVER_REQUIRE_SIGNATURE"), Settings.require_signature),
         handlers=handlers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from receiver.worker import Worker
 
 log = structlog.get_logger()
+STORE_PING_TIMEOUT = 3.0  # real seconds /healthz waits for the store before calling it unreachable
 
 SUBMIT_RETRY_BASE = 1.0  # backoff of a submit refused with 429 and no Retry-After
 SUBMIT_RETRY_MAX = 60.0
@@ -114,7 +116,9 @@ class Receiver:
         logs.register_secrets(_handler_secrets(settings.handlers))
         tables = settings.handlers or [{"name": "log", "type": "log"}]
         specs = build_handlers(tables, clock=kwargs.get("clock", system_clock))
-        return cls(settings, open_store(settings.database_url), specs, **kwargs)
+        return cls(
+            settings, open_store(settings.database_url, timeout=settings.store_timeout), specs, **kwargs
+        )
 
     @property
     def signer(self) -> WebhookSigner:
@@ -311,6 +315,22 @@ class Receiver:
     async def tick(self) -> dict[str, int]:
         """One round of polling and dispatch."""
         return await self.worker.tick()
+
+    async def health(self, *, with_worker: bool) -> list[str]:
+        """Why this receiver is unhealthy, or nothing. `with_worker`: its worker loop runs in this
+        process and must have finished a round within RECEIVER_WORKER_STALE_AFTER seconds."""
+        problems = []
+        try:
+            async with asyncio.timeout(STORE_PING_TIMEOUT):
+                await self.store.ping()
+        except Exception as exc:  # any failure to answer is the answer; never the URL or a secret
+            problems.append(f"store unreachable ({type(exc).__name__})")
+        if with_worker:
+            last = self.worker.last_round
+            bound = self.settings.worker_stale_after
+            if last is None or self.clock.monotonic() - last > bound:
+                problems.append(f"worker has not finished a round in {bound:g} s")
+        return problems
 
     async def render_metrics(self) -> bytes:
         """The Prometheus text: the store's counts read now, plus this process's counters."""

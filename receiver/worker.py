@@ -28,12 +28,15 @@ POLL_LEASE = 300.0
 DELIVERY_BATCH = 100
 CONCURRENCY = 16
 MAX_IDLE = 1.0  # other processes (CLI submit, replicas) add work this process is not woken for
+MAX_BACKOFF = 30.0  # the longest wait between rounds while the store or a provider fails
 
 
 class Worker:
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
         self._wake = asyncio.Event()
+        # When the last round finished (the receiver's monotonic clock); /healthz reads it.
+        self.last_round: float | None = None
         receiver.on_record(self.wake)
 
     def wake(self) -> None:
@@ -45,7 +48,9 @@ class Worker:
         await self._expire(counts)
         await self._submit(counts)
         await self._poll(counts)
-        return _summary(counts, Counter(await self.dispatch()))
+        summary = _summary(counts, Counter(await self.dispatch()))
+        self.last_round = self.receiver.clock.monotonic()
+        return summary
 
     async def dispatch(self) -> dict[str, int]:
         """Deliver everything due, round after round (a delivery may free one that waits `after` it)."""
@@ -58,17 +63,26 @@ class Worker:
         """Tick, then sleep until the next stored due time, `stop`, or a wake-up. A wake-up (a completion
         was just recorded here) only dispatches; the full round comes when the sleep runs out."""
         woken = False
+        self.last_round = self.receiver.clock.monotonic()  # the first round is due within the bound too
+        failures = 0
         while not stop.is_set():
             self._wake.clear()
             try:
                 await (self.dispatch() if woken else self.tick())
-            except Exception:
-                log.exception("worker.tick_failed")
-            due = await self.receiver.store.next_due()
-            idle = MAX_IDLE
-            if due is not None:
-                idle = min(MAX_IDLE, max(0.0, (due - self.receiver.clock()).total_seconds()))
+                idle = await self._idle()
+                failures = 0
+            except Exception:  # the store or a provider is down: back off and try again, never die
+                failures += 1
+                idle = retry_delay(failures, 1.0, MAX_BACKOFF)
+                log.exception("worker.round_failed", failures=failures, retry_in=round(idle, 1))
             woken = await _first(self._wake, stop, self.receiver.clock.sleep(idle))
+
+    async def _idle(self) -> float:
+        """Seconds to sleep: until the next stored due time, at most MAX_IDLE."""
+        due = await self.receiver.store.next_due()
+        if due is None:
+            return MAX_IDLE
+        return min(MAX_IDLE, max(0.0, (due - self.receiver.clock()).total_seconds()))
 
     async def _expire(self, counts: Counter[str]) -> None:
         for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):

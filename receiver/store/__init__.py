@@ -11,8 +11,11 @@ __all__ = ["DueDelivery", "HandlerRoute", "Matcher", "Recorded", "SQLStore", "St
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_store(url: str) -> Store:
-    """A store for `sqlite:///path.db` or `postgresql://...` (not yet connected: `await store.open()`)."""
+def open_store(url: str, *, timeout: float = 5.0) -> Store:
+    """A store for `sqlite:///path.db` or `postgresql://...` (not yet connected: `await store.open()`).
+
+    `timeout`: seconds a PostgreSQL call waits for a pooled connection before it fails.
+    """
     if url.startswith("sqlite:///") or url == "sqlite://":
         from receiver.store.sqlite import SQLiteConnector
 
@@ -26,7 +29,7 @@ def open_store(url: str) -> Store:
             raise SettingsError(
                 "RECEIVER_DATABASE_URL: postgresql:// needs psycopg (pip install 'kling-receiver[postgres]')"
             ) from None
-        return SQLStore(PostgresConnector.from_url(url))
+        return SQLStore(PostgresConnector.from_url(url, timeout=timeout))
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise SettingsError(
         f"RECEIVER_DATABASE_URL: unsupported store scheme {scheme!r} (use sqlite:///path.db or postgresql://...)"

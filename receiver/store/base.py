@@ -127,6 +127,9 @@ class Store(Protocol):
     async def dead_deliveries(self, limit: int = 1000) -> list[tuple[str, str, int, str | None]]:
         """(job_id, handler, attempts, last_error) of the dead letters."""
 
+    async def ping(self) -> None:
+        """Raise when the store cannot answer (for /healthz)."""
+
     async def next_due(self) -> datetime | None:
         """The earliest stored poll or delivery time: how long the worker may sleep."""
 

@@ -45,12 +45,13 @@ class PostgresTransaction:
 class PostgresConnector:
     dialect: Dialect = "postgres"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = url
+        self.timeout = timeout
         self._pool: AsyncConnectionPool[Connection] | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresConnector:
+    def from_url(cls, url: str, *, timeout: float = 5.0) -> PostgresConnector:
         """Check the URL now (a mistake is a settings error at start-up); the password never shows."""
         logs.register_secrets(_passwords(url))
         try:
@@ -59,7 +60,7 @@ class PostgresConnector:
             raise SettingsError(
                 f"RECEIVER_DATABASE_URL: not a valid PostgreSQL URL ({_safe(url, exc)})"
             ) from None
-        return cls(url)
+        return cls(url, timeout=timeout)
 
     async def open(self) -> None:
         options = _connect_options(self.url)
@@ -69,6 +70,7 @@ class PostgresConnector:
             kwargs={**options, "row_factory": dict_row},
             min_size=POOL_MIN,
             max_size=POOL_MAX,
+            timeout=self.timeout,  # while the server is down a call fails after this, not 30 s
             open=False,
             name="receiver-store",
             # A connection is checked before it is lent: after a server restart every pooled one is

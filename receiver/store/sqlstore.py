@@ -232,6 +232,9 @@ class SQLStore:
         rows = await self._read(self._q("dead_deliveries", limit=limit))
         return [(r["job_id"], r["handler"], r["attempts"], r["last_error"]) for r in rows]
 
+    async def ping(self) -> None:
+        await self._read(self._q("ping"))
+
     async def next_due(self) -> datetime | None:
         rows = await self._read(self._q("next_due"))
         return _time(rows[0]["due"]) if rows else None

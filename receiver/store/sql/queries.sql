@@ -108,3 +108,7 @@ INSERT INTO receiver_schema_version (version) VALUES (:version)
 
 -- name: job_counts
 SELECT provider, status, COUNT(*) AS n FROM receiver_jobs GROUP BY provider, status
+
+-- name: ping
+-- /healthz: the store answers.
+SELECT 1 AS ok;
