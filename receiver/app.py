@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from receiver import admin
 from receiver.hooks import hook
-from receiver.service import Receiver
+from receiver.service import Receiver, StoreUnavailable
 
 
 def create_app(receiver: Receiver, *, run_worker: bool = True) -> Starlette:
@@ -46,10 +46,16 @@ def create_app(receiver: Receiver, *, run_worker: bool = True) -> Starlette:
             Route("/tick", admin.tick, methods=["POST"]),
         ],
         lifespan=lifespan,
+        exception_handlers={StoreUnavailable: store_unavailable},
     )
     app.state.receiver = receiver
     app.state.run_worker = run_worker
     return app
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """The database is restarting or cut off: 503, so a provider or client sends it again later."""
+    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 
 async def healthz(request: Request) -> Response:

@@ -34,7 +34,7 @@ from receiver.providers.ratelimit import BudgetBusy, LocalBudget, RateBudget
 from receiver.providers.registry import UnknownProvider
 from receiver.schedule import retry_delay
 from receiver.signing import TokenError, WebhookSigner
-from receiver.store import HandlerRoute, Recorded, Store, Update, open_store
+from receiver.store import HandlerRoute, Recorded, Store, StoreUnavailable, Update, open_store
 
 if TYPE_CHECKING:
     from receiver.worker import Worker
@@ -52,6 +52,7 @@ __all__ = [
     "NotFinished",
     "Receiver",
     "Replayed",
+    "StoreUnavailable",
     "UnknownProvider",
     "WebhookRefused",
     "update_from",

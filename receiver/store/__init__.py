@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from receiver.config import SettingsError
 from receiver.store.base import DueDelivery, HandlerRoute, Matcher, Recorded, Store, Update
+from receiver.store.connector import StoreUnavailable
 from receiver.store.sqlstore import SQLStore
 
-__all__ = ["DueDelivery", "HandlerRoute", "Matcher", "Recorded", "SQLStore", "Store", "Update", "open_store"]
+__all__ = [
+    "DueDelivery",
+    "HandlerRoute",
+    "Matcher",
+    "Recorded",
+    "SQLStore",
+    "Store",
+    "StoreUnavailable",
+    "Update",
+    "open_store",
+]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 

@@ -24,6 +24,11 @@ class Transaction(Protocol):
 Work = Callable[[Transaction], Coroutine[Any, Any, T]]
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached right now (a restart, a network cut): worth trying again later.
+    The message names the driver's error class only, never the URL."""
+
+
 class Connector(Protocol):
     dialect: Dialect
 

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from receiver import logs
 from receiver.config import SettingsError
-from receiver.store.connector import Row, Work
+from receiver.store.connector import Row, StoreUnavailable, Work
 from receiver.store.queries import Dialect
 
 T = TypeVar("T")
@@ -98,8 +98,11 @@ class PostgresConnector:
     async def run(self, work: Work[T], *, write: bool = True) -> T:
         if self._pool is None:
             raise RuntimeError("store is not open")
-        async with self._pool.connection() as conn, conn.transaction():
-            return await work(PostgresTransaction(conn))
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                return await work(PostgresTransaction(conn))
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
 
 
 def _connect_options(url: str) -> dict[str, Any]:

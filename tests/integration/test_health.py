@@ -41,6 +41,10 @@ def test_a_database_restart_makes_healthz_503_and_the_worker_comes_back(tmp_path
         assert down.status_code == 503
         assert down.json() == {"ok": False, "problems": [down.json()["problems"][0]]}
         assert down.json()["problems"][0].startswith("store unreachable (")
+        # Routes that need the store answer 503 (try again), never 500.
+        jobs = stack.admin.get("/jobs")
+        assert (jobs.status_code, jobs.headers["retry-after"]) == (503, "5")
+        assert jobs.json() == {"error": "PostgreSQL is unavailable (PoolTimeout)"}
         # The worker's rounds fail while the store is down; it backs off on the clock and lives on.
         stack.run_until(lambda: stack.clock.monotonic() > 4)
         stalled = httpx.get(f"{stack.url}/healthz", timeout=30).json()["problems"]
