@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+from receiver.serving import ServerLimits, server_config
+
 
 class _Server(uvicorn.Server):
     """uvicorn's server, told to exit through an event instead of noticing on its 0.1 s tick."""
@@ -64,8 +66,11 @@ class BackgroundServer:
     its own URL is set as `server.app` before `start()`.
     """
 
-    def __init__(self, app: Any = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, app: Any = None, host: str = "127.0.0.1", port: int = 0, *, limits: ServerLimits | None = None
+    ) -> None:
         self.app = app
+        self.limits = limits  # None: uvicorn's defaults; else what `receiver serve` runs with
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that name their protocol.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,8 +85,16 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> BackgroundServer:
-        config = uvicorn.Config(
-            self.app, log_level="warning", lifespan="auto", access_log=False, timeout_graceful_shutdown=2
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "lifespan": "auto",
+            "access_log": False,
+            "timeout_graceful_shutdown": 2,
+        }
+        config = (
+            uvicorn.Config(self.app, **options)
+            if self.limits is None
+            else server_config(self.app, self.limits, **options)
         )
         self._server = server = _Server(config)
         self._thread = thread = threading.Thread(

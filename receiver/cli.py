@@ -117,12 +117,15 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from receiver.app import create_app
+    from receiver.serving import server_config
 
     receiver = Receiver.from_settings(settings)
     receiver.signer  # noqa: B018  # fail now, not at the first webhook, when RECEIVER_SECRET is missing
     app = create_app(receiver, run_worker=not args.no_worker)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
-    return 0
+    config = server_config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 3  # as uvicorn.run: the port taken, say (uvicorn logged why)
 
 
 async def _with_receiver(settings: Settings, fn: Callable[[Receiver], Awaitable[int]]) -> int:
