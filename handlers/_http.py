@@ -113,13 +113,20 @@ class LoopResource(Generic[T]):
 
 
 def http_client(
-    timeout: float, transport: httpx.AsyncBaseTransport | None, *, follow_redirects: bool = False
+    timeout: float,
+    transport: httpx.AsyncBaseTransport | None,
+    *,
+    follow_redirects: bool = False,
+    max_redirects: int = 20,
+    trust_env: bool = True,
 ) -> LoopResource[httpx.AsyncClient]:
     async def open_client(stack: AsyncExitStack) -> httpx.AsyncClient:
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             transport=transport,
             follow_redirects=follow_redirects,
+            max_redirects=max_redirects,
+            trust_env=trust_env,
             headers={"user-agent": "kling-receiver"},
         )
         return await stack.enter_async_context(client)

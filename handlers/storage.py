@@ -32,6 +32,7 @@ from handlers._http import (
     http_client,
     transport_failure,
 )
+from handlers.addresses import AddressRefused, PublicOnlyTransport
 from receiver.clock import Clock, system_clock
 
 logger = structlog.get_logger("handlers.storage")
@@ -41,6 +42,8 @@ PART_SIZE = 8 * 1024 * 1024  # S3 wants parts of at least 5 MiB (but the last)
 DEFAULT_EXT = "mp4"
 _EXT = re.compile(r"^[a-z0-9]{1,8}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+MAX_OUTPUTS = 20  # output URLs per event: a job has one or a few; a report with thousands is hostile
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -295,7 +298,9 @@ _S3_TRANSIENT = frozenset({"RequestTimeout", "SlowDown", "RequestTimeTooSkewed",
 class StorageHandler:
     """Keys: `target` (`/path`, `file:///path`, `s3://bucket/prefix`); optional `endpoint_url` and
     `region` (S3-compatible services; credentials come from the standard AWS chain), `max_bytes` per
-    file, `public_url` (base URL the stored keys are served under), `timeout` (seconds).
+    file, `public_url` (base URL the stored keys are served under), `timeout` (seconds),
+    `allow_private_hosts` (fetch outputs from loopback and private addresses too: off by default, as
+    output URLs come from provider reports; see handlers.addresses).
 
     Succeeded jobs: every output to `{prefix}{job_id}/{n}.{ext}`, then the event to
     `{prefix}{job_id}.json`; failed jobs: the event only. Reports `{"stored_urls", "event_url"}`.
@@ -309,6 +314,7 @@ class StorageHandler:
         max_bytes: int = 2_147_483_648,
         public_url: str | None = None,
         timeout: float = 300.0,
+        allow_private_hosts: bool = False,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock = system_clock,
@@ -329,7 +335,19 @@ class StorageHandler:
             raise ConfigError("key 'timeout': must be a positive number of seconds")
         self.max_bytes = max_bytes
         self.public_url = public_url.rstrip("/") + "/" if public_url else None
-        self._http = http_client(float(timeout), check_transport(transport), follow_redirects=True)
+        if not isinstance(allow_private_hosts, bool):
+            raise ConfigError("key 'allow_private_hosts': must be true or false")
+        transport = check_transport(transport)
+        if transport is None and not allow_private_hosts:
+            transport = PublicOnlyTransport()
+        self._http = http_client(
+            float(timeout),
+            transport,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            # A proxy from the environment would make the connections, out of the address check's sight.
+            trust_env=allow_private_hosts,
+        )
         self._sink: Sink
         if self.target.bucket is not None:
             self._sink = S3Sink(self.target.bucket, endpoint_url, region, float(timeout))
@@ -345,7 +363,10 @@ class StorageHandler:
         prefix = self.target.prefix
         stored: list[str] = []
         if event.get("type") == "job.succeeded":
-            for n, url in enumerate(job.get("output_urls") or []):
+            urls = job.get("output_urls") or []
+            if len(urls) > MAX_OUTPUTS:
+                raise PermanentError(f"event has {len(urls)} output URLs, more than {MAX_OUTPUTS}")
+            for n, url in enumerate(urls):
                 key = await self._copy(str(url), n, prefix, job_id)
                 stored.append(self._url(key))
         body = json.dumps(event, indent=2, ensure_ascii=False).encode() + b"\n"
@@ -379,6 +400,10 @@ class StorageHandler:
                 return key
         except httpx.UnsupportedProtocol:
             raise PermanentError(f"{label}: redirected to a URL that is not http or https") from None
+        except AddressRefused as exc:
+            raise PermanentError(f"{label}: {exc}") from None
+        except httpx.TooManyRedirects:
+            raise PermanentError(f"{label}: more than {MAX_REDIRECTS} redirects") from None
         except httpx.TransportError as exc:
             raise transport_failure(exc, what) from None
 

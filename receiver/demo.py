@@ -95,7 +95,13 @@ def _run(folder: Path, console: Console, *, kept: bool) -> int:
             expected_seconds=EMULATOR_DELAY,
             handlers=[
                 {"name": "log", "type": "log"},
-                {"name": "store-videos", "type": "storage", "target": str(videos)},
+                # The emulators serve the videos from this machine: allow the loopback address.
+                {
+                    "name": "store-videos",
+                    "type": "storage",
+                    "target": str(videos),
+                    "allow_private_hosts": True,
+                },
                 {"name": "events-table", "type": "database", "url": f"sqlite:///{table_db}"},
                 {
                     "name": "forward",

@@ -172,6 +172,11 @@ def bucket(moto_endpoint: str, aws_env: None) -> tuple[Any, str]:
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
+def storage(target: str, **options: Any) -> StorageHandler:
+    """The origins here listen on loopback, which the handler refuses unless told to allow it."""
+    return StorageHandler(target, allow_private_hosts=True, **options)
+
+
 def an_event(
     *urls: str, status: JobStatus = JobStatus.SUCCEEDED, job_id: str = "job_store1"
 ) -> dict[str, Any]:
@@ -197,7 +202,7 @@ def files(folder: Path) -> list[str]:
 
 async def test_copies_outputs_to_a_folder(origin: str, tmp_path: Path) -> None:
     folder = tmp_path / "videos"
-    handler = StorageHandler(f"file://{folder}")
+    handler = storage(f"file://{folder}")
     event = an_event(f"{origin}/v/sample.mp4", f"{origin}/gen/{3 * MIB + 5}/clip.mp4", f"{origin}/blob")
     try:
         report = await handler.handle(event)
@@ -218,7 +223,7 @@ async def test_copies_outputs_to_a_folder(origin: str, tmp_path: Path) -> None:
 async def test_copies_outputs_to_s3(origin: str, bucket: tuple[Any, str], moto_endpoint: str) -> None:
     s3, name = bucket
     size = 11 * MIB + 3  # more than one part: exercises the multipart upload
-    handler = StorageHandler(f"s3://{name}/kling/", endpoint_url=moto_endpoint)
+    handler = storage(f"s3://{name}/kling/", endpoint_url=moto_endpoint)
     event = an_event(f"{origin}/v/sample.mp4", f"{origin}/gen/{size}/clip.mp4")
     try:
         report = await handler.handle(event)
@@ -242,7 +247,7 @@ async def test_a_redelivery_leaves_one_copy(
     s3, name = bucket
     event = an_event(f"{origin}/v/sample.mp4", f"{origin}/gen/{6 * MIB}/clip.mp4")
     for target in (str(tmp_path), f"s3://{name}/out"):
-        handler = StorageHandler(target, endpoint_url=moto_endpoint if target.startswith("s3") else None)
+        handler = storage(target, endpoint_url=moto_endpoint if target.startswith("s3") else None)
         try:
             first = await handler.handle(event)
             again = await handler.handle(event)
@@ -255,7 +260,7 @@ async def test_a_redelivery_leaves_one_copy(
 
 
 async def test_a_failed_job_stores_only_its_event(origin: str, tmp_path: Path) -> None:
-    handler = StorageHandler(str(tmp_path), public_url="https://media.example.com/kling")
+    handler = storage(str(tmp_path), public_url="https://media.example.com/kling")
     event = an_event(status=JobStatus.FAILED, job_id="job_failed")
     try:
         report = await handler.handle(event)
@@ -267,9 +272,7 @@ async def test_a_failed_job_stores_only_its_event(origin: str, tmp_path: Path) -
 
 async def test_public_url_names_the_copies(origin: str, bucket: tuple[Any, str], moto_endpoint: str) -> None:
     _, name = bucket
-    handler = StorageHandler(
-        f"s3://{name}/v", endpoint_url=moto_endpoint, public_url="https://cdn.example.com/"
-    )
+    handler = storage(f"s3://{name}/v", endpoint_url=moto_endpoint, public_url="https://cdn.example.com/")
     try:
         report = await handler.handle(an_event(f"{origin}/blob"))
     finally:
@@ -293,7 +296,7 @@ async def test_refuses_other_schemes_and_oversized_files(
         (f"{origin}/gen/{12 * MIB}/clip.mp4", f"output 0 exceeds max_bytes ({10 * MIB})"),
     ]
     for target in (str(tmp_path), f"s3://{name}"):
-        handler = StorageHandler(
+        handler = storage(
             target, endpoint_url=moto_endpoint if target.startswith("s3") else None, max_bytes=10 * MIB
         )
         try:
@@ -314,7 +317,7 @@ async def test_a_broken_download_is_retried_and_leaves_nothing(
     s3, name = bucket
     event = an_event(f"{half_origin}/cut.mp4")
     for target in (str(tmp_path), f"s3://{name}"):
-        handler = StorageHandler(target, endpoint_url=moto_endpoint if target.startswith("s3") else None)
+        handler = storage(target, endpoint_url=moto_endpoint if target.startswith("s3") else None)
         try:
             with pytest.raises(DeliveryFailed, match=r"output 0 download from 127\.0\.0\.1"):
                 await handler.handle(event)
@@ -335,7 +338,7 @@ async def test_a_cancelled_copy_aborts_its_upload_and_leaves_no_temp_file(
         "s3": lambda: bool(s3.list_multipart_uploads(Bucket=name).get("Uploads")),
     }
     for where, target in (("folder", str(tmp_path)), ("s3", f"s3://{name}")):
-        handler = StorageHandler(target, endpoint_url=moto_endpoint if where == "s3" else None)
+        handler = storage(target, endpoint_url=moto_endpoint if where == "s3" else None)
         try:
             copy = asyncio.create_task(handler.handle(event))
             await wait_until_async(started[where])  # 10 MiB in: a temp file / a part uploaded
@@ -350,7 +353,7 @@ async def test_a_cancelled_copy_aborts_its_upload_and_leaves_no_temp_file(
 
 
 async def test_an_expired_output_is_permanent(origin: str, tmp_path: Path) -> None:
-    handler = StorageHandler(str(tmp_path))
+    handler = storage(str(tmp_path))
     try:
         with pytest.raises(PermanentError, match="answered 404: expired"):
             await handler.handle(an_event(f"{origin}/gone.mp4"))
@@ -365,7 +368,7 @@ async def test_100_mb_streams_in_flat_memory(
     s3, name = bucket
     size = 100 * MIB
     target = str(tmp_path) if where == "folder" else f"s3://{name}/big"
-    handler = StorageHandler(target, endpoint_url=moto_endpoint if where == "s3" else None)
+    handler = storage(target, endpoint_url=moto_endpoint if where == "s3" else None)
     try:
         # A small copy first: the S3 client and botocore's service models load once, whatever the size.
         await handler.handle(an_event(f"{origin}/v/sample.mp4", job_id="job_warm"))

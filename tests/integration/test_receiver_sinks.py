@@ -55,7 +55,7 @@ def test_after_storage_the_slack_message_links_the_stored_copy(tmp_path: Path, w
         handlers = [
             {"name": "chat", "type": "slack", "webhook_url": f"{server.url}/hook", "after": ["videos"]},
             {"name": "videos", "type": "storage", "target": str(tmp_path / "videos"),
-             "public_url": "https://cdn.example.com/kling/"},
+             "public_url": "https://cdn.example.com/kling/", "allow_private_hosts": True},
             {"name": "rows", "type": "database", "url": f"sqlite:///{tmp_path / 'events.db'}"},
         ]  # fmt: skip
         with receiver_stack(tmp_path, None, handlers=handlers, clock=clock) as stack:
