@@ -34,6 +34,7 @@ from handlers._http import (
 )
 from handlers.addresses import AddressRefused, PublicOnlyTransport
 from receiver.clock import Clock, system_clock
+from receiver.events import MAX_OUTPUT_URLS
 
 logger = structlog.get_logger("handlers.storage")
 
@@ -42,7 +43,6 @@ PART_SIZE = 8 * 1024 * 1024  # S3 wants parts of at least 5 MiB (but the last)
 DEFAULT_EXT = "mp4"
 _EXT = re.compile(r"^[a-z0-9]{1,8}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
-MAX_OUTPUTS = 20  # output URLs per event: a job has one or a few; a report with thousands is hostile
 MAX_REDIRECTS = 5
 
 
@@ -364,8 +364,8 @@ class StorageHandler:
         stored: list[str] = []
         if event.get("type") == "job.succeeded":
             urls = job.get("output_urls") or []
-            if len(urls) > MAX_OUTPUTS:
-                raise PermanentError(f"event has {len(urls)} output URLs, more than {MAX_OUTPUTS}")
+            if len(urls) > MAX_OUTPUT_URLS:
+                raise PermanentError(f"event has {len(urls)} output URLs, more than {MAX_OUTPUT_URLS}")
             for n, url in enumerate(urls):
                 key = await self._copy(str(url), n, prefix, job_id)
                 stored.append(self._url(key))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from receiver.bodies import MAX_BODY, BadJSON, BodyTooLarge, parse_object, read_body
 from receiver.config import SettingsError
 from receiver.events import JobStatus
 from receiver.generation import KlingRequest, ValidationError
@@ -38,11 +38,11 @@ def admin(fn: Callable[[Request, Receiver], Awaitable[Response]]) -> Endpoint:
 @admin
 async def submit(request: Request, receiver: Receiver) -> Response:
     try:
-        data = json.loads(await request.body())
-    except ValueError:
-        return error(400, "body is not JSON")
-    if not isinstance(data, dict):
-        return error(400, "body is not a JSON object")
+        data = parse_object(await read_body(request))
+    except BodyTooLarge:
+        return error(413, f"body is over {MAX_BODY} bytes")
+    except BadJSON as exc:
+        return error(400, str(exc))
     provider = data.pop("provider", None)
     errors: dict[str, str] = {}
     if provider not in NAMES:
@@ -82,7 +82,7 @@ async def list_jobs(request: Request, receiver: Receiver) -> Response:
     if status is not None and status not in set(JobStatus):
         return error(400, f"status: one of {', '.join(JobStatus)}")
     raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:  # '²'.isdigit() too
         return error(400, f"limit: a whole number from 1 to {MAX_LIMIT}")
     jobs = await receiver.list_jobs(status, int(raw))
     return JSONResponse({"jobs": [job.to_json() for job in jobs]})

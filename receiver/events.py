@@ -34,6 +34,7 @@ class DeliveryStatus(StrEnum):
 
 
 EVENT_TYPES = ("job.succeeded", "job.failed")
+MAX_OUTPUT_URLS = 20  # a job has one output or a few: a report with more is refused, not stored
 MODEL = "kling-3.0"
 
 

@@ -8,15 +8,10 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from receiver.bodies import MAX_BODY, BodyTooLarge, read_body
 from receiver.service import Receiver, WebhookRefused
 
 log = structlog.get_logger()
-
-MAX_BODY = 1024 * 1024
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -29,7 +24,7 @@ async def hook(request: Request) -> Response:
     reason: str | None = None
     try:
         answer = await receiver.accept_webhook(
-            provider, request.path_params["token"], request.headers, lambda: _read_body(request)
+            provider, request.path_params["token"], request.headers, lambda: read_body(request)
         )
     except WebhookRefused as exc:
         response: Response = error(exc.status, exc.message)
@@ -43,15 +38,3 @@ async def hook(request: Request) -> Response:
     if reason is not None:
         log.warning("webhook.refused", provider=provider, status_code=response.status_code, reason=reason)
     return response
-
-
-async def _read_body(request: Request) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY:
-        raise BodyTooLarge
-    chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > MAX_BODY:
-            raise BodyTooLarge
-    return bytes(chunks)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,6 +14,7 @@ import structlog
 
 from handlers import HandlerSpec, build_handlers
 from receiver import logs
+from receiver.bodies import BadJSON, parse_object
 from receiver.clock import Clock, system_clock
 from receiver.config import Settings, SettingsError
 from receiver.events import TERMINAL, Job, JobError, JobStatus, new_job_id
@@ -28,6 +28,7 @@ from receiver.providers.base import (
     ProviderStatus,
     ProviderUnavailable,
     RateLimited,
+    ReportRefused,
     UnexpectedResponse,
 )
 from receiver.providers.ratelimit import BudgetBusy, LocalBudget, RateBudget
@@ -270,12 +271,10 @@ class Receiver:
         if not spec.verify_webhook(self.settings, headers, body):
             raise WebhookRefused(401, "X-Webhook-Signature does not match the body")
         try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise WebhookRefused(400, "body is not a JSON object")
-        status = spec.read_webhook(data)
+            data = parse_object(body)
+            status = spec.read_webhook(data)
+        except (BadJSON, ReportRefused) as exc:
+            raise WebhookRefused(400, str(exc)) from None
         if status is None:
             if not await self.store.poll_soon(claims.job_id, self.clock()):
                 raise WebhookRefused(404, "no such job")

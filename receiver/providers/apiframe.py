@@ -13,11 +13,12 @@ import httpx
 import structlog
 
 from receiver.clock import Clock, system_clock
-from receiver.events import JobStatus
+from receiver.events import MAX_OUTPUT_URLS, JobStatus
 from receiver.generation import KlingRequest
 from receiver.providers.base import (
     ProviderError,
     ProviderStatus,
+    ReportRefused,
     UnexpectedResponse,
     UnsupportedParameter,
     report,
@@ -140,7 +141,12 @@ def signature_ok(settings: Settings, headers: Mapping[str, str], body: bytes) ->
 
 
 def read_webhook(data: dict[str, Any]) -> ProviderStatus | None:
-    """The report as a status to act on, or None when it must be confirmed by a status read."""
+    """The report as a status to act on, or None when it must be confirmed by a status read;
+    ReportRefused for more output URLs than a job has."""
+    result = data.get("result")
+    videos = result.get("videos") if isinstance(result, dict) else None
+    if isinstance(videos, list) and len(videos) > MAX_OUTPUT_URLS:
+        raise ReportRefused(f"result.videos: {len(videos)} output URLs, more than {MAX_OUTPUT_URLS}")
     try:
         status = parse_webhook(data)
     except (ProviderError, ValueError, KeyError, TypeError):

@@ -132,6 +132,11 @@ class UnexpectedResponse(ProviderUnavailable):
     """The provider answered with a body this client cannot read (not JSON, missing field, new status)."""
 
 
+class ReportRefused(Exception):
+    """A webhook report refused outright (answered 400), not confirmed by a status read; the message
+    starts with the field at fault."""
+
+
 def percent(value: Any) -> int | None:
     """A provider's progress figure as a whole percentage in 0..100; None when there is none."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

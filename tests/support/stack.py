@@ -23,6 +23,7 @@ from receiver.config import Settings
 from receiver.emulators.apiframe import ApiframeEmulator
 from receiver.emulators.runbase import RunbaseEmulator
 from receiver.service import Receiver
+from receiver.serving import ServerLimits
 
 SECRET = "test-receiver-secret-0123456789"
 ADMIN = "test-admin-token"
@@ -138,7 +139,7 @@ def receiver_stack(
     with ExitStack() as stack:
         apiframe_server = BackgroundServer(apiframe_emulator.app).start()
         runbase_server = BackgroundServer(runbase_emulator.app).start()
-        server = BackgroundServer()
+        server = BackgroundServer(limits=ServerLimits())  # as `receiver serve` runs
         stack.callback(stop_together, server, apiframe_server, runbase_server)
         config = replace(
             Settings(),
