@@ -89,6 +89,7 @@ def test_storage_gets_a_long_timeout_and_the_table_can_change_it() -> None:
         ("storage", {"target": "/tmp/v", "endpoint_url": "http://127.0.0.1:9000"}, "only applies"),
         ("storage", {"target": "/tmp/v", "max_bytes": 0}, "key 'max_bytes'"),
         ("storage", {"target": "/tmp/v", "public_url": "cdn.example.com"}, "key 'public_url'"),
+        ("storage", {"target": "/tmp/v", "allow_private_hosts": "yes"}, "key 'allow_private_hosts'"),
         ("database", {"url": "sqlite:///x.db", "table": "events; drop table jobs"}, "key 'table'"),
         ("database", {"url": "mysql://db/x"}, "scheme 'mysql'"),
         ("database", {"url": "sqlite:///"}, "key 'url'"),
