@@ -75,10 +75,11 @@ class GuardedProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
+        draining = self._draining()  # the rest of a body answered before it was read: not a head
         super().data_received(data)
         if self.cycle is not cycle:  # uvicorn starts a cycle once a head is complete
             self._stop_head_timer()
-        elif self._head_timer is not None:
+        elif self._head_timer is not None and not draining:
             self._head_bytes += len(data)
             if self._head_bytes > self._limits.max_header_bytes:
                 self._refuse(431, "Request Header Fields Too Large")
@@ -101,11 +102,14 @@ class GuardedProtocol(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _draining(self) -> bool:
+        return self.cycle is not None and bool(self.cycle.more_body)
+
     def _refuse(self, status: int, phrase: str) -> None:
         self._stop_head_timer()
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:  # else a response is under way
+        if self.cycle is None or (self.cycle.response_complete and not self._draining()):
             body = phrase.encode()
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"

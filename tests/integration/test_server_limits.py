@@ -31,7 +31,17 @@ async def read(request: Request) -> Response:
     return PlainTextResponse(f"read {len(await request.body())} bytes")
 
 
-APP = Starlette(routes=[Route("/healthz", healthz), Route("/read", read, methods=["POST"])])
+async def early(request: Request) -> Response:
+    return PlainTextResponse("refused before reading the body", status_code=401)
+
+
+APP = Starlette(
+    routes=[
+        Route("/healthz", healthz),
+        Route("/read", read, methods=["POST"]),
+        Route("/early", early, methods=["POST"]),
+    ]
+)
 
 
 @pytest.fixture
@@ -100,6 +110,17 @@ def test_a_slow_body_gets_408(server: BackgroundServer) -> None:
         sock.sendall(b"POST /read HTTP/1.1\r\nHost: receiver\r\nContent-Length: 100\r\n\r\n0123456789")
         answer = until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_body_answered_before_it_was_read_does_not_count_as_the_next_head(server: BackgroundServer) -> None:
+    body = b"x" * 64 * 1024  # eight times the head limit, sent after the answer came
+    with closing(connect(server)) as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: receiver\r\nContent-Length: %d\r\n\r\n" % len(body))
+        first = one_response(sock)
+        sock.sendall(body + b"GET /healthz HTTP/1.1\r\nHost: receiver\r\n\r\n")
+        second = one_response(sock)
+    assert first.startswith(b"HTTP/1.1 401 ")
+    assert second.startswith(b"HTTP/1.1 200 ")
 
 
 def test_an_oversized_head_gets_431_without_being_read(server: BackgroundServer) -> None:
