@@ -24,9 +24,11 @@ from receiver.store import DueDelivery
 log = structlog.get_logger()
 
 POLL_BATCH = 50
-POLL_LEASE = 300.0
-DELIVERY_BATCH = 100
 CONCURRENCY = 16
+# A claim's lease. Work is claimed CONCURRENCY at a time, so all of it starts at once, inside its lease;
+# a delivery attempt that may outlast it extends it first. A killed worker's claims are free again
+# within LEASE (plus the handler's timeout for an attempt that had started).
+LEASE = 30.0
 MAX_IDLE = 1.0  # other processes (CLI submit, replicas) add work this process is not woken for
 MAX_BACKOFF = 30.0  # the longest wait between rounds while the store or a provider fails
 
@@ -114,7 +116,6 @@ class Worker:
 
     async def _poll(self, counts: Counter[str]) -> None:
         receiver = self.receiver
-        jobs = await receiver.store.claim_due_polls(receiver.clock(), POLL_BATCH, POLL_LEASE)
 
         async def poll(job: Any) -> None:
             next_at = None
@@ -139,13 +140,16 @@ class Worker:
                 next_at = min(next_at, job.deadline_at)
             await receiver.store.schedule_poll(job.id, next_at)
 
-        await _bounded([poll(job) for job in jobs])
+        for _ in range(0, POLL_BATCH, CONCURRENCY):
+            jobs = await receiver.store.claim_due_polls(receiver.clock(), CONCURRENCY, LEASE)
+            await asyncio.gather(*(poll(job) for job in jobs))
+            if len(jobs) < CONCURRENCY:
+                break
 
     async def _dispatch(self, counts: Counter[str]) -> bool:
         receiver = self.receiver
-        lease = max((spec.timeout for spec in receiver.specs), default=60.0) + 60.0
-        due = await receiver.store.claim_due_deliveries(receiver.clock(), DELIVERY_BATCH, lease)
-        await _bounded([self._deliver(d, counts) for d in due])
+        due = await receiver.store.claim_due_deliveries(receiver.clock(), CONCURRENCY, LEASE)
+        await asyncio.gather(*(self._deliver(d, counts) for d in due))
         return bool(due)
 
     async def _deliver(self, due: DueDelivery, counts: Counter[str]) -> None:
@@ -164,6 +168,9 @@ class Worker:
         if spec.after:
             event["reports"] = due.reports
         attempt = due.attempts + 1
+        if spec.timeout > LEASE / 2:
+            until = receiver.clock() + timedelta(seconds=spec.timeout + LEASE / 2)
+            await store.extend_delivery_lease(due.job_id, due.handler, until)
         try:
             report = await asyncio.wait_for(spec.handler.handle(event), spec.timeout)
         except PermanentError as exc:

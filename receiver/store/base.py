@@ -94,6 +94,9 @@ class Store(Protocol):
     async def claim_due_polls(self, now: datetime, limit: int, lease_seconds: float) -> list[Job]:
         """Due, unlocked, non-terminal jobs with a provider job id, leased in one statement."""
 
+    async def extend_delivery_lease(self, job_id: str, handler: str, until: datetime) -> None:
+        """Keep a claimed delivery leased until `until` (its attempt runs longer than the lease)."""
+
     async def schedule_poll(self, job_id: str, next_poll_at: datetime | None) -> None:
         """Store the next poll time, count the poll, and release the lease."""
 

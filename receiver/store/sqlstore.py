@@ -161,6 +161,9 @@ class SQLStore:
         rows = await self._write(self._q("claim_polls", now=now, lease=lease, limit=limit))
         return [_job(row) for row in rows]
 
+    async def extend_delivery_lease(self, job_id: str, handler: str, until: datetime) -> None:
+        await self._execute(*self._q("extend_delivery_lease", job_id=job_id, handler=handler, lease=until))
+
     async def schedule_poll(self, job_id: str, next_poll_at: datetime | None) -> None:
         await self._execute(*self._q("schedule_poll", id=job_id, next_poll_at=next_poll_at))
 

@@ -4,6 +4,7 @@ the same Idempotency-Key, or ended `submit_unknown`. Real HTTP on loopback, on b
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from receiver.providers.base import ProviderClient
 from receiver.providers.runbase import RunbaseClient
 from receiver.service import Receiver
 from receiver.store import open_store
+from receiver.worker import CONCURRENCY, LEASE, MAX_IDLE
 from tests.support.inbox import Inbox
 from tests.support.stack import APIFRAME_KEY, RUNBASE_KEY, Stack, receiver_stack, verify_forward
 
@@ -193,3 +195,26 @@ def test_a_runbase_job_whose_submit_answer_was_lost_ends_submit_unknown(
     (event,) = [verify_forward(post.headers, post.body) for post in sink.posts]
     assert event["type"] == "job.failed"
     delivered_once(sink, [done])
+
+
+def test_a_killed_workers_poll_claim_is_taken_over_within_its_lease(
+    tmp_path: Path, store_url: str, sink: Inbox
+) -> None:
+    with receiver_stack(tmp_path, sink.url, database_url=store_url) as stack:
+        job = stack.submit("runbase")
+        claimed_at = stack.clock.monotonic()
+
+        async def claim_and_die() -> list[Any]:
+            other = open_store(store_url)
+            await other.open()
+            try:  # another worker claims the due poll a second from now, then is killed
+                later = stack.clock() + timedelta(seconds=1)
+                return await other.claim_due_polls(later, CONCURRENCY, LEASE)
+            finally:
+                await other.close()
+
+        assert [j.id for j in asyncio.run(claim_and_die())] == [job["id"]]
+        stack.run_until(lambda: stack.settled(job["id"]))
+        gets = [r for r in stack.runbase.requests if r["method"] == "GET"]
+        # Nobody looked at the job until the dead worker's lease ran out, and then at once.
+        assert claimed_at + 1 + LEASE <= gets[0]["t"] <= claimed_at + 1 + LEASE + MAX_IDLE

@@ -88,12 +88,15 @@ SELECT job_id, handler, attempts, last_error FROM receiver_deliveries WHERE stat
 ORDER BY seq DESC LIMIT :limit
 
 -- name: next_due
--- Each branch is served by a partial index (due polls, due deliveries, deadlines).
+-- Each branch is served by a partial index (due polls, due deliveries, deadlines). Work another
+-- process has claimed is due when its lease runs out, not before: a worker never spins on it.
 SELECT MIN(due) AS due FROM (
-    SELECT MIN(next_poll_at) AS due FROM receiver_jobs
+    SELECT MIN(CASE WHEN locked_until > next_poll_at THEN locked_until ELSE next_poll_at END) AS due
+    FROM receiver_jobs
     WHERE completed_at IS NULL AND next_poll_at IS NOT NULL
     UNION ALL
-    SELECT MIN(next_attempt_at) FROM receiver_deliveries WHERE status IN ('pending', 'retrying')
+    SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
+    FROM receiver_deliveries WHERE status IN ('pending', 'retrying')
     UNION ALL
     SELECT MIN(deadline_at) FROM receiver_jobs WHERE completed_at IS NULL
 ) AS candidates
@@ -112,3 +115,8 @@ SELECT provider, status, COUNT(*) AS n FROM receiver_jobs GROUP BY provider, sta
 -- name: ping
 -- /healthz: the store answers.
 SELECT 1 AS ok;
+
+-- name: extend_delivery_lease
+-- An attempt about to run for longer than its lease keeps it; a finished one (NULL) stays free.
+UPDATE receiver_deliveries SET locked_until = :lease
+WHERE job_id = :job_id AND handler = :handler AND locked_until IS NOT NULL;
