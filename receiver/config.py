@@ -48,6 +48,7 @@ class Settings:
     store_timeout: float = 5.0
     token_max_age: float = 172800.0
     require_signature: bool = False
+    listen: bool = True
     handlers: list[dict[str, Any]] = field(default_factory=list)
 
     def require_secret(self) -> str:
@@ -101,6 +102,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         store_timeout=read.number("RECEIVER_STORE_TIMEOUT", Settings.store_timeout),
         token_max_age=read.number("RECEIVER_TOKEN_MAX_AGE", Settings.token_max_age),
         require_signature=_flag(read.text("RECEIVER_REQUIRE_SIGNATURE"), Settings.require_signature),
+        listen=_flag(read.text("RECEIVER_LISTEN"), Settings.listen),
         handlers=handlers,
     )
 

@@ -107,7 +107,6 @@ class Receiver:
         )
         self._clients: dict[str, ProviderClient] = dict(clients or {})
         self._signer: WebhookSigner | None = None
-        self._wake: Callable[[], None] | None = None
         self._worker: Worker | None = None
         self.metrics = Metrics()
 
@@ -163,10 +162,6 @@ class Receiver:
                 await closer()
         await self.store.close()
 
-    def on_record(self, wake: Callable[[], None]) -> None:
-        """Called after a completion is committed: the in-process worker wakes at once."""
-        self._wake = wake
-
     def routes(self, event: dict[str, Any]) -> list[HandlerRoute]:
         return [HandlerRoute(spec.name, spec.after) for spec in self.specs if spec.matches(event)]
 
@@ -174,12 +169,7 @@ class Receiver:
         recorded = await self.store.record(job_id, update, via, self.clock(), self.routes)
         if recorded.terminal:
             log.info("job.completed", job_id=job_id, status=str(update.status), via=via)
-            self._notify()
         return recorded
-
-    def _notify(self) -> None:
-        if self._wake is not None:
-            self._wake()
 
     async def submit(self, provider: str, request: KlingRequest) -> Job:
         """Record the job, then submit it. A submit the rate budget holds back, or the provider refuses
@@ -278,7 +268,6 @@ class Receiver:
         if status is None:
             if not await self.store.poll_soon(claims.job_id, self.clock()):
                 raise WebhookRefused(404, "no such job")
-            self._notify()
             log.info("webhook.unusable", job_id=claims.job_id, provider=provider)
             return {"ok": True, "confirm": "poll"}
         recorded = await self.record(claims.job_id, update_from(status), via="webhook")
@@ -308,8 +297,6 @@ class Receiver:
         if handler is not None and handler not in self.by_name:
             raise SettingsError(f"no handler named {handler!r} is configured")
         count = await self.store.replay(job_id, self.routes, self.clock(), handler)
-        if count:
-            self._notify()
         return Replayed(count, job.event_id)
 
     async def tick(self) -> dict[str, int]:

@@ -29,7 +29,8 @@ CONCURRENCY = 16
 # a delivery attempt that may outlast it extends it first. A killed worker's claims are free again
 # within LEASE (plus the handler's timeout for an attempt that had started).
 LEASE = 30.0
-MAX_IDLE = 1.0  # other processes (CLI submit, replicas) add work this process is not woken for
+MAX_IDLE = 1.0  # without notices (SQLite, listen connection lost) other processes' work is found by looking
+MAX_IDLE_LISTENING = 5.0  # notices wake the worker for new work: this only bounds what a lost one can delay
 MAX_BACKOFF = 30.0  # the longest wait between rounds while the store or a provider fails
 
 
@@ -39,10 +40,14 @@ class Worker:
         self._wake = asyncio.Event()
         # When the last round finished (the receiver's monotonic clock); /healthz reads it.
         self.last_round: float | None = None
-        receiver.on_record(self.wake)
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def wake_pending(self) -> bool:
+        """A wake-up the loop has not taken yet (once taken, the sleep it cut short is over)."""
+        return self._wake.is_set()
 
     async def tick(self) -> dict[str, int]:
         """One round: time out overdue jobs, poll due ones, then dispatch until nothing is due."""
@@ -62,29 +67,36 @@ class Worker:
         return _summary(counts)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick, then sleep until the next stored due time, `stop`, or a wake-up. A wake-up (a completion
-        was just recorded here) only dispatches; the full round comes when the sleep runs out."""
-        woken = False
-        self.last_round = self.receiver.clock.monotonic()  # the first round is due within the bound too
-        failures = 0
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                await (self.dispatch() if woken else self.tick())
-                idle = await self._idle()
-                failures = 0
-            except Exception:  # the store or a provider is down: back off and try again, never die
-                failures += 1
-                idle = retry_delay(failures, 1.0, MAX_BACKOFF)
-                log.exception("worker.round_failed", failures=failures, retry_in=round(idle, 1))
-            woken = await _first(self._wake, stop, self.receiver.clock.sleep(idle))
+        """Tick, then sleep until the next stored due time, `stop`, or a wake-up. A wake-up (work became
+        due: recorded by this process, or by another one on PostgreSQL) only dispatches; the full round
+        comes when the sleep runs out."""
+        receiver = self.receiver
+        notices = receiver.settings.listen
+        async with receiver.store.listen(self.wake, receiver.clock.sleep, notices=notices):
+            woken = False
+            self.last_round = receiver.clock.monotonic()  # the first round is due within the bound too
+            failures = 0
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    await (self.dispatch() if woken else self.tick())
+                    idle = await self._idle()
+                    failures = 0
+                except Exception:  # the store or a provider is down: back off and try again, never die
+                    failures += 1
+                    idle = retry_delay(failures, 1.0, MAX_BACKOFF)
+                    log.exception("worker.round_failed", failures=failures, retry_in=round(idle, 1))
+                woken = await _first(self._wake, stop, receiver.clock.sleep(idle))
 
     async def _idle(self) -> float:
-        """Seconds to sleep: until the next stored due time, at most MAX_IDLE."""
-        due = await self.receiver.store.next_due()
+        """Seconds until the next stored due time, within the safety net: MAX_IDLE_LISTENING while notices
+        arrive (they wake the worker for anything new), MAX_IDLE when only looking finds other work."""
+        store = self.receiver.store
+        longest = MAX_IDLE_LISTENING if store.listening else MAX_IDLE
+        due = await store.next_due()
         if due is None:
-            return MAX_IDLE
-        return min(MAX_IDLE, max(0.0, (due - self.receiver.clock()).total_seconds()))
+            return longest
+        return min(longest, max(0.0, (due - self.receiver.clock()).total_seconds()))
 
     async def _expire(self, counts: Counter[str]) -> None:
         for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -56,10 +58,19 @@ class Matcher(Protocol):
 
 
 class Store(Protocol):
+    listening: bool  # notices from other processes arrive now (inside `listen`, on PostgreSQL)
+
     async def open(self) -> None:
         """Connect and create or migrate the schema."""
 
     async def close(self) -> None: ...
+
+    def listen(
+        self, wake: Callable[[], None], sleep: Callable[[float], Awaitable[None]], *, notices: bool = True
+    ) -> AbstractAsyncContextManager[None]:
+        """While inside, `wake()` once work becomes due now (a completion recorded, a job submitted, a poll
+        brought forward, a replay): at once for this store's own writes, and with `notices` on PostgreSQL
+        (LISTEN/NOTIFY) for every process's. `sleep` paces reconnecting a lost listen connection."""
 
     async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> None:
         """Insert a new job; one without a provider job id is looked at again at `look_at`."""

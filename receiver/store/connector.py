@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from receiver.store.queries import Dialect
@@ -22,6 +22,7 @@ class Transaction(Protocol):
 
 
 Work = Callable[[Transaction], Coroutine[Any, Any, T]]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class StoreUnavailable(Exception):
@@ -31,6 +32,7 @@ class StoreUnavailable(Exception):
 
 class Connector(Protocol):
     dialect: Dialect
+    notifies: bool  # the database passes notices between processes (`listen`)
 
     async def open(self) -> None:
         """Connect; a database that cannot be used is a one-line SettingsError."""
@@ -40,3 +42,10 @@ class Connector(Protocol):
     async def run(self, work: Work[T], *, write: bool = True) -> T:
         """Run `work` in one transaction: committed when it returns, rolled back when it raises. The
         connector may run it again from the start (SQLite does when another process holds the lock)."""
+
+    async def listen(
+        self, statement: str, notice: Callable[[str], None], live: Callable[[bool], None], sleep: Sleep
+    ) -> None:
+        """Until cancelled: run `statement` (a LISTEN) on a connection of its own, then hand each notice's
+        payload to `notice`. `live(True)` once listening, `live(False)` when the connection is lost; then
+        connect again, at once and after that with backoff on `sleep`. Returns at once if not `notifies`."""

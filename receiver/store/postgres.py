@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import psycopg
+import structlog
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
@@ -15,15 +17,21 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from receiver import logs
 from receiver.config import SettingsError
-from receiver.store.connector import Row, StoreUnavailable, Work
+from receiver.schedule import retry_delay
+from receiver.store.connector import Row, Sleep, StoreUnavailable, Work
 from receiver.store.queries import Dialect
 
 T = TypeVar("T")
 
 Connection = AsyncConnection[DictRow]
 
+log = structlog.get_logger()
+
 POOL_MIN, POOL_MAX = 1, 10
 CONNECT_TIMEOUT = 10
+RELISTEN_BASE, RELISTEN_MAX = 0.5, 30.0  # seconds between attempts to listen again, doubling
+# A listen connection only reads: without keepalives a peer that vanished (no FIN) would go unnoticed.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def _value(value: Any) -> Any:
@@ -44,6 +52,7 @@ class PostgresTransaction:
 
 class PostgresConnector:
     dialect: Dialect = "postgres"
+    notifies = True
 
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = url
@@ -94,6 +103,32 @@ class PostgresConnector:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+    async def listen(
+        self, statement: str, notice: Callable[[str], None], live: Callable[[bool], None], sleep: Sleep
+    ) -> None:
+        given = conninfo_to_dict(self.url)
+        keepalives = {k: v for k, v in KEEPALIVES.items() if k not in given}
+        options = {**_connect_options(self.url), **keepalives, "autocommit": True}
+        failures = 0
+        while True:
+            listening = False
+            try:
+                async with await AsyncConnection.connect(self.url, **options) as conn:
+                    await conn.execute(statement, {})
+                    if failures:
+                        log.info("store.listen_restored", attempts=failures)
+                    failures, listening = 0, True
+                    live(True)
+                    async for note in conn.notifies():
+                        notice(note.payload)
+            except Exception as exc:  # whatever ended it, the worker goes on without notices
+                if failures == 0:  # once per outage, not once per attempt
+                    log.warning("store.listen_lost", error=_safe(self.url, exc))
+            if listening:
+                live(False)
+            failures += 1
+            await sleep(0.0 if failures == 1 else retry_delay(failures - 1, RELISTEN_BASE, RELISTEN_MAX))
 
     async def run(self, work: Work[T], *, write: bool = True) -> T:
         if self._pool is None:

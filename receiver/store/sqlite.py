@@ -6,12 +6,12 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from receiver.store.connector import Row, Work
+from receiver.store.connector import Row, Sleep, Work
 from receiver.store.queries import Dialect
 
 T = TypeVar("T")
@@ -68,6 +68,7 @@ def _complete(work: Coroutine[Any, Any, T]) -> T:
 
 class SQLiteConnector:
     dialect: Dialect = "sqlite"
+    notifies = False
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -96,6 +97,11 @@ class SQLiteConnector:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await asyncio.to_thread(conn.close)
+
+    async def listen(
+        self, statement: str, notice: Callable[[str], None], live: Callable[[bool], None], sleep: Sleep
+    ) -> None:
+        """SQLite has no notices: nothing to listen to."""
 
     async def run(self, work: Work[T], *, write: bool = True) -> T:
         """Statements here take microseconds, far less than a hop to a thread, so they run on the event

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from receiver.config import SettingsError
 from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus
 from receiver.store.base import DueDelivery, Matcher, Recorded, Update
-from receiver.store.connector import Connector, Row, Transaction
+from receiver.store.connector import Connector, Row, Sleep, Transaction
 from receiver.store.queries import load
 from receiver.store.state import apply_update, finished_status, replay_targets
 
@@ -18,6 +22,9 @@ class SQLStore:
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
         self.queries = load(connector.dialect)
+        self.origin = uuid.uuid4().hex  # signs this store's notices: its own process was woken already
+        self.listening = False
+        self._wakers: list[Callable[[], None]] = []
 
     def _q(self, name: str, **params: Any) -> tuple[str, dict[str, Any]]:
         return self.queries.bind(name, params)
@@ -47,6 +54,45 @@ class SQLStore:
 
     async def close(self) -> None:
         await self.connector.close()
+
+    @contextlib.asynccontextmanager
+    async def listen(
+        self, wake: Callable[[], None], sleep: Sleep, *, notices: bool = True
+    ) -> AsyncIterator[None]:
+        """While inside: `wake()` after this store commits work that is due now, and (with `notices`, on a
+        database that has them) when another process's store does; `listening` says whether notices
+        arrive now. `sleep` paces reconnecting after the listen connection is lost."""
+        self._wakers.append(wake)
+        listener = None
+        if notices and self.connector.notifies:
+            statement, _ = self._q("listen_wake")
+            listener = asyncio.create_task(self.connector.listen(statement, self._notice, self._live, sleep))
+        try:
+            yield
+        finally:
+            self._wakers.remove(wake)
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+                self.listening = False
+
+    def _notice(self, origin: str) -> None:
+        if origin != self.origin:
+            self._wake()
+
+    def _live(self, live: bool) -> None:
+        self.listening = live
+        self._wake()  # notices sent while the connection was down are lost: look now
+
+    def _wake(self) -> None:
+        for wake in list(self._wakers):
+            wake()
+
+    async def _notify(self, tx: Transaction) -> None:
+        """Inside a transaction that makes work due now: other processes hear of it when it commits."""
+        if self.connector.notifies:
+            await tx.execute(*self._q("notify_wake", origin=self.origin))
 
     async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> None:
         async def work(tx: Transaction) -> None:
@@ -79,10 +125,21 @@ class SQLStore:
             submitted_at=at,
             next_poll_at=next_poll_at,
         )
-        await self._execute(*query)
+
+        async def work(tx: Transaction) -> None:
+            await tx.execute(*query)
+            await self._notify(tx)  # a worker asleep past the first poll must plan again
+
+        await self.connector.run(work)
+        self._wake()
 
     async def queue_job(self, job_id: str, at: datetime, refusals: int) -> None:
-        await self._execute(*self._q("queue_job", id=job_id, at=at, refusals=refusals))
+        async def work(tx: Transaction) -> None:
+            await tx.execute(*self._q("queue_job", id=job_id, at=at, refusals=refusals))
+            await self._notify(tx)  # a worker asleep past `at` must plan again
+
+        await self.connector.run(work)
+        self._wake()
 
     async def claim_submits(
         self, status: JobStatus, now: datetime, limit: int, lease_seconds: float
@@ -133,9 +190,13 @@ class SQLStore:
                     after=list(route.after),
                 )
                 await tx.execute(*delivery)
+            await self._notify(tx)
             return change.recorded
 
-        return await self.connector.run(work)
+        recorded = await self.connector.run(work)
+        if recorded.terminal:
+            self._wake()
+        return recorded
 
     async def get_job(self, job_id: str) -> Job | None:
         async def work(tx: Transaction) -> Job | None:
@@ -170,9 +231,15 @@ class SQLStore:
     async def poll_soon(self, job_id: str, at: datetime) -> bool:
         async def work(tx: Transaction) -> bool:
             await tx.execute(*self._q("poll_soon", id=job_id, at=at))
-            return bool(await tx.fetch(*self._q("job_exists", id=job_id)))
+            found = bool(await tx.fetch(*self._q("job_exists", id=job_id)))
+            if found:
+                await self._notify(tx)
+            return found
 
-        return await self.connector.run(work)
+        found = await self.connector.run(work)
+        if found:
+            self._wake()
+        return found
 
     async def overdue_jobs(self, now: datetime, limit: int) -> list[str]:
         rows = await self._read(self._q("overdue_jobs", now=now, limit=limit))
@@ -227,9 +294,14 @@ class SQLStore:
                     "replay_delivery", job_id=job_id, handler=name, next_attempt_at=now, after=list(after)
                 )
                 await tx.execute(*delivery)
+            if targets:
+                await self._notify(tx)
             return len(targets)
 
-        return await self.connector.run(work)
+        count = await self.connector.run(work)
+        if count:
+            self._wake()
+        return count
 
     async def dead_deliveries(self, limit: int = 1000) -> list[tuple[str, str, int, str | None]]:
         rows = await self._read(self._q("dead_deliveries", limit=limit))

@@ -7,8 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from receiver.events import iso
+from receiver.schedule import next_poll_at, polling_plan
 from tests.support.stack import receiver_stack, verify_forward
 
 
@@ -44,21 +46,24 @@ def test_runbase_completion_arrives_by_polling_and_is_forwarded_once(
     tmp_path: Path, sink, wait, store_url: str
 ) -> None:
     with receiver_stack(tmp_path, sink.url, database_url=store_url) as stack:
+        start = stack.clock.start
+        first = next_poll_at(polling_plan, start, start, 0.3)  # still running (the emulator takes 0.3 s)
+        second = next_poll_at(polling_plan, start, first, 0.3)
         job = stack.submit("runbase", aspect_ratio="9:16", duration=5)
-        # The worker sleeps at most a second when nothing woke it: its next round polls the job.
+        # The submit woke the worker, which now sleeps until the first planned poll, not a fixed second.
+        assert stack.clock.wait_for_sleepers(1) == [pytest.approx((first - start).total_seconds())]
         posts = stack.run_until(lambda: sink.posts)
         done = wait(lambda: stack.settled(job["id"]))
         submits = [r for r in stack.runbase.requests if r["method"] == "POST"]
         reads = [r["t"] for r in stack.runbase.requests if r["method"] == "GET"]
-        start = stack.clock.start
 
     event = verify_forward(posts[0].headers, posts[0].body)
     assert event["job"]["completed_via"] == "poll"
     assert event["job"]["request"]["aspect_ratio"] == "9:16"
     assert done["status"] == "succeeded"
     assert done["output_urls"]
-    assert done["completed_at"] == iso(start + timedelta(seconds=1))
-    assert reads == [1.0]
+    assert done["completed_at"] == iso(second)
+    assert reads == pytest.approx([(first - start).total_seconds(), (second - start).total_seconds()])
     assert len(sink.posts) == 1
     assert len(submits) == 1
 
@@ -109,7 +114,7 @@ def test_a_job_with_no_final_status_times_out_and_handlers_hear_of_it(tmp_path: 
 
     event = verify_forward(posts[0].headers, posts[0].body)
     assert event["type"] == "job.failed"
-    assert done["completed_at"] == iso(stack.clock.start + timedelta(seconds=1))
+    assert done["completed_at"] == iso(stack.clock.start + timedelta(seconds=0.5))  # the deadline
     assert done["status"] == "failed"
     assert done["error"]["code"] == "timeout"
     assert done["completed_via"] is None

@@ -24,6 +24,7 @@ from receiver.emulators.apiframe import ApiframeEmulator
 from receiver.emulators.runbase import RunbaseEmulator
 from receiver.service import Receiver
 from receiver.serving import ServerLimits
+from tests.support.waiting import wait_until
 
 SECRET = "test-receiver-secret-0123456789"
 ADMIN = "test-admin-token"
@@ -51,6 +52,8 @@ class Stack:
         )
         assert answer.status_code == 202, answer.text
         job: dict[str, Any] = answer.json()
+        # The submit woke the worker to plan the job's first poll: let it, before time moves on.
+        wait_until(lambda: not self.receiver.worker.wake_pending)
         return job
 
     def job(self, job_id: str) -> dict[str, Any]:

@@ -137,3 +137,13 @@ ALTER TABLE receiver_deliveries ALTER COLUMN after SET DEFAULT '[]';
 -- What a resubmit needs (the webhook URL as sent) and the 429 count of a queued submit's backoff.
 ALTER TABLE receiver_jobs ADD COLUMN webhook_url text;
 ALTER TABLE receiver_jobs ADD COLUMN refusals integer NOT NULL DEFAULT 0;
+
+-- name: notify_wake
+-- Wakes the workers of the other processes on this schema when the transaction commits: work became due
+-- now. The channel carries the schema, so deployments in other schemas of the database are not woken;
+-- the payload names the store that wrote, whose own process was woken already.
+SELECT pg_notify(left('receiver_wake:' || current_schema(), 63), :origin)
+
+-- name: listen_wake
+-- Run once on the listen connection (autocommit). LISTEN takes a name, not an expression: hence EXECUTE.
+DO $$ BEGIN EXECUTE format('LISTEN %I', left('receiver_wake:' || current_schema(), 63)); END $$

@@ -185,3 +185,11 @@ PRAGMA user_version = 2;
 -- What a resubmit needs (the webhook URL as sent) and the 429 count of a queued submit's backoff.
 ALTER TABLE receiver_jobs ADD COLUMN webhook_url TEXT;
 ALTER TABLE receiver_jobs ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+
+-- name: notify_wake
+-- SQLite has no notices (its connector's `notifies` is false, so the store runs neither of these): the
+-- workers of other processes on the file find new work when they next look.
+SELECT :origin AS origin
+
+-- name: listen_wake
+SELECT 1 AS listening
