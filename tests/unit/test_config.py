@@ -80,6 +80,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "RECEIVER_EXPECTED_SECONDS": "12.5",
         "RECEIVER_TOKEN_MAX_AGE": "600",
         "RECEIVER_REQUIRE_SIGNATURE": "true",
+        "RECEIVER_LISTEN": "off",
     }
     assert load_settings(env=env) == Settings(
         secret="s3cret-value",
@@ -99,6 +100,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         expected_seconds=12.5,
         token_max_age=600.0,
         require_signature=True,
+        listen=False,
         handlers=[],
     )
 
@@ -122,6 +124,11 @@ def test_old_secrets_are_split_on_commas(raw: str, split: tuple[str, ...]) -> No
 )
 def test_require_signature_is_a_flag(raw: str, flag: bool) -> None:
     assert load_settings(env={"RECEIVER_REQUIRE_SIGNATURE": raw}).require_signature is flag
+
+
+def test_listening_for_other_processes_is_on_unless_turned_off() -> None:
+    assert load_settings(env={}).listen is True
+    assert load_settings(env={"RECEIVER_LISTEN": "0"}).listen is False
 
 
 @pytest.mark.parametrize(
