@@ -125,21 +125,10 @@ class SQLStore:
             submitted_at=at,
             next_poll_at=next_poll_at,
         )
-
-        async def work(tx: Transaction) -> None:
-            await tx.execute(*query)
-            await self._notify(tx)  # a worker asleep past the first poll must plan again
-
-        await self.connector.run(work)
-        self._wake()
+        await self._execute_due(*query)  # a worker asleep past the first poll must plan again
 
     async def queue_job(self, job_id: str, at: datetime, refusals: int) -> None:
-        async def work(tx: Transaction) -> None:
-            await tx.execute(*self._q("queue_job", id=job_id, at=at, refusals=refusals))
-            await self._notify(tx)  # a worker asleep past `at` must plan again
-
-        await self.connector.run(work)
-        self._wake()
+        await self._execute_due(*self._q("queue_job", id=job_id, at=at, refusals=refusals))
 
     async def claim_submits(
         self, status: JobStatus, now: datetime, limit: int, lease_seconds: float
@@ -341,6 +330,16 @@ class SQLStore:
 
     async def _execute(self, sql: str, params: dict[str, Any]) -> None:
         await self.connector.run(lambda tx: tx.execute(sql, params))
+
+    async def _execute_due(self, sql: str, params: dict[str, Any]) -> None:
+        """A statement that brings work forward: other processes hear of it on commit, this one at once."""
+
+        async def work(tx: Transaction) -> None:
+            await tx.execute(sql, params)
+            await self._notify(tx)
+
+        await self.connector.run(work)
+        self._wake()
 
 
 def _job(row: Row) -> Job:
