@@ -32,7 +32,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -49,13 +48,12 @@ from webhook_latency import (
     _completed,
     _free_port,
     _hook,
+    _make_jobs,
     _wait_ready,
 )
 
 from receiver.background import BackgroundServer
-from receiver.events import Job, JobStatus, new_job_id
 from receiver.signing import WebhookSigner
-from receiver.store import open_store
 
 PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 FORWARD_SECRET = "whsec_YmVuY2gtZm9yd2FyZC1zZWNyZXQ="
@@ -110,30 +108,6 @@ def fresh_schema(url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-async def make_jobs(url: str, count: int) -> list[tuple[str, str]]:
-    """(job id, provider job id) of `count` submitted Apiframe jobs, no poll due during the run."""
-    store = open_store(url)
-    await store.open()
-    try:
-        now = datetime.now(UTC)
-        jobs = []
-        for _ in range(count):
-            job = Job(
-                id=new_job_id(),
-                provider="apiframe",
-                status=JobStatus.PENDING,
-                request={"prompt": "bench"},
-                created_at=now,
-            )
-            provider_job_id = str(uuid.uuid4())
-            await store.create_job(job, now + timedelta(hours=1))
-            await store.mark_submitted(job.id, provider_job_id, now, now + timedelta(hours=1))
-            jobs.append((job.id, provider_job_id))
-        return jobs
-    finally:
-        await store.close()
 
 
 def start(setup: Setup, url: str, inbox_url: str, port: int, folder: Path) -> list[subprocess.Popen[bytes]]:
@@ -207,7 +181,7 @@ async def measure(setup: Setup, args: argparse.Namespace, folder: Path) -> list[
     inbox = Inbox()
     app = Starlette(routes=[Route("/in", inbox.receive, methods=["POST"])])
     with fresh_schema(args.pg) as url, BackgroundServer(app) as inbox_server:
-        jobs = await make_jobs(url, WARMUP + args.jobs)
+        jobs = await _make_jobs(url, WARMUP + args.jobs)
         port = _free_port()
         processes = start(setup, url, inbox_server.url + "/in", port, folder)
         try:

@@ -158,9 +158,9 @@ class Jobs:
     live: list[tuple[str, str]]
 
 
-async def _make_jobs(db: Path, count: int) -> list[tuple[str, str]]:
+async def _make_jobs(url: str, count: int) -> list[tuple[str, str]]:
     """(job id, provider job id) for `count` submitted Apiframe jobs, with no poll due during the run."""
-    store = open_store(f"sqlite:///{db}")
+    store = open_store(url)
     await store.open()
     try:
         now = datetime.now(UTC)
@@ -320,7 +320,9 @@ async def _measure(
 async def _run(args: argparse.Namespace, folder: Path) -> list[Figures]:
     n_done, n_live = max(1, args.requests // 2), max(1, args.requests // 4)
     n_warm_done, n_warm_live = WARMUP // 2, WARMUP // 4
-    pairs = await _make_jobs(folder / "receiver.db", n_warm_done + n_done + n_warm_live + n_live)
+    pairs = await _make_jobs(
+        f"sqlite:///{folder / 'receiver.db'}", n_warm_done + n_done + n_warm_live + n_live
+    )
     cuts = [n_warm_done, n_warm_done + n_done, n_warm_done + n_done + n_warm_live]
     jobs = Jobs(pairs[: cuts[0]], pairs[cuts[0] : cuts[1]], pairs[cuts[1] : cuts[2]], pairs[cuts[2] :])
 
