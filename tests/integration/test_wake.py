@@ -6,6 +6,7 @@ time, within its safety net."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import anyio.to_thread
 import httpx
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from receiver.app import create_app
 from receiver.background import BackgroundServer
@@ -26,12 +28,15 @@ from receiver.config import Settings
 from receiver.events import Job, JobStatus
 from receiver.service import Receiver
 from receiver.store import Update
+from receiver.store.postgres import PostgresConnector
 from receiver.worker import MAX_IDLE, MAX_IDLE_LISTENING
 from tests.support.inbox import Inbox
 from tests.support.pg import PG_URL, fresh_schema
 from tests.support.stack import Stack, apiframe_body, apiframe_signature, receiver_stack, verify_forward
 from tests.support.waiting import wait_until, wait_until_async
 
+PASSWORD = "s3cr@t-pw"
+URL_WITH_PASSWORD = "postgresql://receiver:s3cr%40t-pw@127.0.0.1:1/jobs"
 QUIET = {"apiframe": {"webhook": "drop", "delay": 600}, "expected_seconds": 600}
 
 
@@ -168,3 +173,31 @@ async def test_the_worker_sleeps_until_the_next_stored_due_time_within_its_safet
     assert deadlines == sleeps_until(due_in, bound)
     assert clock() == due
     assert job.deliveries[0].attempts == 2
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_listen_server_is_logged_once_without_password_and_retried_with_backoff() -> (
+    None
+):
+    clock = VirtualClock()
+    connector = PostgresConnector.from_url(URL_WITH_PASSWORD)
+    states: list[bool] = []
+    with capture_logs() as logs:
+        listener = asyncio.create_task(connector.listen("LISTEN x", print, states.append, clock.sleep))
+        backoffs = []
+        try:
+            for _ in range(4):  # the first retry comes at once, the next ones after doubling waits
+                (deadline,) = await anyio.to_thread.run_sync(clock.wait_for_sleepers, 1)
+                backoffs.append(deadline - clock.monotonic())
+                clock.advance_to(deadline)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    assert [entry["event"] for entry in logs] == ["store.listen_lost"]
+    assert PASSWORD not in str(logs)
+    assert "s3cr%40t" not in str(logs)
+    assert states == []  # never listening, so never "lost" either
+    for n, backoff in enumerate(backoffs):  # 0.5 s doubling, up to 25 % jitter
+        assert 0.5 * 2**n <= backoff <= 0.625 * 2**n
