@@ -31,7 +31,7 @@ from receiver.providers.base import (
     ReportRefused,
     UnexpectedResponse,
 )
-from receiver.providers.ratelimit import BudgetBusy, LocalBudget, RateBudget
+from receiver.providers.ratelimit import BudgetBusy, RateBudget, StoreBudget
 from receiver.providers.registry import UnknownProvider
 from receiver.schedule import retry_delay
 from receiver.signing import TokenError, WebhookSigner
@@ -99,11 +99,9 @@ class Receiver:
         self.specs = specs
         self.by_name = {spec.name: spec for spec in specs}
         self.clock = clock
-        self.budget = budget or LocalBudget(
-            limit=settings.runbase_rate_limit,
-            window=settings.runbase_rate_window,
-            clock=clock.monotonic,
-            sleep=clock.sleep,
+        # One budget for every process on this store: RUNBASE_RATE_LIMIT is the deployment's.
+        self.budget = budget or StoreBudget(
+            store, settings.runbase_rate_limit, settings.runbase_rate_window, clock=clock
         )
         self._clients: dict[str, ProviderClient] = dict(clients or {})
         self._signer: WebhookSigner | None = None

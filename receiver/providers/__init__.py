@@ -8,7 +8,7 @@ import httpx
 
 from receiver.providers.apiframe import ApiframeClient
 from receiver.providers.base import ProviderClient
-from receiver.providers.ratelimit import LocalBudget, RateBudget
+from receiver.providers.ratelimit import LocalBudget, RateBudget, StoreBudget
 from receiver.providers.registry import NAMES, REGISTRY, Provider, UnknownProvider, get
 from receiver.providers.runbase import RunbaseClient
 
@@ -20,6 +20,7 @@ __all__ = [
     "Provider",
     "RateBudget",
     "RunbaseClient",
+    "StoreBudget",
     "UnknownProvider",
     "get",
     "make_client",

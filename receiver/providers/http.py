@@ -215,7 +215,7 @@ class ProviderHTTP:
             wait = error.retry_after
             if wait is None:
                 wait = retry_delay(attempt, self.backoff_initial, self.backoff_max)
-            self.budget.penalize(self.budget_key, wait)
+            await self.budget.penalize(self.budget_key, wait)
         raise error
 
     def _observed(self, status_code: int | None) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from receiver.config import SettingsError
-from receiver.store.base import DueDelivery, HandlerRoute, Matcher, Recorded, Store, Update
+from receiver.store.base import Admission, DueDelivery, HandlerRoute, Matcher, Recorded, Store, Update
 from receiver.store.connector import StoreUnavailable
 from receiver.store.sqlstore import SQLStore
 
 __all__ = [
+    "Admission",
     "DueDelivery",
     "HandlerRoute",
     "Matcher",

@@ -34,6 +34,15 @@ class Recorded:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """What `budget_admit` did: admitted (`request_id` set, to release with) or not, and then `wait`,
+    the seconds until a slot may free (None while every slot waits for an answer)."""
+
+    request_id: str | None
+    wait: float | None = 0.0
+
+
+@dataclass(frozen=True)
 class DueDelivery:
     job_id: str
     handler: str
@@ -152,3 +161,16 @@ class Store(Protocol):
 
     async def job_counts(self) -> dict[tuple[str, str], int]:
         """{(provider, status): n} for the metrics."""
+
+    async def budget_admit(
+        self, key: str, limit: int, window: float, now: datetime, stale_after: float
+    ) -> Admission:
+        """Start a request for the rate budget `key` if fewer than `limit` count at `now` (in flight, or
+        answered within `window` seconds) and the key is not blocked; in one transaction that locks the
+        key. A request in flight for `stale_after` seconds stops counting (its process died)."""
+
+    async def budget_release(self, key: str, request_id: str, started_at: datetime, now: datetime) -> None:
+        """The request's answer came back at `now`: it counts for one more window."""
+
+    async def budget_penalize(self, key: str, until: datetime) -> None:
+        """No request for `key` starts before `until` (a later block stays)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,8 @@ from typing import Any
 
 from receiver.config import SettingsError
 from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus
-from receiver.store.base import DueDelivery, Matcher, Recorded, Update
+from receiver.providers.ratelimit import slot_wait
+from receiver.store.base import Admission, DueDelivery, Matcher, Recorded, Update
 from receiver.store.connector import Connector, Row, Sleep, Transaction
 from receiver.store.queries import load
 from receiver.store.state import apply_update, finished_status, replay_targets
@@ -312,6 +314,42 @@ class SQLStore:
     async def job_counts(self) -> dict[tuple[str, str], int]:
         rows = await self._read(self._q("job_counts"))
         return {(row["provider"], row["status"]): row["n"] for row in rows}
+
+    async def budget_admit(
+        self, key: str, limit: int, window: float, now: datetime, stale_after: float
+    ) -> Admission:
+        async def work(tx: Transaction) -> Admission:
+            await tx.execute(*self._q("budget_key", key=key))
+            (locked,) = await tx.fetch(*self._q("lock_budget_key", key=key))
+            forget = self._q(
+                "budget_forget",
+                key=key,
+                ended_before=now - timedelta(seconds=window),
+                started_before=now - timedelta(seconds=stale_after),
+            )
+            await tx.execute(*forget)
+            (counted,) = await tx.fetch(*self._q("budget_count", key=key))
+            blocked_until, first_end = _time(locked["blocked_until"]), _time(counted["first_end"])
+            wait = slot_wait(
+                counted["counting"],
+                limit,
+                (blocked_until - now).total_seconds() if blocked_until else 0.0,
+                (first_end - now).total_seconds() + window if first_end else None,
+            )
+            if wait != 0:
+                return Admission(None, wait)
+            request_id = secrets.token_hex(12)
+            await tx.execute(*self._q("budget_start", id=request_id, key=key, started_at=now))
+            return Admission(request_id)
+
+        return await self.connector.run(work)
+
+    async def budget_release(self, key: str, request_id: str, started_at: datetime, now: datetime) -> None:
+        query = self._q("budget_end", id=request_id, key=key, started_at=started_at, ended_at=now)
+        await self._execute(*query)
+
+    async def budget_penalize(self, key: str, until: datetime) -> None:
+        await self._execute(*self._q("budget_penalize", key=key, until=until))
 
     async def _with_deliveries(self, tx: Transaction, rows: list[Row]) -> list[Job]:
         jobs = [_job(row) for row in rows]

@@ -123,7 +123,13 @@ async def test_two_stores_opening_at_once_migrate_the_schema_once(pg_url: str) -
     versions = _rows(pg_url, "SELECT version FROM receiver_schema_version ORDER BY version")
     assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
     tables = _rows(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")
-    assert tables == [("receiver_deliveries",), ("receiver_jobs",), ("receiver_schema_version",)]
+    assert tables == [
+        ("receiver_budget_keys",),
+        ("receiver_budget_requests",),
+        ("receiver_deliveries",),
+        ("receiver_jobs",),
+        ("receiver_schema_version",),
+    ]
 
 
 @pytest.mark.postgres

@@ -187,7 +187,13 @@ def pg_schema(url: str) -> Schema:
 @pytest.mark.anyio
 async def test_both_stores_have_the_same_tables_and_columns(sqlite_path: Path, pg_store: str) -> None:
     sqlite, postgres = sqlite_schema(sqlite_path), pg_schema(pg_store)
-    assert sorted(sqlite.columns) == ["receiver_deliveries", "receiver_jobs", "receiver_schema_version"]
+    assert sorted(sqlite.columns) == [
+        "receiver_budget_keys",
+        "receiver_budget_requests",
+        "receiver_deliveries",
+        "receiver_jobs",
+        "receiver_schema_version",
+    ]
     assert sqlite.columns == postgres.columns
     assert sqlite.columns["receiver_jobs"]["deadline_at"] == ("time", True, None)
     assert sqlite.columns["receiver_deliveries"]["after"] == ("json", True, "'[]'")

@@ -154,8 +154,8 @@ async def test_concurrent_burst_never_exceeds_the_limit() -> None:
 async def test_penalty_holds_every_request_for_the_key() -> None:
     time = FakeTime()
     budget = _budget(time, limit=100)
-    budget.penalize("k", 4.0)
-    budget.penalize("k", 1.0)
+    await budget.penalize("k", 4.0)
+    await budget.penalize("k", 1.0)
     await _request(budget, time, key="other")
     assert time.sleeps == []
     assert await _request(budget, time) == pytest.approx(1004.0)

@@ -192,7 +192,7 @@ class RecordingBudget:
         self.acquired.append(key)
         yield
 
-    def penalize(self, key: str, seconds: float) -> None:
+    async def penalize(self, key: str, seconds: float) -> None:
         self.penalties.append((key, seconds))
 
 

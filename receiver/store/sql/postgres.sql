@@ -61,6 +61,10 @@ ORDER BY c.next_attempt_at, c.seq
 -- name: lock_job
 SELECT * FROM receiver_jobs WHERE id = :id FOR UPDATE
 
+-- name: lock_budget_key
+-- Admissions for one key, from any process, one after the other.
+SELECT blocked_until FROM receiver_budget_keys WHERE key = :key FOR UPDATE
+
 -- name: job_deliveries
 SELECT * FROM receiver_deliveries
 WHERE job_id = ANY (ARRAY(SELECT jsonb_array_elements_text(:job_ids)))
@@ -147,3 +151,17 @@ SELECT pg_notify(left('receiver_wake:' || current_schema(), 63), :origin)
 -- name: listen_wake
 -- Run once on the listen connection (autocommit). LISTEN takes a name, not an expression: hence EXECUTE.
 DO $$ BEGIN EXECUTE format('LISTEN %I', left('receiver_wake:' || current_schema(), 63)); END $$
+
+-- name: migration_4
+-- The rate budget shared by every process on the store.
+CREATE TABLE receiver_budget_keys (
+    key text PRIMARY KEY,
+    blocked_until timestamptz
+);
+CREATE TABLE receiver_budget_requests (
+    id text PRIMARY KEY,
+    key text NOT NULL,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz  -- NULL while the request waits for its answer
+);
+CREATE INDEX receiver_budget_requests_key ON receiver_budget_requests (key);

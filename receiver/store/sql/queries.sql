@@ -120,3 +120,29 @@ SELECT 1 AS ok;
 -- An attempt about to run for longer than its lease keeps it; a finished one (NULL) stays free.
 UPDATE receiver_deliveries SET locked_until = :lease
 WHERE job_id = :job_id AND handler = :handler AND locked_until IS NOT NULL;
+
+-- name: budget_key
+-- The rate budget: a row per key (to lock, and to hold a block) and a row per request that still counts.
+INSERT INTO receiver_budget_keys (key) VALUES (:key) ON CONFLICT (key) DO NOTHING
+
+-- name: budget_forget
+-- Requests that no longer count: answered a window ago, or in flight so long that their process died.
+DELETE FROM receiver_budget_requests
+WHERE key = :key AND (ended_at <= :ended_before OR (ended_at IS NULL AND started_at <= :started_before))
+
+-- name: budget_count
+SELECT COUNT(*) AS counting, MIN(ended_at) AS first_end FROM receiver_budget_requests WHERE key = :key
+
+-- name: budget_start
+INSERT INTO receiver_budget_requests (id, key, started_at) VALUES (:id, :key, :started_at)
+
+-- name: budget_end
+-- Also when the row was forgotten as stale (a request that outlived its bound): it counts again.
+INSERT INTO receiver_budget_requests (id, key, started_at, ended_at) VALUES (:id, :key, :started_at, :ended_at)
+ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at
+
+-- name: budget_penalize
+INSERT INTO receiver_budget_keys (key, blocked_until) VALUES (:key, :until)
+ON CONFLICT (key) DO UPDATE SET blocked_until = CASE
+    WHEN receiver_budget_keys.blocked_until > excluded.blocked_until THEN receiver_budget_keys.blocked_until
+    ELSE excluded.blocked_until END

@@ -50,6 +50,10 @@ RETURNING job_id, handler, attempts,
 -- The write transaction (BEGIN IMMEDIATE) already holds the database's write lock.
 SELECT * FROM receiver_jobs WHERE id = :id
 
+-- name: lock_budget_key
+-- The write transaction (BEGIN IMMEDIATE) already holds the database's write lock.
+SELECT blocked_until FROM receiver_budget_keys WHERE key = :key
+
 -- name: job_deliveries
 SELECT * FROM receiver_deliveries WHERE job_id IN (SELECT value FROM json_each(:job_ids)) ORDER BY seq
 
@@ -193,3 +197,17 @@ SELECT :origin AS origin
 
 -- name: listen_wake
 SELECT 1 AS listening
+
+-- name: migration_4
+-- The rate budget shared by every process on the store.
+CREATE TABLE receiver_budget_keys (
+    key TEXT NOT NULL PRIMARY KEY,
+    blocked_until TIMESTAMP TEXT
+);
+CREATE TABLE receiver_budget_requests (
+    id TEXT NOT NULL PRIMARY KEY,
+    key TEXT NOT NULL,
+    started_at TIMESTAMP TEXT NOT NULL,
+    ended_at TIMESTAMP TEXT  -- NULL while the request waits for its answer
+);
+CREATE INDEX receiver_budget_requests_key ON receiver_budget_requests (key);
