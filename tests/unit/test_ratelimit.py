@@ -1,4 +1,5 @@
-"""LocalBudget: a sliding window per key, counted from admission to answer plus the window, on a fake clock."""
+"""The budget rule, and LocalBudget: a sliding window per key, counted from admission to answer plus the
+window, on a fake clock. StoreBudget, the same over the job store, is tested in tests/integration."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import random
 
 import pytest
 
-from receiver.providers.ratelimit import BudgetBusy, LocalBudget, RateBudget, budget_key
+from receiver.providers.ratelimit import (
+    BudgetBusy,
+    LocalBudget,
+    RateBudget,
+    StoreBudget,
+    budget_key,
+    slot_wait,
+)
+from receiver.store import SQLStore
+from receiver.store.sqlite import SQLiteConnector
 
 
 class FakeTime:
@@ -34,8 +44,26 @@ def _max_in_window(stamps: list[float], window: float) -> int:
     return max(sum(1 for t in stamps if start <= t < start + window) for start in stamps)
 
 
-def test_local_budget_is_a_rate_budget() -> None:
+def test_both_budgets_are_rate_budgets() -> None:
     assert RateBudget in LocalBudget.__mro__
+    assert RateBudget in StoreBudget.__mro__
+
+
+@pytest.mark.parametrize(
+    ("counting", "blocked_for", "first_end_in", "wait"),
+    [
+        (2, 0.0, None, 0.0),  # room for one more
+        (0, -3.0, None, 0.0),  # a block that has passed
+        (1, 5.0, None, 5.0),  # room, but blocked
+        (3, 0.0, 4.0, 4.0),  # full: the earliest answered request frees a slot
+        (3, 0.0, None, None),  # full, every request waits for its answer
+        (3, 5.0, None, None),
+        (3, 5.0, 2.0, 5.0),  # the longer of the block and the first end
+        (3, 1.0, 2.0, 2.0),
+    ],
+)
+def test_slot_wait(counting: int, blocked_for: float, first_end_in: float | None, wait: float | None) -> None:
+    assert slot_wait(counting, 3, blocked_for, first_end_in) == wait
 
 
 def test_budget_key_hides_the_api_key() -> None:
@@ -177,6 +205,8 @@ def test_wait_time_is_zero_for_an_unknown_key() -> None:
 def test_nonsense_limits_are_refused(limit: int, window: float) -> None:
     with pytest.raises(ValueError, match="limit"):
         LocalBudget(limit, window)
+    with pytest.raises(ValueError, match="limit"):
+        StoreBudget(SQLStore(SQLiteConnector(":memory:")), limit, window)
 
 
 @pytest.mark.anyio
