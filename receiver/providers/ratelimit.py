@@ -198,8 +198,9 @@ class StoreBudget(RateBudget):
     async def slot(self, key: str, *, within: float | None = None) -> AsyncIterator[None]:
         lock = self._waiting.setdefault(key, asyncio.Lock())
         if within is not None and lock.locked():
-            free_at = self._free_at.get(key)
-            raise BudgetBusy(key, None if free_at is None else max(0.0, free_at - self._clock.monotonic()))
+            moment = self._clock.monotonic()
+            free_at = self._free_at.get(key, moment)  # not there: the waiting head is asking right now
+            raise BudgetBusy(key, None if free_at is None else max(0.0, free_at - moment))
         async with lock:
             started_at, request_id = await self._admit(key, within)
         try:
@@ -213,6 +214,7 @@ class StoreBudget(RateBudget):
             now = self._clock()
             admission = await self.store.budget_admit(key, self.limit, self.window, now, self.stale_after)
             if admission.request_id is not None:
+                self._free_at.pop(key, None)
                 return now, admission.request_id
             wait = admission.wait
             moment = self._clock.monotonic()
