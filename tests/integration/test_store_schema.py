@@ -349,7 +349,7 @@ async def test_a_sqlite_file_from_the_first_schema_is_migrated_with_its_data(tmp
         await store.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM receiver_schema_version").fetchall() == [(2,), (3,)]
+        assert conn.execute("SELECT version FROM receiver_schema_version").fetchall() == [(2,), (3,), (4,)]
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("DELETE FROM receiver_jobs WHERE id = 'job_done'")
