@@ -1,0 +1,274 @@
+"""The job state machine under any order and repetition of provider reports, from both roads.
+
+A job's reports are drawn as the providers can send them (queued, running with or without progress,
+succeeded with or without outputs, failed, canceled), in any order, any of them repeated, arriving by
+webhook or by poll, with the provider's acceptance (`mark_submitted`) at any point among them. They go
+through `Receiver.record`, the one call both roads make, into a real SQLStore on SQLite in a temporary
+file: one store for the module, a new job per example. The pure transition, `apply_update`, is checked
+on its own too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from handlers import build_handlers
+from receiver.clock import VirtualClock
+from receiver.config import Settings
+from receiver.events import TERMINAL, Job, JobError, JobStatus, event_type, new_job_id
+from receiver.providers.base import ProviderStatus
+from receiver.providers.registry import NAMES
+from receiver.service import Receiver, update_from
+from receiver.store import HandlerRoute, SQLStore, Update
+from receiver.store.sqlite import SQLiteConnector
+from receiver.store.state import apply_update
+
+PROVIDER_JOB_ID = "pj_1"
+HANDLERS: list[dict[str, Any]] = [
+    {"name": "everything", "type": "log"},
+    {"name": "successes", "type": "log", "events": ["job.succeeded"]},
+    {"name": "failures", "type": "log", "events": ["job.failed"]},
+    {"name": "runbase-only", "type": "log", "providers": ["runbase"]},
+    {"name": "video-team", "type": "log", "when": {"team": "video"}},
+    {"name": "after-everything", "type": "log", "after": ["everything"]},
+]
+# The order of progress through a job, as the store ranks its live statuses.
+RANK = {JobStatus.PENDING: 0, JobStatus.SUBMITTED: 1, JobStatus.RUNNING: 2}
+
+progress = st.none() | st.integers(min_value=0, max_value=100)
+urls = st.lists(st.sampled_from(["https://cdn.example/a.mp4", "https://cdn.example/b.mp4"]), max_size=2)
+live = st.builds(
+    ProviderStatus,
+    provider_job_id=st.just(PROVIDER_JOB_ID),
+    status=st.sampled_from([JobStatus.SUBMITTED, JobStatus.RUNNING]),
+    progress=progress,
+)
+succeeded = st.builds(
+    ProviderStatus,
+    provider_job_id=st.just(PROVIDER_JOB_ID),
+    status=st.just(JobStatus.SUCCEEDED),
+    progress=st.just(100),
+    output_urls=urls,
+)
+ended_badly = st.builds(
+    ProviderStatus,
+    provider_job_id=st.just(PROVIDER_JOB_ID),
+    status=st.sampled_from([JobStatus.FAILED, JobStatus.CANCELED]),
+    progress=progress,
+    error=st.builds(JobError, code=st.sampled_from(["provider_failed", "canceled"]), message=st.just("x")),
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    update: Update
+    via: str
+
+
+reports = st.builds(
+    Report,
+    update=st.one_of(live, succeeded, ended_badly).map(update_from),
+    via=st.sampled_from(["webhook", "poll"]),
+)
+
+
+@dataclass
+class World:
+    runner: asyncio.Runner
+    receiver: Receiver
+    clock: VirtualClock
+    completions: list[int]
+
+    def run(self, coro: Any) -> Any:
+        return self.runner.run(coro)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    path: Path = tmp_path_factory.mktemp("properties") / "receiver.db"
+    clock = VirtualClock()
+    store = SQLStore(SQLiteConnector(str(path)))
+    receiver = Receiver(Settings(secret="s" * 16), store, build_handlers(HANDLERS, clock=clock), clock=clock)
+    completions: list[int] = []
+    receiver.on_record(lambda: completions.append(1))
+    with asyncio.Runner() as runner:
+        runner.run(store.open())
+        yield World(runner, receiver, clock, completions)
+        runner.run(store.close())
+
+
+def _rank(status: JobStatus) -> int:
+    return RANK.get(status, 3)
+
+
+def _progress(job: Job) -> int:
+    return -1 if job.progress is None else job.progress
+
+
+def _snapshot(job: Job) -> dict[str, Any]:
+    return {**job.to_json(), "event_id": job.event_id}
+
+
+def _expected_handlers(receiver: Receiver, job: Job) -> set[str]:
+    event = {"type": event_type(job.status), "job": {"provider": job.provider, "metadata": job.metadata}}
+    return {spec.name for spec in receiver.specs if spec.matches(event)}
+
+
+def _check_step(before: Job, after: Job, update: Update, *, ended_now: bool) -> None:
+    """What one report may do to a job that had not ended before it."""
+    assert _rank(after.status) >= _rank(before.status)
+    assert _progress(after) >= _progress(before), "progress went backwards"
+    if ended_now:
+        assert after.status is update.status
+        assert after.output_urls == list(update.output_urls)
+        assert after.error == update.error
+        assert after.event_id is not None
+        if update.status is JobStatus.SUCCEEDED:
+            assert after.progress == 100
+        return
+    assert update.status not in TERMINAL
+    assert _rank(after.status) >= _rank(update.status)
+    if update.progress is not None:
+        assert _progress(after) >= update.progress
+    assert after.event_id is None
+    assert after.deliveries == []
+
+
+@given(
+    provider=st.sampled_from(NAMES),
+    metadata=st.sampled_from([{}, {"team": "video"}, {"team": "audio"}]),
+    steps=st.lists(reports, min_size=1, max_size=12),
+    accepted_at=st.integers(min_value=0, max_value=12),
+)
+def test_any_order_of_reports_ends_a_job_once_with_one_event_per_matching_handler(
+    world: World, provider: str, metadata: dict[str, Any], steps: list[Report], accepted_at: int
+) -> None:
+    receiver, store = world.receiver, world.receiver.store
+    job = Job(
+        id=new_job_id(),
+        provider=provider,
+        status=JobStatus.PENDING,
+        request={"prompt": "p"},
+        metadata=metadata,
+        created_at=world.clock(),
+    )
+    world.run(store.create_job(job, world.clock() + timedelta(hours=1)))
+    completions_before = len(world.completions)
+    first_end = next((i for i, r in enumerate(steps) if r.update.status in TERMINAL), None)
+    ended = 0
+    current = world.run(store.get_job(job.id))
+    for index, report in enumerate(steps):
+        if index == min(accepted_at, len(steps) - 1):
+            world.run(store.mark_submitted(job.id, PROVIDER_JOB_ID, world.clock(), world.clock()))
+            submitted = world.run(store.get_job(job.id))
+            assert _rank(submitted.status) >= _rank(current.status)
+            assert submitted.progress == current.progress
+            current = submitted
+        world.clock.advance(1.0)
+        recorded = world.run(receiver.record(job.id, report.update, report.via))
+        after = world.run(store.get_job(job.id))
+        assert not recorded.conflict
+        if ended:
+            assert not recorded.changed
+            assert not recorded.terminal
+            assert _snapshot(after) == _snapshot(current), "a report after the end changed the job"
+        else:
+            _check_step(current, after, report.update, ended_now=recorded.terminal)
+            assert recorded.terminal == (index == first_end)
+            if recorded.terminal:
+                assert after.completed_via == report.via
+        ended += recorded.terminal
+        current = after
+    assert ended == (first_end is not None)
+    assert len(world.completions) - completions_before == ended
+    if not ended:
+        assert current.status not in TERMINAL
+        assert current.deliveries == []
+        return
+    assert current.status is steps[first_end].update.status  # type: ignore[index]
+    handlers = [d.handler for d in current.deliveries]
+    assert sorted(handlers) == sorted(_expected_handlers(receiver, current))
+    due = world.run(store.claim_due_deliveries(world.clock(), 1000, 3600.0))
+    events = [d.event for d in due if d.job_id == job.id]
+    assert events, "no delivery of the final event was due"
+    assert {e["id"] for e in events} == {current.event_id}
+    assert {e["type"] for e in events} == {event_type(current.status)}
+
+
+@given(steps=st.lists(reports, min_size=1, max_size=12))
+def test_a_report_naming_another_provider_job_changes_nothing(world: World, steps: list[Report]) -> None:
+    receiver, store = world.receiver, world.receiver.store
+    job = Job(
+        id=new_job_id(),
+        provider="runbase",
+        status=JobStatus.PENDING,
+        request={"prompt": "p"},
+        created_at=world.clock(),
+    )
+    world.run(store.create_job(job, world.clock() + timedelta(hours=1)))
+    world.run(store.mark_submitted(job.id, PROVIDER_JOB_ID, world.clock(), world.clock()))
+    before = world.run(store.get_job(job.id))
+    for report in steps:
+        other = Update(
+            report.update.status,
+            provider_job_id="pj_other",
+            progress=report.update.progress,
+            output_urls=report.update.output_urls,
+            error=report.update.error,
+        )
+        recorded = world.run(receiver.record(job.id, other, report.via))
+        assert recorded.conflict
+        assert not recorded.changed
+    assert _snapshot(world.run(store.get_job(job.id))) == _snapshot(before)
+
+
+def _routes(event: dict[str, Any]) -> list[HandlerRoute]:
+    routes = [HandlerRoute("everything", ())]
+    if event["type"] == "job.succeeded":
+        routes.append(HandlerRoute("successes", ()))
+    return routes
+
+
+@given(
+    start=st.sampled_from([JobStatus.PENDING, JobStatus.SUBMITTED]),
+    steps=st.lists(reports, min_size=1, max_size=30),
+)
+def test_the_pure_transition_ends_once_and_never_moves_back(start: JobStatus, steps: list[Report]) -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    job = Job(id="job_1", provider="runbase", status=start, request={}, created_at=now)
+    calls: list[dict[str, Any]] = []
+
+    def routes(event: dict[str, Any]) -> list[HandlerRoute]:
+        calls.append(event)
+        return _routes(event)
+
+    ended = False
+    for report in steps:
+        before = copy.deepcopy(job)
+        change = apply_update(job, report.update, report.via, now, routes)
+        assert change.recorded.job is job
+        if ended:
+            assert not change.recorded.changed
+            assert change.event is None
+            assert _snapshot(job) == _snapshot(before)
+            continue
+        _check_step(before, job, report.update, ended_now=change.recorded.terminal)
+        assert change.recorded.terminal == (report.update.status in TERMINAL)
+        assert (change.event is not None) == change.recorded.terminal
+        if change.event is not None:
+            assert change.event["id"] == job.event_id
+            assert [r.name for r in change.routes] == [d.handler for d in job.deliveries]
+        ended = change.recorded.terminal
+    assert len(calls) == ended
