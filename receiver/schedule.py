@@ -62,7 +62,10 @@ def next_poll_at(plan: PollPlan, submitted_at: datetime, now: datetime, expected
 
 def retry_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
     """Seconds to wait after `attempt` failures: base * 2^(attempt-1) plus up to 25% jitter, capped."""
-    nominal: float = base * 2 ** (attempt - 1)
+    try:
+        nominal = math.ldexp(base, attempt - 1)
+    except OverflowError:  # past 2**1024: beyond any cap
+        nominal = math.inf
     return min(cap, nominal * (1 + 0.25 * rand()))
 
 

@@ -14,7 +14,7 @@ import asyncio
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -244,8 +244,6 @@ def _routes(event: dict[str, Any]) -> list[HandlerRoute]:
     steps=st.lists(reports, min_size=1, max_size=30),
 )
 def test_the_pure_transition_ends_once_and_never_moves_back(start: JobStatus, steps: list[Report]) -> None:
-    from datetime import UTC, datetime
-
     now = datetime(2026, 1, 1, tzinfo=UTC)
     job = Job(id="job_1", provider="runbase", status=start, request={}, created_at=now)
     calls: list[dict[str, Any]] = []
