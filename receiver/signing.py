@@ -61,7 +61,7 @@ class WebhookSigner:
             data = self._serializer.loads(token, max_age=int(self.max_age))
         except SignatureExpired:
             raise TokenExpired("webhook token expired") from None
-        except BadSignature:
+        except (BadSignature, UnicodeEncodeError):  # a lone surrogate cannot be encoded to be checked
             raise TokenInvalid("webhook token is invalid") from None
         if (
             not isinstance(data, dict)
