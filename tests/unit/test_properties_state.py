@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers import build_handlers
+from handlers import HandlerSpec, build_handlers
 from receiver.clock import VirtualClock
 from receiver.config import Settings
 from receiver.events import TERMINAL, Job, JobError, JobStatus, event_type, new_job_id
+from receiver.providers import apiframe
 from receiver.providers.base import ProviderStatus
 from receiver.providers.registry import NAMES
 from receiver.service import Receiver, update_from
@@ -270,3 +272,129 @@ def test_the_pure_transition_ends_once_and_never_moves_back(start: JobStatus, st
             assert [r.name for r in change.routes] == [d.handler for d in job.deliveries]
         ended = change.recorded.terminal
     assert len(calls) == ended
+
+
+class Recorder:
+    """A handler that keeps every event it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def handle(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        self.events.append(event)
+        return None
+
+
+class Apiframe:
+    """Apiframe as the worker's poll sees it: whatever the job's latest state is."""
+
+    name = "apiframe"
+
+    def __init__(self) -> None:
+        self.body: dict[str, Any] = {}
+
+    async def get_status(self, provider_job_id: str) -> ProviderStatus:
+        assert provider_job_id == PROVIDER_JOB_ID
+        return apiframe.map_status(self.body)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _specs() -> list[HandlerSpec]:
+    return [
+        HandlerSpec("everything", "recorder", Recorder()),
+        HandlerSpec("successes", "recorder", Recorder(), events=("job.succeeded",)),
+        HandlerSpec("failures", "recorder", Recorder(), events=("job.failed",)),
+        HandlerSpec("runbase-only", "recorder", Recorder(), providers=("runbase",)),
+        HandlerSpec("after-everything", "recorder", Recorder(), after=("everything",)),
+    ]
+
+
+apiframe_bodies = st.fixed_dictionaries(
+    {
+        "jobId": st.just(PROVIDER_JOB_ID),
+        "status": st.sampled_from(["queued", "processing", "completed", "failed", "cancelled"]),
+    },
+    optional={
+        "progress": st.integers(min_value=0, max_value=100),
+        "result": st.sampled_from([{"videoUrl": "https://cdn.example/a.mp4"}, {"videos": []}]),
+        "error": st.just("out of credits"),
+    },
+)
+
+
+@settings(max_examples=100)  # a store and a receiver per example
+@given(
+    steps=st.lists(st.tuples(st.sampled_from(["webhook", "poll"]), apiframe_bodies), min_size=1, max_size=10),
+    accepted_at=st.integers(min_value=0, max_value=10),
+)
+def test_reports_by_either_road_deliver_one_event_to_each_matching_handler(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, dict[str, Any]]], accepted_at: int
+) -> None:
+    """Webhooks through accept_webhook with the job's token, polls through a worker round: a webhook
+    that cannot be acted on (succeeded without a URL) asks for a poll, as the route does."""
+    path = tmp_path_factory.mktemp("roads") / "receiver.db"
+    provider = Apiframe()
+    clock = VirtualClock()
+    specs = _specs()
+    receiver = Receiver(
+        Settings(secret="s" * 16),
+        SQLStore(SQLiteConnector(str(path))),
+        specs,
+        clients={"apiframe": provider},
+        clock=clock,
+    )
+    with asyncio.Runner() as runner:
+        runner.run(receiver.open())
+        try:
+            job = Job(
+                id=new_job_id(),
+                provider="apiframe",
+                status=JobStatus.PENDING,
+                request={"prompt": "p"},
+                created_at=clock(),
+            )
+            runner.run(receiver.store.create_job(job, clock() + timedelta(hours=1)))
+            token = receiver.signer.token(job.id, "apiframe")
+            current = runner.run(receiver.store.get_job(job.id))
+            ended: Job | None = None
+            for index, (road, body) in enumerate(steps):
+                if index == min(accepted_at, len(steps) - 1):
+                    # Accepted with the first poll far away: polls come only when a step asks.
+                    far = clock() + timedelta(hours=2)
+                    runner.run(receiver.store.mark_submitted(job.id, PROVIDER_JOB_ID, clock(), far))
+                    # Acceptance is no report: a job an early webhook ended gains its submit time.
+                    current = runner.run(receiver.store.get_job(job.id))
+                    ended = current if ended is not None else None
+                clock.advance(1.0)
+                provider.body = body
+                if road == "webhook":
+                    raw = json.dumps(body).encode()
+
+                    async def read(raw: bytes = raw) -> bytes:
+                        return raw
+
+                    runner.run(receiver.accept_webhook("apiframe", token, {}, read))
+                else:
+                    runner.run(receiver.store.poll_soon(job.id, clock()))
+                runner.run(receiver.tick())
+                after = runner.run(receiver.store.get_job(job.id))
+                assert _progress(after) >= _progress(current), "progress went backwards"
+                assert _rank(after.status) >= _rank(current.status)
+                if ended is not None:
+                    assert after.to_json(deliveries=False) == ended.to_json(deliveries=False)
+                    assert after.event_id == ended.event_id
+                elif after.status in TERMINAL:
+                    ended = after
+                current = after
+            runner.run(receiver.tick())
+        finally:
+            runner.run(receiver.close())
+    for spec in specs:
+        events = spec.handler.events  # type: ignore[attr-defined]
+        if ended is None:
+            assert events == []
+            continue
+        matches = spec.matches({"type": event_type(ended.status), "job": ended.to_json(deliveries=False)})
+        assert [e["id"] for e in events] == ([ended.event_id] if matches else []), spec.name
