@@ -207,6 +207,7 @@ def test_any_order_of_reports_ends_a_job_once_with_one_event_per_matching_handle
     assert {e["type"] for e in events} == {event_type(current.status)}
 
 
+@settings(max_examples=50)
 @given(steps=st.lists(reports, min_size=1, max_size=12))
 def test_a_report_naming_another_provider_job_changes_nothing(world: World, steps: list[Report]) -> None:
     receiver, store = world.receiver, world.receiver.store
@@ -324,7 +325,7 @@ apiframe_bodies = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=100)  # a store and a receiver per example
+@settings(max_examples=50)  # a store and a receiver per example, worker rounds per step
 @given(
     steps=st.lists(st.tuples(st.sampled_from(["webhook", "poll"]), apiframe_bodies), min_size=1, max_size=10),
     accepted_at=st.integers(min_value=0, max_value=10),
