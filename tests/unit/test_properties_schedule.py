@@ -179,12 +179,16 @@ def test_jobs_submitted_together_never_exceed_the_rate_limit_in_any_window(
     assert _most_counted_in_one_window(requests, window) <= limit
 
 
-@given(
-    attempt=st.integers(min_value=1, max_value=5000),
-    base=st.floats(min_value=0.0, max_value=1e6),
-    cap=st.floats(min_value=0.0, max_value=1e7),
-    jitter=st.floats(min_value=0.0, max_value=1.0),
-)
+# Any attempt, past the 2**1024 a float can hold, any base and cap, and any jitter draw.
+backoffs = {
+    "attempt": st.integers(min_value=1, max_value=5000),
+    "base": st.floats(min_value=0.0, max_value=1e6),
+    "cap": st.floats(min_value=0.0, max_value=1e7),
+    "jitter": st.floats(min_value=0.0, max_value=1.0),
+}
+
+
+@given(**backoffs)
 def test_retry_delay_is_the_nominal_wait_plus_at_most_a_quarter_capped(
     attempt: int, base: float, cap: float, jitter: float
 ) -> None:
@@ -196,12 +200,7 @@ def test_retry_delay_is_the_nominal_wait_plus_at_most_a_quarter_capped(
     assert min(cap, nominal) <= delay <= min(cap, 1.25 * nominal)
 
 
-@given(
-    attempt=st.integers(min_value=1, max_value=5000),
-    base=st.floats(min_value=0.0, max_value=1e6),
-    cap=st.floats(min_value=0.0, max_value=1e7),
-    jitter=st.floats(min_value=0.0, max_value=1.0),
-)
+@given(**backoffs)
 def test_retry_delay_never_shrinks_from_one_attempt_to_the_next(
     attempt: int, base: float, cap: float, jitter: float
 ) -> None:
