@@ -45,7 +45,7 @@ HANDLERS: list[dict[str, Any]] = [
     {"name": "after-everything", "type": "log", "after": ["everything"]},
 ]
 # The order of progress through a job, as the store ranks its live statuses.
-RANK = {JobStatus.PENDING: 0, JobStatus.SUBMITTED: 1, JobStatus.RUNNING: 2}
+RANK = {JobStatus.PENDING: 0, JobStatus.QUEUED: 0, JobStatus.SUBMITTED: 1, JobStatus.RUNNING: 2}
 
 progress = st.none() | st.integers(min_value=0, max_value=100)
 urls = st.lists(st.sampled_from(["https://cdn.example/a.mp4", "https://cdn.example/b.mp4"]), max_size=2)
@@ -287,12 +287,21 @@ class Recorder:
 
 
 class Apiframe:
-    """Apiframe as the worker's poll sees it: whatever the job's latest state is."""
+    """Apiframe as the worker sees it: a poll reads the job's latest state; a submit sent again (the
+    worker takes a `pending` job whose next look came due for one whose submit lost its process) finds
+    the job the Idempotency-Key already made."""
 
     name = "apiframe"
 
     def __init__(self) -> None:
         self.body: dict[str, Any] = {}
+        self.submits = 0
+
+    async def submit(
+        self, job_id: str, request: Any, webhook_url: str | None = None, **_: Any
+    ) -> ProviderStatus:
+        self.submits += 1
+        return ProviderStatus(provider_job_id=PROVIDER_JOB_ID, status=JobStatus.SUBMITTED)
 
     async def get_status(self, provider_job_id: str) -> ProviderStatus:
         assert provider_job_id == PROVIDER_JOB_ID
@@ -377,7 +386,7 @@ def test_reports_by_either_road_deliver_one_event_to_each_matching_handler(
                         return raw
 
                     runner.run(receiver.accept_webhook("apiframe", token, {}, read))
-                else:
+                elif current.provider_job_id is not None:  # the worker polls only a job the provider took
                     runner.run(receiver.store.poll_soon(job.id, clock()))
                 runner.run(receiver.tick())
                 after = runner.run(receiver.store.get_job(job.id))
@@ -399,3 +408,48 @@ def test_reports_by_either_road_deliver_one_event_to_each_matching_handler(
             continue
         matches = spec.matches({"type": event_type(ended.status), "job": ended.to_json(deliveries=False)})
         assert [e["id"] for e in events] == ([ended.event_id] if matches else []), spec.name
+
+
+@pytest.mark.xfail(
+    strict=True, reason="poll_soon moves a pending job's submit lease to now: reported, not fixed"
+)
+def test_an_unusable_webhook_during_the_submit_does_not_make_the_worker_resubmit(
+    tmp_path: Path,
+) -> None:
+    """Apiframe may call the webhook before its answer to the submit arrives. A report that must be
+    confirmed by a poll (completed without a URL) then asks for a poll soon; on a job that has no
+    provider id yet, that brings its submit lease to now, and the next worker round takes the job for
+    one whose submitting process died and sends the submit again while the first is still in flight."""
+    provider = Apiframe()
+    clock = VirtualClock()
+    settings_ = Settings(secret="s" * 16)
+    store = SQLStore(SQLiteConnector(str(tmp_path / "receiver.db")))
+    receiver = Receiver(settings_, store, _specs(), clients={"apiframe": provider}, clock=clock)
+    body = json.dumps({"jobId": PROVIDER_JOB_ID, "status": "completed"}).encode()
+
+    async def read() -> bytes:
+        return body
+
+    async def scenario() -> None:
+        await receiver.open()
+        try:
+            job = Job(
+                id=new_job_id(),
+                provider="apiframe",
+                status=JobStatus.PENDING,
+                request={"prompt": "p"},
+                created_at=clock(),
+            )
+            lease = clock() + timedelta(seconds=settings_.submit_lease)
+            await store.create_job(job, clock() + timedelta(hours=1), lease)  # as Receiver.submit does
+            token = receiver.signer.token(job.id, "apiframe")
+            assert await receiver.accept_webhook("apiframe", token, {}, read) == {
+                "ok": True,
+                "confirm": "poll",
+            }
+            await receiver.tick()
+        finally:
+            await receiver.close()
+
+    asyncio.run(scenario())
+    assert provider.submits == 0
