@@ -121,6 +121,17 @@ def _snapshot(job: Job) -> dict[str, Any]:
     return {**job.to_json(), "event_id": job.event_id}
 
 
+def _new_job(clock: VirtualClock, provider: str, metadata: dict[str, Any] | None = None) -> Job:
+    return Job(
+        id=new_job_id(),
+        provider=provider,
+        status=JobStatus.PENDING,
+        request={"prompt": "p"},
+        metadata=metadata or {},
+        created_at=clock(),
+    )
+
+
 def _expected_handlers(receiver: Receiver, job: Job) -> set[str]:
     event = {"type": event_type(job.status), "job": {"provider": job.provider, "metadata": job.metadata}}
     return {spec.name for spec in receiver.specs if spec.matches(event)}
@@ -156,14 +167,7 @@ def test_any_order_of_reports_ends_a_job_once_with_one_event_per_matching_handle
     world: World, provider: str, metadata: dict[str, Any], steps: list[Report], accepted_at: int
 ) -> None:
     receiver, store = world.receiver, world.receiver.store
-    job = Job(
-        id=new_job_id(),
-        provider=provider,
-        status=JobStatus.PENDING,
-        request={"prompt": "p"},
-        metadata=metadata,
-        created_at=world.clock(),
-    )
+    job = _new_job(world.clock, provider, metadata)
     world.run(store.create_job(job, world.clock() + timedelta(hours=1)))
     completions_before = len(world.completions)
     first_end = next((i for i, r in enumerate(steps) if r.update.status in TERMINAL), None)
@@ -211,13 +215,7 @@ def test_any_order_of_reports_ends_a_job_once_with_one_event_per_matching_handle
 @given(steps=st.lists(reports, min_size=1, max_size=12))
 def test_a_report_naming_another_provider_job_changes_nothing(world: World, steps: list[Report]) -> None:
     receiver, store = world.receiver, world.receiver.store
-    job = Job(
-        id=new_job_id(),
-        provider="runbase",
-        status=JobStatus.PENDING,
-        request={"prompt": "p"},
-        created_at=world.clock(),
-    )
+    job = _new_job(world.clock, "runbase")
     world.run(store.create_job(job, world.clock() + timedelta(hours=1)))
     world.run(store.mark_submitted(job.id, PROVIDER_JOB_ID, world.clock(), world.clock()))
     before = world.run(store.get_job(job.id))
@@ -358,13 +356,7 @@ def test_reports_by_either_road_deliver_one_event_to_each_matching_handler(
     with asyncio.Runner() as runner:
         runner.run(receiver.open())
         try:
-            job = Job(
-                id=new_job_id(),
-                provider="apiframe",
-                status=JobStatus.PENDING,
-                request={"prompt": "p"},
-                created_at=clock(),
-            )
+            job = _new_job(clock, "apiframe")
             runner.run(receiver.store.create_job(job, clock() + timedelta(hours=1)))
             token = receiver.signer.token(job.id, "apiframe")
             current = runner.run(receiver.store.get_job(job.id))
@@ -433,13 +425,7 @@ def test_an_unusable_webhook_during_the_submit_does_not_make_the_worker_resubmit
     async def scenario() -> None:
         await receiver.open()
         try:
-            job = Job(
-                id=new_job_id(),
-                provider="apiframe",
-                status=JobStatus.PENDING,
-                request={"prompt": "p"},
-                created_at=clock(),
-            )
+            job = _new_job(clock, "apiframe")
             lease = clock() + timedelta(seconds=settings_.submit_lease)
             await store.create_job(job, clock() + timedelta(hours=1), lease)  # as Receiver.submit does
             token = receiver.signer.token(job.id, "apiframe")
