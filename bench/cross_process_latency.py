@@ -46,6 +46,7 @@ from webhook_latency import (
     RawConnection,
     Shot,
     _completed,
+    _cpu_seconds,
     _free_port,
     _hook,
     _make_jobs,
@@ -177,7 +178,13 @@ async def send(jobs: list[tuple[str, str]], port: int, rate: float) -> tuple[dic
     return sent, non_200
 
 
-async def measure(setup: Setup, args: argparse.Namespace, folder: Path) -> list[float]:
+@dataclass
+class Result:
+    latencies_ms: list[float]
+    cpu_ms: list[float]  # CPU per webhook of each process, in the order of the set-up's processes
+
+
+async def measure(setup: Setup, args: argparse.Namespace, folder: Path) -> Result:
     inbox = Inbox()
     app = Starlette(routes=[Route("/in", inbox.receive, methods=["POST"])])
     with fresh_schema(args.pg) as url, BackgroundServer(app) as inbox_server:
@@ -187,14 +194,19 @@ async def measure(setup: Setup, args: argparse.Namespace, folder: Path) -> list[
         try:
             await _wait_ready(f"http://{HOST}:{port}", processes[0])
             for batch in (jobs[:WARMUP], jobs[WARMUP:]):
+                cpu = [_cpu_seconds(process.pid) for process in processes]
                 sent, non_200 = await send(batch, port, args.rate)
                 ids = [job_id for job_id, _ in batch]
                 arrived = await asyncio.to_thread(inbox.wait_for, ids, ARRIVAL_TIMEOUT)
+                cpu = [
+                    _cpu_seconds(process.pid) - before for process, before in zip(processes, cpu, strict=True)
+                ]
                 if non_200 or arrived < len(ids):
                     print(f"{setup.name}: {non_200} answers not 200, {arrived}/{len(ids)} delivered")
         finally:
             stop(processes, folder)
-    return [(inbox.arrived[j] - sent[j]) * 1000 for j in sent if j in inbox.arrived]
+    latencies = [(inbox.arrived[j] - sent[j]) * 1000 for j in sent if j in inbox.arrived]
+    return Result(latencies, [seconds / len(sent) * 1000 for seconds in cpu])
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -220,7 +232,7 @@ def main() -> int:
     except psycopg.OperationalError as exc:
         print(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 1
-    results: dict[str, list[float]] = {}
+    results: dict[str, Result] = {}
     for setup in SETUPS:
         if args.only and setup.name not in args.only:
             continue
@@ -231,11 +243,15 @@ def main() -> int:
             shutil.rmtree(folder, ignore_errors=True)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{args.jobs} webhooks at {args.rate:g}/s per set-up, {os.cpu_count()} CPUs, load average {load}")
-    for name, latencies in results.items():
+    for name, result in results.items():
+        latencies = result.latencies_ms
         figures = "  ".join(f"p{p}={percentile(latencies, p):7.2f} ms" for p in (50, 90, 99))
-        print(f"{name:<10} n={len(latencies):<5} {figures}  max={max(latencies):7.2f} ms")
+        cpu = " + ".join(f"{ms:.2f}" for ms in result.cpu_ms)
+        print(
+            f"{name:<10} n={len(latencies):<5} {figures}  max={max(latencies):7.2f} ms  CPU/webhook {cpu} ms"
+        )
     if "apart" in results and "one" in results:
-        apart, one = results["apart"], results["one"]
+        apart, one = results["apart"].latencies_ms, results["one"].latencies_ms
         ratios = (percentile(apart, p) / percentile(one, p) for p in (50, 99))
         print("apart / one: p50 {:.2f}x, p99 {:.2f}x".format(*ratios))
     return 0
