@@ -275,5 +275,5 @@ async def test_budget_keeps_a_burst_within_the_limit() -> None:
         assert {r["status"] for r in log} == {200, 201}
         stamps = sorted(r["t"] for r in log)
         busiest = max(sum(1 for t in stamps if start <= t < start + window) for start in stamps)
-        assert busiest == limit
+        assert busiest <= limit
         await client.aclose()
