@@ -397,9 +397,6 @@ def test_reports_by_either_road_deliver_one_event_to_each_matching_handler(
         assert [e["id"] for e in events] == ([ended.event_id] if matches else []), spec.name
 
 
-@pytest.mark.xfail(
-    strict=True, reason="poll_soon moves a pending job's submit lease to now: reported, not fixed"
-)
 def test_an_unusable_webhook_during_the_submit_does_not_make_the_worker_resubmit(
     tmp_path: Path,
 ) -> None:

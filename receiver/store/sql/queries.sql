@@ -61,8 +61,11 @@ SET next_poll_at = CASE WHEN completed_at IS NULL THEN :next_poll_at ELSE NULLIF
 WHERE id = :id
 
 -- name: poll_soon
+-- Only a job the provider has named: a pending job's next_poll_at is its submit's lease, and moving
+-- it would make the worker resubmit while the first submit still waits for its answer.
 UPDATE receiver_jobs SET next_poll_at = :at
-WHERE id = :id AND completed_at IS NULL AND (next_poll_at IS NULL OR next_poll_at > :at)
+WHERE id = :id AND completed_at IS NULL AND provider_job_id IS NOT NULL
+  AND (next_poll_at IS NULL OR next_poll_at > :at)
 
 -- name: job_exists
 SELECT 1 AS found FROM receiver_jobs WHERE id = :id
