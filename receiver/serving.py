@@ -51,6 +51,9 @@ def server_config(app: Any, limits: ServerLimits | None = None, **options: Any) 
     return LimitedConfig(app, limits or ServerLimits(), **options)
 
 
+LINGER = 1.0  # seconds a refused connection stays half-closed before it is closed
+
+
 class GuardedProtocol(asyncio.Protocol):
     """Mixed into uvicorn's protocols: a request head must arrive whole within `header_timeout` and
     `max_header_bytes`, else 408 or 431 and the connection is closed (uvicorn would wait forever)."""
@@ -115,7 +118,13 @@ class GuardedProtocol(asyncio.Protocol):
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
                 b"connection: close\r\n\r\n%s" % (status, phrase.encode(), len(body), body)
             )
-        self.transport.close()
+        # A close with the client's bytes still unread sends a reset, which can reach the client before
+        # it has read the answer and destroy it. So: end our side (the answer, then FIN), read no more,
+        # and close a moment later, when the client has had the answer.
+        self.transport.pause_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
 
 
 class GuardedH11(GuardedProtocol, H11Protocol):
