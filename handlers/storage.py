@@ -11,9 +11,8 @@ import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import AsyncExitStack, aclosing, contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -128,17 +127,20 @@ class LocalSink:
 
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes], content_type: str) -> None:
         path = self.folder / key
-        tmp = await anyio.to_thread.run_sync(_temp_file, path)
+        # Made and opened on the event loop (microseconds): a cancellation that lands while a thread
+        # makes them would lose the open file and leave the temp file behind.
+        tmp, file = _temp_file(path)
         try:
-            async with await anyio.open_file(tmp, "wb") as file:
+            try:
                 async for chunk in chunks:
-                    await file.write(chunk)
-                await file.flush()
-                await anyio.to_thread.run_sync(os.fsync, file.wrapped.fileno())
+                    await anyio.to_thread.run_sync(file.write, chunk)
+                await anyio.to_thread.run_sync(file.flush)
+                await anyio.to_thread.run_sync(os.fsync, file.fileno())
+            finally:
+                file.close()
             await anyio.to_thread.run_sync(_publish, tmp, path)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(partial(tmp.unlink, missing_ok=True))
+            tmp.unlink(missing_ok=True)
             raise
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
@@ -148,12 +150,11 @@ class LocalSink:
         return None
 
 
-def _temp_file(path: Path) -> Path:
+def _temp_file(path: Path) -> tuple[Path, BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    os.chmod(name, 0o644)  # mkstemp makes it 0600; the copy should read like any other file
-    return Path(name)
+    os.fchmod(fd, 0o644)  # mkstemp makes it 0600; the copy should read like any other file
+    return Path(name), os.fdopen(fd, "wb")
 
 
 def _publish(tmp: Path, path: Path) -> None:
