@@ -47,13 +47,12 @@ def serverless(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Module
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(world.tmp)
     sys.modules.pop("receiver.serverless", None)
-    loop = asyncio.new_event_loop()  # the container's loop, which Lambda keeps across invocations
-    asyncio.set_event_loop(loop)
+    module = importlib.import_module("receiver.serverless")  # Lambda's init phase
     try:
-        yield importlib.import_module("receiver.serverless")
+        yield module
     finally:
+        module.shutdown()
         asyncio.set_event_loop(None)
-        loop.close()
 
 
 @pytest.mark.parametrize("world", [{"apiframe": {"webhook": "drop"}}], indirect=True)
