@@ -7,7 +7,10 @@ import asyncio
 import importlib
 import json
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,37 +20,20 @@ import pytest
 from conftest import ADMIN, RUNBASE_KEY, World, wait_until
 
 from receiver.signing import WebhookSigner
+from tests.support.gateway import http_api_event, running_gateway
+from tests.support.pg import fresh_schema
 
 SECRET = "serverless-secret-value"
 
 
-def api_gateway_event(
-    method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """An API Gateway HTTP API (payload 2.0) event, as Lambda hands it to the function."""
-    return {
-        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
-        "headers": {"host": "hooks.example.com", "content-type": "application/json", **(headers or {})},
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "api", "domainName": "hooks.example.com", "stage": "$default",
-            "requestId": "req", "routeKey": "$default", "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0,
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.9", "userAgent": "t"},
-        },
-        "body": body.decode(), "isBase64Encoded": False,
-    }  # fmt: skip
-
-
-@pytest.fixture
-def serverless(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    for name, value in {
-        **world.env,
-        "RECEIVER_SECRET": SECRET,
-        "RECEIVER_PUBLIC_URL": "https://hooks.example.com",
-    }.items():
+@contextmanager
+def lambda_module(world: World, monkeypatch: pytest.MonkeyPatch, **env: str) -> Iterator[ModuleType]:
+    """`receiver.serverless` imported afresh with the world's settings and `env` (Lambda's init)."""
+    for name, value in {**world.env, "RECEIVER_SECRET": SECRET, **env}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(world.tmp)
     sys.modules.pop("receiver.serverless", None)
-    module = importlib.import_module("receiver.serverless")  # Lambda's init phase
+    module = importlib.import_module("receiver.serverless")
     try:
         yield module
     finally:
@@ -55,16 +41,22 @@ def serverless(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Module
         asyncio.set_event_loop(None)
 
 
+@pytest.fixture
+def serverless(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    with lambda_module(world, monkeypatch, RECEIVER_PUBLIC_URL="https://hooks.example.com") as module:
+        yield module
+
+
 @pytest.mark.parametrize("world", [{"apiframe": {"webhook": "drop"}}], indirect=True)
 def test_lambda_handler_takes_webhooks_and_the_scheduled_tick_delivers(
     world: World, serverless: ModuleType
 ) -> None:
     admin = {"authorization": f"Bearer {ADMIN}"}
-    health = serverless.handler(api_gateway_event("GET", "/healthz"), None)
+    health = serverless.handler(http_api_event("GET", "/healthz"), None)
     submitted = {}
     for provider in ("apiframe", "runbase"):
         body = json.dumps({"provider": provider, "prompt": "a fox"}).encode()
-        answer = serverless.handler(api_gateway_event("POST", "/jobs", body, admin), None)
+        answer = serverless.handler(http_api_event("POST", "/jobs", body, admin), None)
         assert answer["statusCode"] == 202, answer["body"]
         submitted[provider] = json.loads(answer["body"])
     apiframe_job, runbase_job = submitted["apiframe"], submitted["runbase"]
@@ -73,7 +65,7 @@ def test_lambda_handler_takes_webhooks_and_the_scheduled_tick_delivers(
         "event": "completed", "jobId": apiframe_job["provider_job_id"], "status": "COMPLETED", "progress": 100,
         "result": {"videoUrl": "https://cdn.example.com/v.mp4"}, "model": "kling-3.0",
     }).encode()  # fmt: skip
-    hooked = serverless.handler(api_gateway_event("POST", f"/hooks/apiframe/{token}", webhook), None)
+    hooked = serverless.handler(http_api_event("POST", f"/hooks/apiframe/{token}", webhook), None)
     wait_until(lambda: _runbase_status(world, runbase_job["provider_job_id"]) == "succeeded")
     counts = serverless.tick({"source": "aws.events"}, None)
     again = serverless.tick({"source": "aws.events"}, None)
@@ -97,3 +89,65 @@ def _runbase_status(world: World, run_id: str) -> str:
     )
     status: str = answer.json()["status"]
     return status
+
+
+JOBS = [("apiframe" if n % 4 else "runbase", f"clip {n}") for n in range(32)]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "world",
+    [{"apiframe": {"delay": 0.3}, "runbase": {"delay": 0.3}, "env": {"RECEIVER_EXPECTED_SECONDS": "2"}}],
+    indirect=True,
+)
+def test_concurrent_invocations_and_the_scheduled_tick_share_one_postgres(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4 warm containers take submits and Apiframe's webhooks at once while a fifth runs the tick."""
+    with (
+        fresh_schema() as url,
+        running_gateway(lambda event, context: sys.modules["receiver.serverless"].handler(event, context)) as gateway,
+        lambda_module(world, monkeypatch, RECEIVER_DATABASE_URL=url, RECEIVER_PUBLIC_URL=gateway.url) as module,
+    ):  # fmt: skip
+        stop = threading.Event()
+        ticks: list[dict[str, int]] = []
+
+        def schedule() -> None:  # EventBridge: a tick every 0.2 s, one at a time
+            while not stop.wait(0.2):
+                ticks.append(module.tick({"source": "aws.events"}, None))
+
+        ticker = threading.Thread(target=schedule)
+        ticker.start()
+        try:
+            with world.admin() as admin, ThreadPoolExecutor(8) as senders:
+                admin.base_url = httpx.URL(gateway.url)
+                answers = list(senders.map(
+                    lambda job: admin.post("/jobs", json={"provider": job[0], "prompt": job[1]}), JOBS
+                ))  # fmt: skip
+                ids = [a.json()["id"] for a in answers]
+                world.inbox.wait_for(len(JOBS), timeout=60)
+                jobs = wait_until(lambda: _all_delivered(admin, ids), timeout=30)
+        finally:
+            stop.set()
+            ticker.join()
+
+    events = [json.loads(body) for _, body in world.inbox.posts]
+    final_hooks = [w for w in world.apiframe.webhooks_sent if w["event"] == "completed"]
+    assert [a.status_code for a in answers] == [202] * len(JOBS), [
+        a.text for a in answers if a.status_code != 202
+    ]
+    assert {j["status"] for j in jobs} == {"succeeded"}
+    assert sorted(e["job"]["id"] for e in events) == sorted(ids)
+    assert len({e["id"] for e in events}) == len(JOBS)
+    assert sum(t["delivered"] for t in ticks) == len(JOBS)  # only the tick dispatches
+    assert len(final_hooks) == sum(p == "apiframe" for p, _ in JOBS)
+    assert all(w.get("status_code") == 200 for w in world.apiframe.webhooks_sent)
+    assert {j["completed_via"] for j in jobs if j["provider"] == "runbase"} == {"poll"}
+    assert [r for r in world.runbase.requests if r["status"] == 429] == []
+
+
+def _all_delivered(admin: httpx.Client, ids: list[str]) -> list[dict[str, Any]] | None:
+    listed = {j["id"]: j for j in admin.get("/jobs", params={"limit": 1000}).json()["jobs"]}
+    jobs = [listed[i] for i in ids]
+    done = all(j["deliveries"] and j["deliveries"][0]["status"] == "delivered" for j in jobs)
+    return jobs if done else None
