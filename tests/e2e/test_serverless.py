@@ -8,8 +8,8 @@ import importlib
 import json
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -106,7 +106,7 @@ def test_concurrent_invocations_and_the_scheduled_tick_share_one_postgres(
     """4 warm containers take submits and Apiframe's webhooks at once while a fifth runs the tick."""
     with (
         fresh_schema() as url,
-        running_gateway(lambda event, context: sys.modules["receiver.serverless"].handler(event, context)) as gateway,
+        running_gateway("receiver.serverless.handler") as gateway,
         lambda_module(world, monkeypatch, RECEIVER_DATABASE_URL=url, RECEIVER_PUBLIC_URL=gateway.url) as module,
     ):  # fmt: skip
         stop = threading.Event()

@@ -1,12 +1,14 @@
 """API Gateway in front of a Lambda handler, on loopback: each HTTP request becomes an HTTP API event
 (payload 2.0), handed to the handler on one of `concurrency` threads (the warm containers), and the
-function's answer becomes the HTTP answer."""
+function's answer becomes the HTTP answer. The handler is named as in a Lambda function's `Handler`
+setting and looked up per invocation, so the module may be imported after the gateway starts."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -15,8 +17,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from receiver.background import BackgroundServer
-
-LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
 def http_api_event(
@@ -43,9 +43,16 @@ def read_answer(answer: dict[str, Any]) -> tuple[int, bytes]:
 
 
 @contextmanager
-def running_gateway(handler: LambdaHandler, concurrency: int = 4) -> Iterator[BackgroundServer]:
-    """The gateway on loopback (its `url`); `handler` runs at most `concurrency` invocations at once,
-    each on its own long-lived thread, as Lambda keeps that many warm containers."""
+def running_gateway(handler: str, concurrency: int = 4) -> Iterator[BackgroundServer]:
+    """The gateway on loopback (its `url`); `handler` ("package.module.function") runs at most
+    `concurrency` invocations at once, each on its own long-lived thread, as Lambda keeps that many
+    warm containers."""
+    module_name, function = handler.rsplit(".", 1)
+
+    def invoke(event: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = getattr(importlib.import_module(module_name), function)(event, None)
+        return answer
+
     with ThreadPoolExecutor(concurrency, thread_name_prefix="lambda") as containers:
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -56,7 +63,7 @@ def running_gateway(handler: LambdaHandler, concurrency: int = 4) -> Iterator[Ba
                 request.method, request.url.path, await request.body(), dict(request.headers),
                 request.url.query,
             )  # fmt: skip
-            answer = await asyncio.get_running_loop().run_in_executor(containers, handler, event, None)
+            answer = await asyncio.get_running_loop().run_in_executor(containers, invoke, event)
             status, body = read_answer(answer)
             headers = {
                 k: v for k, v in (answer.get("headers") or {}).items() if k.lower() != "content-length"
