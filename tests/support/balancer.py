@@ -1,0 +1,53 @@
+"""A round-robin load balancer on loopback: the one public URL in front of several web processes, as
+a platform's router is. It records every answer it passes back, so a test can check none was a 5xx."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+
+from receiver.background import BackgroundServer
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+@dataclass
+class Balancer:
+    """Sends each request to the next of `backends` (base URLs; set them before the first request)."""
+
+    backends: list[str] = field(default_factory=list)
+    answers: list[tuple[str, str, int]] = field(default_factory=list)  # (backend, path, status)
+    _turn: Iterator[int] = field(default_factory=itertools.count)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        backend = self.backends[next(self._turn) % len(self.backends)]
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with httpx.AsyncClient(base_url=backend, timeout=60) as client:
+            answer = await client.request(
+                request.method, request.url.path, params=request.url.query, content=await request.body(),
+                headers=headers,
+            )  # fmt: skip
+        self.answers.append((backend, request.url.path, answer.status_code))
+        kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+        await Response(answer.content, status_code=answer.status_code, headers=kept)(scope, receive, send)
+
+
+@contextmanager
+def bound_balancer() -> Iterator[tuple[Balancer, BackgroundServer]]:
+    """A balancer whose URL is known at once; it starts serving when the `with` block calls `start()`."""
+    balancer = Balancer()
+    server = BackgroundServer(balancer)
+    try:
+        yield balancer, server
+    finally:
+        server.stop()
