@@ -1,5 +1,6 @@
 """A round-robin load balancer on loopback: the one public URL in front of several web processes, as
-a platform's router is. It records every answer it passes back, so a test can check none was a 5xx."""
+a platform's router is. It records every answer it passes back, so a test can check none was a 5xx, and
+answers 502 (recorded with the error) when a backend cannot be reached, as a router does."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Balancer:
 
     backends: list[str] = field(default_factory=list)
     answers: list[tuple[str, str, int]] = field(default_factory=list)  # (backend, path, status)
+    unreachable: list[tuple[str, str, str]] = field(default_factory=list)  # (backend, path, error)
     _turn: Iterator[int] = field(default_factory=itertools.count)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -32,11 +34,16 @@ class Balancer:
         request = Request(scope, receive)
         backend = self.backends[next(self._turn) % len(self.backends)]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with httpx.AsyncClient(base_url=backend, timeout=60) as client:
-            answer = await client.request(
-                request.method, request.url.path, params=request.url.query, content=await request.body(),
-                headers=headers,
-            )  # fmt: skip
+        body = await request.body()
+        try:
+            async with httpx.AsyncClient(base_url=backend, timeout=60) as client:
+                answer = await client.request(
+                    request.method, request.url.path, params=request.url.query, content=body, headers=headers
+                )
+        except httpx.TransportError as exc:
+            self.unreachable.append((backend, request.url.path, repr(exc)))
+            await Response(status_code=502)(scope, receive, send)
+            return
         self.answers.append((backend, request.url.path, answer.status_code))
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
         await Response(answer.content, status_code=answer.status_code, headers=kept)(scope, receive, send)
