@@ -115,6 +115,7 @@ def test_many_processes_share_one_store_and_one_runbase_budget(world: World, kin
         "webhooks_by_backend": dict(
             Counter(b for b, path, _ in balancer.answers if path.startswith("/hooks"))
         ),
+        "unreachable_backend": balancer.unreachable,
     }
     print(f"\nswarm figures: {json.dumps(figures)}")
 
