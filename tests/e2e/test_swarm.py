@@ -88,7 +88,7 @@ def test_many_processes_share_one_store_and_one_runbase_budget(world: World, kin
                 burst = list(enumerate(by_http[b * size : (b + 1) * size], start=b * size))
                 with ThreadPoolExecutor(16) as senders:
                     answers += senders.map(lambda job: _post(admin, targets[job[0] % 3], job[1]), burst)
-                time.sleep(3)  # shapes the load into bursts; nothing waits on it
+                time.sleep(3)  # a pause between bursts shapes the load; nothing waits on it
             cli.join()
             refused = [(a.status_code, a.text) for a in answers if a.status_code != 202]
             refused += [(r.returncode, r.stderr) for r in cli_answers if r.returncode]
@@ -129,6 +129,7 @@ def test_many_processes_share_one_store_and_one_runbase_budget(world: World, kin
     assert figures["runbase_429"] == 0
     assert figures["most_in_any_10s"] <= LIMIT
     assert {status for _, _, status in balancer.answers} == {200}  # no webhook answered 5xx
+    assert len(figures["webhooks_by_backend"]) == 3  # both web processes and the Lambda took webhooks
 
 
 def _start(world: World, *args: str, module: bool = False) -> subprocess.Popen[str]:
