@@ -50,6 +50,7 @@ from webhook_latency import (
     _free_port,
     _hook,
     _make_jobs,
+    _stop,
     _wait_ready,
 )
 
@@ -136,17 +137,8 @@ def start(setup: Setup, url: str, inbox_url: str, port: int, folder: Path) -> li
 
 
 def stop(processes: list[subprocess.Popen[bytes]], folder: Path) -> None:
-    for process in processes:
-        process.terminate()
     for n, process in enumerate(processes):
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.returncode not in (0, -15):
-            tail = (folder / f"process-{n}.log").read_text(errors="replace")[-2000:]
-            print(f"{process.args} exited with {process.returncode}:\n{tail}", file=sys.stderr)
+        _stop(process, folder / f"process-{n}.log")
 
 
 async def send(jobs: list[tuple[str, str]], port: int, rate: float) -> tuple[dict[str, float], int]:

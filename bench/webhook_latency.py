@@ -334,15 +334,7 @@ async def _run(args: argparse.Namespace, folder: Path) -> list[Figures]:
         async with httpx.AsyncClient() as client:
             metrics = (await client.get(f"http://{HOST}:{port}/metrics")).text
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    if server.returncode not in (0, -15):
-        tail = (folder / "server.log").read_text(errors="replace")[-2000:]
-        print(f"receiver exited with {server.returncode}:\n{tail}", file=sys.stderr)
+        _stop(server, folder / "server.log")
     succeeded = next((line for line in metrics.splitlines() if 'status="succeeded"' in line), "none")
     print(f"succeeded jobs in the store: {succeeded} (expected {n_warm_done + n_done})")
     return [f for f in figures if f.name != "warm-up"]
@@ -376,6 +368,19 @@ def main() -> int:
     for figure in figures:
         print(figure.line())
     return 0
+
+
+def _stop(process: subprocess.Popen[bytes], log: Path) -> None:
+    """Terminate a receiver process; when it did not exit cleanly, show the end of its log."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.returncode not in (0, -15):
+        tail = log.read_text(errors="replace")[-2000:]
+        print(f"{process.args} exited with {process.returncode}:\n{tail}", file=sys.stderr)
 
 
 if __name__ == "__main__":
