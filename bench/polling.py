@@ -1,0 +1,324 @@
+"""How soon polling sees a finished Runbase video, and what it spends: the receiver's worker against two
+simple loops, on a virtual clock.
+
+    .venv/bin/python bench/polling.py [--sigma 0.25 0.5] [--seed 1] [--only receiver]
+
+Each run starts from an empty store. Jobs' completion times are lognormal (median 150 s, `--sigma`);
+they are submitted all at once (N = 1, 10, 50, 200) or as a steady stream (one every 150/n s, 3n jobs,
+so n are in flight on average). Three pollers, each on its own fresh run:
+- `receiver`: the real `Worker.run` loop of a `Receiver` on SQLite, with its `StoreBudget`, submitting
+  through `Receiver.submit` (queued submits go out from the worker);
+- `naive 2s`: the seed's loop, every open job every 2 s, no budget;
+- `fixed`: every open job every max(2 s, n x window/limit) (n: the jobs at once, or the stream's n),
+  one request every window/limit s at most (submits first), so it respects the 20/10 s budget.
+
+The provider is the project's Runbase emulator (receiver/emulators/runbase.py), in this process behind
+`httpx.ASGITransport`, on the same VirtualClock, each answer 0.2 s after its request arrived; each run's
+completion time is set from the lognormal draw when its submit is answered. The emulator's own limit is
+lifted: a request is counted "over budget" here when, as it arrives, 20 others arrived in the 10 s
+before it (the emulator's sliding window). Time moves only when every task waits on the clock: the
+driver advances it to the earliest sleeper, so a run of minutes of virtual time takes about a second.
+
+Figures per row: polls per job (status reads, the one that saw the end included), requests over
+budget (summed over the runs of a row), and the delay from the moment the video was ready to the
+moment the poller recorded it, p50 and p95 in seconds; a case with fewer than JOBS_PER_ROW jobs runs
+again, each time from an empty store, until it has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import structlog
+
+from receiver.clock import VirtualClock
+from receiver.config import Settings
+from receiver.emulators.runbase import RunbaseEmulator
+from receiver.events import TERMINAL
+from receiver.generation import KlingRequest
+from receiver.providers.ratelimit import StoreBudget
+from receiver.providers.runbase import RunbaseClient
+from receiver.service import Receiver
+from receiver.store import open_store
+
+MEDIAN = 150.0
+LATENCY = 0.2
+LIMIT, WINDOW = 20, 10.0
+KEY = "rb_bench_key"
+AT_ONCE = (1, 10, 50, 200)
+STREAMS = (10, 50)
+POLLERS = ("receiver", "naive 2s", "fixed")
+JOBS_PER_ROW = 50  # a case with fewer jobs runs again (each run from an empty store) until it has these
+
+
+@dataclass
+class Provider:
+    """The emulator behind a transport that adds the answer latency and counts what the provider sees."""
+
+    clock: VirtualClock
+    draws: random.Random
+    sigma: float
+    emulator: RunbaseEmulator = field(init=False)
+    arrivals: deque[float] = field(default_factory=deque)  # the last WINDOW s of arrivals
+    over_budget: int = 0
+    polls: dict[str, int] = field(default_factory=dict)
+    ready: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time it finished
+    seen: dict[str, float] = field(default_factory=dict)  # run id -> when a poll first answered final
+
+    def __post_init__(self) -> None:
+        self.emulator = RunbaseEmulator(
+            api_key=KEY, rate_limit=10**9, balance=1e9, clock=self.clock, seed=1, delay=MEDIAN
+        )
+        self.inner = httpx.ASGITransport(app=self.emulator.app)
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        provider = self
+
+        class Transport(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                return await provider.handle(request)
+
+        return Transport()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        now = self.clock.monotonic()
+        while self.arrivals and self.arrivals[0] <= now - WINDOW:
+            self.arrivals.popleft()
+        if len(self.arrivals) >= LIMIT:
+            self.over_budget += 1
+        self.arrivals.append(now)
+        answer = await self.inner.handle_async_request(request)
+        body = await answer.aread()
+        data = json.loads(body)
+        if request.method == "POST" and answer.status_code == 201:
+            run = self.emulator.runs[data["id"]]
+            run.delay = MEDIAN * math.exp(self.sigma * self.draws.gauss(0.0, 1.0))
+            self.ready[run.id] = run.started + run.delay
+            self.polls[run.id] = 0
+        elif request.method == "GET":
+            run_id = request.url.path.rsplit("/", 1)[-1]
+            self.polls[run_id] += 1
+        await self.clock.sleep(LATENCY)
+        if request.method == "GET" and data.get("status") in ("succeeded", "failed"):
+            self.seen.setdefault(run_id, self.clock.monotonic())
+        return httpx.Response(answer.status_code, headers=answer.headers, content=body)
+
+
+def arrival_times(shape: str, n: int) -> list[float]:
+    if shape == "at once":
+        return [0.0] * n
+    return [i * MEDIAN / n for i in range(3 * n)]
+
+
+async def drive(clock: VirtualClock, finished: Callable[[], bool], limit: float = 20000.0) -> None:
+    """Move virtual time to the next sleeper each time every other task waits, until `finished`."""
+    loop = asyncio.get_running_loop()
+    while not finished():
+        while True:
+            await asyncio.sleep(0)
+            if not loop._ready:  # type: ignore[attr-defined]  # nothing else can run: all wait
+                break
+        if finished():
+            return
+        sleepers = clock.sleepers
+        if not sleepers or clock.monotonic() > limit:
+            raise RuntimeError(f"stuck at {clock.monotonic():.1f} s with {len(sleepers)} sleepers")
+        clock.advance_to(sleepers[0])
+
+
+async def run_receiver(provider: Provider, arrivals: list[float], folder: Path) -> dict[str, float]:
+    clock = provider.clock
+    settings = Settings(runbase_api_key=KEY, database_url=f"sqlite:///{folder / 'bench.db'}")
+    store = open_store(settings.database_url)
+    budget = StoreBudget(store, settings.runbase_rate_limit, settings.runbase_rate_window, clock=clock)
+    transport = provider.transport()
+    client = RunbaseClient(KEY, "http://runbase.bench", budget=budget, transport=transport, clock=clock)
+    receiver = Receiver(settings, store, [], clients={"runbase": client}, budget=budget, clock=clock)
+    await receiver.open()
+    stop = asyncio.Event()
+    worker = asyncio.create_task(receiver.worker.run(stop))
+    job_ids: list[str] = []
+
+    async def submit_at(at: float) -> None:
+        await clock.sleep(at - clock.monotonic())
+        job = await receiver.submit("runbase", KlingRequest(prompt="a red fox in snow"))
+        job_ids.append(job.id)
+
+    submits = [asyncio.create_task(submit_at(at)) for at in arrivals]
+    recorded: dict[str, float] = {}
+
+    def finished() -> bool:
+        return len(provider.seen) == len(arrivals)
+
+    # Once every final answer has arrived and every task waits again, the worker has recorded them.
+    await drive(clock, finished)
+    assert all(task.done() for task in submits)
+    for job_id in job_ids:
+        job = await receiver.store.get_job(job_id)
+        assert job is not None
+        assert job.completed_at is not None
+        recorded[job.provider_job_id or ""] = (job.completed_at - clock.start).total_seconds()
+    stop.set()
+    await drive(clock, worker.done)
+    await receiver.close()
+    return recorded
+
+
+async def run_naive(provider: Provider, arrivals: list[float]) -> dict[str, float]:
+    clock = provider.clock
+    client = RunbaseClient(KEY, "http://runbase.bench", transport=provider.transport(), clock=clock)
+    open_runs: set[str] = set()
+    seen: dict[str, float] = {}
+
+    async def submit_at(at: float) -> None:
+        await clock.sleep(at - clock.monotonic())
+        status = await client.submit("bench", KlingRequest(prompt="a red fox in snow"))
+        open_runs.add(status.provider_job_id or "")
+
+    async def poll(run_id: str) -> None:
+        status = await client.get_status(run_id)
+        if status.status in TERMINAL and run_id in open_runs:
+            open_runs.discard(run_id)
+            seen[run_id] = clock.monotonic()
+
+    async def loop() -> None:
+        while len(seen) < len(arrivals):
+            await clock.sleep(2.0)
+            await asyncio.gather(*(poll(run_id) for run_id in list(open_runs)))
+
+    tasks = [asyncio.create_task(submit_at(at)) for at in arrivals] + [asyncio.create_task(loop())]
+    await drive(clock, lambda: all(task.done() for task in tasks))
+    await client.aclose()
+    return seen
+
+
+async def run_fixed(provider: Provider, arrivals: list[float], n: int) -> dict[str, float]:
+    clock = provider.clock
+    client = RunbaseClient(KEY, "http://runbase.bench", transport=provider.transport(), clock=clock)
+    spacing = WINDOW / LIMIT + 0.01
+    interval = max(2.0, n * WINDOW / LIMIT)
+    to_submit: deque[float] = deque(sorted(arrivals))
+    due: dict[str, float] = {}  # open run -> when it is next polled
+    seen: dict[str, float] = {}
+
+    async def submit() -> None:
+        status = await client.submit("bench", KlingRequest(prompt="a red fox in snow"))
+        due[status.provider_job_id or ""] = clock.monotonic() + interval
+
+    async def poll(run_id: str) -> None:
+        status = await client.get_status(run_id)
+        if status.status in TERMINAL:
+            seen[run_id] = clock.monotonic()
+            due.pop(run_id, None)
+        else:
+            due[run_id] = clock.monotonic() - LATENCY + interval
+
+    async def pacer() -> None:
+        running: list[Awaitable[None]] = []
+        while len(seen) < len(arrivals):
+            now = clock.monotonic()
+            if to_submit and to_submit[0] <= now:
+                to_submit.popleft()
+                running.append(asyncio.create_task(submit()))
+            else:
+                ready = [run_id for run_id, at in due.items() if at <= now]
+                if ready:
+                    run_id = min(ready, key=due.__getitem__)
+                    due[run_id] = math.inf  # in flight
+                    running.append(asyncio.create_task(poll(run_id)))
+            await clock.sleep(spacing)
+        await asyncio.gather(*running)
+
+    task = asyncio.create_task(pacer())
+    await drive(clock, task.done)
+    await client.aclose()
+    return seen
+
+
+@dataclass
+class Row:
+    poller: str
+    shape: str
+    n: int
+    polls: float
+    over: int
+    p50: float
+    p95: float
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+async def one(poller: str, shape: str, n: int, sigma: float, seed: int) -> Row:
+    """Runs of the case until at least JOBS_PER_ROW jobs were measured, each from an empty store."""
+    draws = random.Random(f"{seed}-{shape}-{n}-{sigma}")
+    polls: list[int] = []
+    delays: list[float] = []
+    over = 0
+    while len(delays) < JOBS_PER_ROW:
+        clock = VirtualClock()
+        provider = Provider(clock, draws, sigma)
+        arrivals = arrival_times(shape, n)
+        with tempfile.TemporaryDirectory() as folder:
+            if poller == "receiver":
+                seen = await run_receiver(provider, arrivals, Path(folder))
+            elif poller == "naive 2s":
+                seen = await run_naive(provider, arrivals)
+            else:
+                seen = await run_fixed(provider, arrivals, n)
+        delays += [seen[run_id] - ready for run_id, ready in provider.ready.items()]
+        polls += provider.polls.values()
+        over += provider.over_budget
+    return Row(
+        poller, shape, n, statistics.fmean(polls), over, _quantile(delays, 0.5), _quantile(delays, 0.95)
+    )
+
+
+def table(rows: list[Row], sigma: float) -> str:
+    lines = [
+        f"sigma {sigma:g} | poller | polls/job | over budget | p50 delay | p95 delay | p50 / fixed's",
+        "|".join(["---"] * 7),
+    ]
+    fixed = {(r.shape, r.n): r.p50 for r in rows if r.poller == "fixed"}
+    for r in rows:
+        ratio = f"{r.p50 / fixed[(r.shape, r.n)]:.2f}" if (r.shape, r.n) in fixed else "-"
+        delays = f"{r.p50:.1f} s | {r.p95:.1f} s"
+        lines.append(f"{r.shape} {r.n} | {r.poller} | {r.polls:.1f} | {r.over} | {delays} | {ratio}")
+    return "\n".join("| " + line + " |" for line in lines)
+
+
+async def main(args: argparse.Namespace) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
+    cases = [("at once", n) for n in AT_ONCE] + [("stream", n) for n in STREAMS]
+    print("$ " + shlex.join([".venv/bin/python", "bench/polling.py", *sys.argv[1:]]))
+    for sigma in args.sigma:
+        rows = [
+            await one(poller, shape, n, sigma, args.seed)
+            for shape, n in cases
+            for poller in args.only or POLLERS
+        ]
+        print()
+        print(table(rows, sigma), flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sigma", type=float, nargs="+", default=[0.25, 0.5])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", nargs="+", choices=POLLERS)
+    asyncio.run(main(parser.parse_args()))
