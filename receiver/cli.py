@@ -197,6 +197,12 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
                 f"{job.id} queued: a worker (serve, worker or tick) sends it when the budget allows",
                 file=sys.stderr,
             )
+        elif job.status is JobStatus.UNKNOWN:
+            print(
+                f"{job.id} unknown: the answer to the submit was lost; a worker (serve, worker or tick) "
+                "sends it again with the same Idempotency-Key, which cannot buy a second run",
+                file=sys.stderr,
+            )
         return 0 if not args.wait or job.status == "succeeded" else 1
 
     return await _with_receiver(settings, run)

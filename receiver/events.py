@@ -12,6 +12,9 @@ from typing import Any
 class JobStatus(StrEnum):
     PENDING = "pending"
     QUEUED = "queued"  # waiting for the provider's rate budget; the worker sends it
+    # The submit was sent and its answer lost: whether the provider took it is being found out (Apiframe:
+    # sent again with the same Idempotency-Key, which names the job it made or makes the only one).
+    UNKNOWN = "unknown"
     SUBMITTED = "submitted"
     RUNNING = "running"
     SUCCEEDED = "succeeded"

@@ -22,14 +22,12 @@ from receiver.generation import KlingRequest
 from receiver.metrics import Metrics
 from receiver.providers import registry
 from receiver.providers.base import (
-    NotSent,
     ProviderClient,
     ProviderError,
     ProviderStatus,
-    ProviderUnavailable,
     RateLimited,
     ReportRefused,
-    UnexpectedResponse,
+    answer_lost,
 )
 from receiver.providers.ratelimit import BudgetBusy, RateBudget, StoreBudget
 from receiver.providers.registry import UnknownProvider
@@ -45,6 +43,11 @@ STORE_PING_TIMEOUT = 3.0  # real seconds /healthz waits for the store before cal
 
 SUBMIT_RETRY_BASE = 1.0  # backoff of a submit refused with 429 and no Retry-After
 SUBMIT_RETRY_MAX = 60.0
+# The write that records a provider's acceptance: tried this often, with this backoff, while the store
+# fails (about a minute in all: a PostgreSQL restart), before the submit fails.
+ACCEPT_WRITES = 7
+ACCEPT_RETRY_BASE = 0.5
+ACCEPT_RETRY_MAX = 15.0
 
 SECRET_KEYS = ("webhook_url", "secret", "token", "password", "api_key")
 
@@ -56,6 +59,7 @@ __all__ = [
     "StoreUnavailable",
     "UnknownProvider",
     "WebhookRefused",
+    "confirmed",
     "update_from",
 ]
 
@@ -196,8 +200,9 @@ class Receiver:
 
     async def send(self, job: Job) -> bool:
         """Submit a recorded `pending` job: its first submit, a queued one, or again (the same body and
-        Idempotency-Key) one whose process stopped before the answer. True once the provider took it;
-        False when it is queued for later. A refusal is recorded (the job ends `failed`) and raised."""
+        Idempotency-Key) one whose answer was lost or whose process stopped before the answer. True once
+        the provider took it; False when it is queued, or `unknown` to be sent again. A refusal is
+        recorded (the job ends `failed`) and raised."""
         client = self.client(job.provider)
         request = KlingRequest(**job.request, metadata=job.metadata)
         try:
@@ -205,37 +210,74 @@ class Receiver:
         except BudgetBusy as exc:
             await self._queue(job, self.settings.submit_wait if exc.wait is None else exc.wait, job.refusals)
             return False
-        except RateLimited as exc:
+        except ProviderError as exc:
+            return await self._not_taken(job, exc)
+        await self._accepted(job, status)
+        return True
+
+    async def _not_taken(self, job: Job, exc: ProviderError) -> bool:
+        """A submit that did not come back accepted: lost (the job is `unknown`, or `submit_unknown`
+        where it cannot be sent twice), refused with 429 (queued), or refused (recorded and raised)."""
+        if answer_lost(exc):
+            return await self._unknown(job, exc)
+        if isinstance(exc, RateLimited):
             refusals = job.refusals + 1
             wait = exc.retry_after
             if wait is None:
                 wait = retry_delay(refusals, SUBMIT_RETRY_BASE, SUBMIT_RETRY_MAX)
             await self._queue(job, wait, refusals)
             return False
-        except ProviderError as exc:
-            log.warning("job.refused", job_id=job.id, provider=job.provider, error=str(exc))
-            await self.record(
-                job.id, Update(JobStatus.FAILED, error=submit_error(job.provider, exc)), via=None
-            )
-            raise
+        log.warning("job.refused", job_id=job.id, provider=job.provider, error=str(exc))
+        await self.record(job.id, Update(JobStatus.FAILED, error=exc.to_job_error()), via=None)
+        raise exc
+
+    async def _unknown(self, job: Job, exc: ProviderError) -> bool:
+        """The submit was sent and its answer lost. With an idempotency key the job is `unknown` and sent
+        again (the same key names the job the lost submit made, or makes the only one); without one a
+        second submit could buy a second run, so the job ends `submit_unknown` and the error is raised."""
+        if not registry.get(job.provider).idempotent_submit:
+            await self.lose(job, str(exc))
+            raise exc
+        refusals = job.refusals + 1
+        wait = retry_delay(refusals, SUBMIT_RETRY_BASE, SUBMIT_RETRY_MAX)
+        at = self.clock() + timedelta(seconds=wait)
+        await self.store.queue_job(job.id, at, refusals, JobStatus.UNKNOWN)
+        log.warning(
+            "job.unknown", job_id=job.id, provider=job.provider, error=str(exc), resubmit_in=round(wait, 3)
+        )
+        return False
+
+    async def _accepted(self, job: Job, status: ProviderStatus) -> None:
+        """The provider took the job: record its id. The write is retried while the store fails (the
+        run exists and is paid for; a job left `pending` would be sent again or given up on)."""
         submitted = self.clock()
         spec = registry.get(job.provider)
         first_poll = spec.next_poll_at(submitted, submitted, self.settings.expected_seconds)
-        await self.store.mark_submitted(job.id, status.provider_job_id, submitted, first_poll)
+        for attempt in range(1, ACCEPT_WRITES + 1):
+            try:
+                await self.store.mark_submitted(job.id, status.provider_job_id, submitted, first_poll)
+                break
+            except Exception as exc:  # the store is down; the provider's job id must not be lost
+                fields = {"job_id": job.id, "provider": job.provider, "error": type(exc).__name__}
+                if attempt == ACCEPT_WRITES:
+                    log.error("job.accept_unrecorded", provider_job_id=status.provider_job_id, **fields)
+                    raise
+                wait = retry_delay(attempt, ACCEPT_RETRY_BASE, ACCEPT_RETRY_MAX)
+                log.warning("job.accept_write_failed", attempt=attempt, retry_in=round(wait, 3), **fields)
+                await self.clock.sleep(wait)
         if status.status.terminal or status.status is JobStatus.RUNNING:
-            await self.record(job.id, update_from(status), via="poll")
+            await self.record(job.id, confirmed(status), via="poll")
         log.info(
             "job.submitted", job_id=job.id, provider=job.provider, provider_job_id=status.provider_job_id
         )
-        return True
 
     async def _queue(self, job: Job, wait: float, refusals: int) -> None:
         await self.store.queue_job(job.id, self.clock() + timedelta(seconds=wait), refusals)
         log.info("job.queued", job_id=job.id, provider=job.provider, wait=round(wait, 3), refusals=refusals)
 
-    async def lose(self, job: Job) -> Recorded:
+    async def lose(self, job: Job, why: str | None = None) -> Recorded:
         """A job whose submit lost its answer, at a provider that cannot take it twice, ends `failed`."""
-        log.warning("job.submit_unknown", job_id=job.id, provider=job.provider)
+        log.warning("job.submit_unknown", job_id=job.id, provider=job.provider, error=why)
         return await self.record(
             job.id, Update(JobStatus.FAILED, error=submit_unknown(job.provider)), via=None
         )
@@ -333,17 +375,12 @@ def submit_unknown(provider: str) -> JobError:
     )
 
 
-def submit_error(provider: str, exc: ProviderError) -> JobError:
-    """What a refused submit records. A submit sent without an answer, to a provider that cannot take
-    it twice, may have made a run: `submit_unknown`, not a refusal."""
-    lost = (
-        isinstance(exc, ProviderUnavailable)
-        and not isinstance(exc, NotSent | UnexpectedResponse)
-        and exc.status_code is None
-    )
-    if lost and not registry.get(provider).idempotent_submit:
-        return submit_unknown(provider)
-    return exc.to_job_error()
+def confirmed(status: ProviderStatus) -> Update:
+    """A provider's answer to a status read as a store update. `succeeded` without an output URL is
+    not taken as final (as on the webhook road): the job stays running and the next read confirms."""
+    if status.status is JobStatus.SUCCEEDED and not status.output_urls:
+        return Update(JobStatus.RUNNING, provider_job_id=status.provider_job_id, progress=status.progress)
+    return update_from(status)
 
 
 def update_from(status: ProviderStatus) -> Update:

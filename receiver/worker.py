@@ -18,7 +18,7 @@ from receiver.logs import mask
 from receiver.providers import registry
 from receiver.providers.base import ProviderError
 from receiver.schedule import retry_delay
-from receiver.service import Receiver, update_from
+from receiver.service import Receiver, confirmed
 from receiver.store import DueDelivery
 
 log = structlog.get_logger()
@@ -104,11 +104,12 @@ class Worker:
                 counts["timed_out"] += 1
 
     async def _submit(self, counts: Counter[str]) -> None:
-        """Send due queued jobs, ahead of polls; resubmit (same body and key) or give up on `pending`
-        jobs whose submitting process stopped before the answer."""
+        """Send due queued jobs, ahead of polls; resubmit (same body and key) or give up on `unknown`
+        jobs, whose answer was lost, and `pending` ones whose submitting process stopped before it."""
         receiver = self.receiver
         store, lease = receiver.store, receiver.settings.submit_lease
         lost = await store.claim_submits(JobStatus.PENDING, receiver.clock(), POLL_BATCH, lease)
+        lost += await store.claim_submits(JobStatus.UNKNOWN, receiver.clock(), POLL_BATCH, lease)
         queued = await store.claim_submits(JobStatus.QUEUED, receiver.clock(), POLL_BATCH, lease)
 
         async def send(job: Job, orphan: bool) -> None:
@@ -140,7 +141,7 @@ class Worker:
             else:
                 counts["polled"] += 1
                 receiver.metrics.poll(job.provider, ok=True)
-                if (await receiver.record(job.id, update_from(status), via="poll")).terminal:
+                if (await receiver.record(job.id, confirmed(status), via="poll")).terminal:
                     counts["completed"] += 1
                     await receiver.store.schedule_poll(job.id, None)
                     return

@@ -26,6 +26,10 @@ class ProviderStatus:
 class ProviderError(Exception):
     """A provider refused or failed a request. Never carries a key or secret."""
 
+    # Set by the retry loop: an earlier attempt of this request was sent and its answer lost, so this
+    # answer (a 429 or a 5xx) does not tell what the provider did with that one.
+    after_lost_answer: bool = False
+
     def __init__(
         self,
         provider: str,
@@ -130,6 +134,17 @@ class NotSent(ProviderUnavailable):
 
 class UnexpectedResponse(ProviderUnavailable):
     """The provider answered with a body this client cannot read (not JSON, missing field, new status)."""
+
+
+def answer_lost(exc: ProviderError) -> bool:
+    """The request was sent and no answer says what the provider did with it: a timeout or a broken
+    connection after sending, an answer of 2xx that cannot be read, or a 429 or 5xx that followed one
+    of those on a retry. A submit that ends so may have made a job."""
+    if isinstance(exc, UnexpectedResponse):
+        return True
+    if isinstance(exc, ProviderUnavailable) and not isinstance(exc, NotSent) and exc.status_code is None:
+        return True
+    return exc.after_lost_answer and isinstance(exc, RateLimited | ProviderUnavailable)
 
 
 class ReportRefused(Exception):

@@ -28,6 +28,7 @@ from receiver.providers.base import (
     ProviderUnavailable,
     RateLimited,
     UnexpectedResponse,
+    answer_lost,
 )
 from receiver.providers.ratelimit import RateBudget, budget_key
 from receiver.schedule import parse_retry_after, retry_delay
@@ -153,10 +154,13 @@ class ProviderHTTP:
         `Retry-After`) or False (raise now).
         """
         attempt = 1
+        lost = False
         while True:
             try:
                 return await call(attempt)
             except ProviderError as exc:
+                exc.after_lost_answer = lost
+                lost = answer_lost(exc)
                 decision = on(exc)
                 if decision is False or attempt >= self.max_attempts:
                     raise

@@ -84,8 +84,11 @@ class Store(Protocol):
     async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> None:
         """Insert a new job; one without a provider job id is looked at again at `look_at`."""
 
-    async def queue_job(self, job_id: str, at: datetime, refusals: int) -> None:
-        """A `pending` job whose submit was held back or refused becomes `queued`, sent at `at`."""
+    async def queue_job(
+        self, job_id: str, at: datetime, refusals: int, status: JobStatus = JobStatus.QUEUED
+    ) -> None:
+        """A `pending` job whose submit was held back or refused becomes `queued` (or, its answer lost,
+        `unknown`), sent again at `at`."""
 
     async def claim_submits(
         self, status: JobStatus, now: datetime, limit: int, lease_seconds: float

@@ -129,8 +129,11 @@ class SQLStore:
         )
         await self._execute_due(*query)  # a worker asleep past the first poll must plan again
 
-    async def queue_job(self, job_id: str, at: datetime, refusals: int) -> None:
-        await self._execute_due(*self._q("queue_job", id=job_id, at=at, refusals=refusals))
+    async def queue_job(
+        self, job_id: str, at: datetime, refusals: int, status: JobStatus = JobStatus.QUEUED
+    ) -> None:
+        query = self._q("queue_job", id=job_id, at=at, refusals=refusals, status=str(status))
+        await self._execute_due(*query)
 
     async def claim_submits(
         self, status: JobStatus, now: datetime, limit: int, lease_seconds: float
@@ -172,9 +175,11 @@ class SQLStore:
                 event=json.dumps(change.event),  # as text: PostgreSQL's json column keeps it as built
             )
             await tx.execute(*end)
+            # A corrected end makes the first end's deliveries due again, for the new event.
+            insert = "replay_delivery" if change.corrected else "insert_delivery"
             for route in change.routes:
                 delivery = self._q(
-                    "insert_delivery",
+                    insert,
                     job_id=job_id,
                     handler=route.name,
                     next_attempt_at=now,

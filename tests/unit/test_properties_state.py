@@ -45,7 +45,13 @@ HANDLERS: list[dict[str, Any]] = [
     {"name": "after-everything", "type": "log", "after": ["everything"]},
 ]
 # The order of progress through a job, as the store ranks its live statuses.
-RANK = {JobStatus.PENDING: 0, JobStatus.QUEUED: 0, JobStatus.SUBMITTED: 1, JobStatus.RUNNING: 2}
+RANK = {
+    JobStatus.PENDING: 0,
+    JobStatus.QUEUED: 0,
+    JobStatus.UNKNOWN: 0,
+    JobStatus.SUBMITTED: 1,
+    JobStatus.RUNNING: 2,
+}
 
 progress = st.none() | st.integers(min_value=0, max_value=100)
 urls = st.lists(st.sampled_from(["https://cdn.example/a.mp4", "https://cdn.example/b.mp4"]), max_size=2)
@@ -159,13 +165,23 @@ def _check_step(before: Job, after: Job, update: Update, *, ended_now: bool) -> 
     metadata=st.sampled_from([{}, {"team": "video"}, {"team": "audio"}]),
     steps=st.lists(reports, min_size=1, max_size=12),
     accepted_at=st.integers(min_value=0, max_value=12),
+    held=st.sampled_from([None, JobStatus.QUEUED, JobStatus.UNKNOWN]),
 )
 def test_any_order_of_reports_ends_a_job_once_with_one_event_per_matching_handler(
-    world: World, provider: str, metadata: dict[str, Any], steps: list[Report], accepted_at: int
+    world: World,
+    provider: str,
+    metadata: dict[str, Any],
+    steps: list[Report],
+    accepted_at: int,
+    held: JobStatus | None,
 ) -> None:
+    """`held`: the first submit was queued, or its answer lost (`unknown`), before anything else."""
     receiver, store = world.receiver, world.receiver.store
     job = _new_job(world.clock, provider, metadata)
     world.run(store.create_job(job, world.clock() + timedelta(hours=1)))
+    if held is not None:
+        world.run(store.queue_job(job.id, world.clock(), 1, held))
+        assert world.run(store.get_job(job.id)).status is held
     first_end = next((i for i, r in enumerate(steps) if r.update.status in TERMINAL), None)
     ended = 0
     current = world.run(store.get_job(job.id))
@@ -236,7 +252,7 @@ def _routes(event: dict[str, Any]) -> list[HandlerRoute]:
 
 
 @given(
-    start=st.sampled_from([JobStatus.PENDING, JobStatus.SUBMITTED]),
+    start=st.sampled_from([JobStatus.PENDING, JobStatus.UNKNOWN, JobStatus.SUBMITTED]),
     steps=st.lists(reports, min_size=1, max_size=30),
 )
 def test_the_pure_transition_ends_once_and_never_moves_back(start: JobStatus, steps: list[Report]) -> None:
@@ -266,6 +282,57 @@ def test_the_pure_transition_ends_once_and_never_moves_back(start: JobStatus, st
             assert [r.name for r in change.routes] == [d.handler for d in job.deliveries]
         ended = change.recorded.terminal
     assert len(calls) == ended
+
+
+uncertain_ends = st.sampled_from(
+    [
+        JobError(code="timeout", message="no final status within 3600 s of submit"),
+        JobError(code="submit_unknown", message="the answer to the submit was lost"),
+    ]
+)
+
+
+@given(ours=uncertain_ends, steps=st.lists(reports, min_size=1, max_size=20))
+def test_an_end_by_our_own_uncertainty_gives_way_once_to_the_providers_final_report(
+    ours: JobError, steps: list[Report]
+) -> None:
+    """The receiver ended the job `failed` because it could not tell (timeout, lost submit answer): the
+    first final report a provider brings ends it again, with a new event to every matching handler;
+    nothing changes it after that, and live reports never change it."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    job = Job(id="job_1", provider="apiframe", status=JobStatus.SUBMITTED, request={}, created_at=now)
+    first = apply_update(job, Update(JobStatus.FAILED, error=ours), None, now, _routes)
+    assert first.recorded.terminal
+    first_event = job.event_id
+    corrections = 0
+    for report in steps:
+        before = copy.deepcopy(job)
+        change = apply_update(job, report.update, report.via, now, _routes)
+        if corrections or report.update.status not in TERMINAL:
+            assert not change.recorded.changed
+            assert _snapshot(job) == _snapshot(before)
+            continue
+        corrections += 1
+        assert change.recorded.terminal
+        assert change.corrected
+        assert change.event is not None
+        assert change.event["id"] == job.event_id != first_event
+        assert job.status is report.update.status
+        assert job.completed_via == report.via
+        assert sorted(d.handler for d in job.deliveries) == sorted(r.name for r in change.routes)
+    assert corrections == any(r.update.status in TERMINAL for r in steps)
+
+
+@given(steps=st.lists(reports, min_size=1, max_size=20))
+def test_an_end_a_provider_reported_is_never_replaced(steps: list[Report]) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    job = Job(id="job_1", provider="apiframe", status=JobStatus.SUBMITTED, request={}, created_at=now)
+    failed = Update(JobStatus.FAILED, error=JobError(code="timeout", message="the provider's own words"))
+    apply_update(job, failed, "webhook", now, _routes)  # a provider's report, whatever its code
+    for report in steps:
+        before = copy.deepcopy(job)
+        assert not apply_update(job, report.update, report.via, now, _routes).recorded.changed
+        assert _snapshot(job) == _snapshot(before)
 
 
 class Recorder:

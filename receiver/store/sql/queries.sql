@@ -12,15 +12,16 @@ VALUES (:id, :provider, :provider_job_id, :model, :status, :request, :metadata, 
     :next_poll_at, :webhook_url)
 
 -- name: queue_job
--- The submit was held back (rate budget) or refused with 429: the worker sends it at `at`.
-UPDATE receiver_jobs SET status = 'queued', next_poll_at = :at, refusals = :refusals
+-- The submit was held back (rate budget) or refused with 429 (`queued`), or its answer was lost
+-- (`unknown`): the worker sends it at `at`.
+UPDATE receiver_jobs SET status = :status, next_poll_at = :at, refusals = :refusals
 WHERE id = :id AND completed_at IS NULL AND status = 'pending'
 
 -- name: mark_submitted
 -- A job an early webhook already ended keeps its status and gets no poll. NULLIF(x, x) is a NULL of the
 -- column's type: PostgreSQL cannot type a CASE whose only other branch is a NULL parameter.
 UPDATE receiver_jobs SET provider_job_id = :provider_job_id, submitted_at = :submitted_at,
-    status = CASE WHEN status = 'pending' THEN 'submitted' ELSE status END,
+    status = CASE WHEN status IN ('pending', 'queued', 'unknown') THEN 'submitted' ELSE status END,
     next_poll_at = CASE WHEN completed_at IS NULL THEN :next_poll_at ELSE NULLIF(next_poll_at, next_poll_at) END
 WHERE id = :id
 
