@@ -175,17 +175,13 @@ class SQLStore:
                 event=json.dumps(change.event),  # as text: PostgreSQL's json column keeps it as built
             )
             await tx.execute(*end)
-            # A corrected end makes the first end's deliveries due again, for the new event.
-            insert = "replay_delivery" if change.corrected else "insert_delivery"
             for route in change.routes:
-                delivery = self._q(
-                    insert,
-                    job_id=job_id,
-                    handler=route.name,
-                    next_attempt_at=now,
-                    after=list(route.after),
-                )
-                await tx.execute(*delivery)
+                row = {"job_id": job_id, "handler": route.name, "after": list(route.after)}
+                # A corrected end makes the first end's deliveries due again, for the new event.
+                if change.corrected:
+                    await tx.execute(*self._q("replay_delivery", next_attempt_at=now, **row))
+                else:
+                    await tx.execute(*self._q("insert_delivery", next_attempt_at=now, **row))
             await self._notify(tx)
             return change.recorded
 
