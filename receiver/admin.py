@@ -11,10 +11,11 @@ from starlette.responses import JSONResponse, Response
 from receiver.bodies import MAX_BODY, BadJSON, BodyTooLarge, parse_object, read_body
 from receiver.config import SettingsError
 from receiver.events import JobStatus
+from receiver.failover import Choice, parse_choice
 from receiver.generation import KlingRequest, ValidationError
 from receiver.hooks import error
 from receiver.providers.base import ProviderError, UnsupportedParameter
-from receiver.providers.registry import NAMES
+from receiver.providers.registry import UnknownProvider
 from receiver.service import NoSuchJob, NotFinished, Receiver
 
 MAX_LIMIT = 1000
@@ -43,10 +44,12 @@ async def submit(request: Request, receiver: Receiver) -> Response:
         return error(413, f"body is over {MAX_BODY} bytes")
     except BadJSON as exc:
         return error(400, str(exc))
-    provider = data.pop("provider", None)
     errors: dict[str, str] = {}
-    if provider not in NAMES:
-        errors["provider"] = f"required, one of {', '.join(NAMES)}"
+    provider: Choice = ""
+    try:
+        provider = parse_choice(data.pop("provider", None), receiver.settings.provider)
+    except UnknownProvider as exc:
+        errors["provider"] = str(exc)
     try:
         kling = KlingRequest.from_dict(data)
     except ValidationError as exc:

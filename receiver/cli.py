@@ -17,6 +17,7 @@ from handlers import ConfigError
 from receiver import logs
 from receiver.config import Settings, SettingsError, load_settings
 from receiver.events import TERMINAL, Job, JobStatus
+from receiver.failover import parse_choice
 from receiver.generation import KlingRequest, ValidationError
 from receiver.providers.base import ProviderError, UnsupportedParameter
 from receiver.providers.registry import NAMES
@@ -46,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tick", help="one round of polling and dispatch, then exit (cron, serverless)")
 
     submit = sub.add_parser("submit", help="record and submit a job")
-    submit.add_argument("--provider", required=True, choices=NAMES)
+    submit.add_argument(
+        "--provider",
+        metavar="|".join([*NAMES, "auto"]),
+        help="a provider, auto (RECEIVER_PROVIDER_ORDER), or a comma-separated list tried in order; "
+        "default RECEIVER_PROVIDER",
+    )
     submit.add_argument("--prompt", required=True)
     submit.add_argument("--mode", choices=["standard", "pro", "4k"])
     submit.add_argument("--aspect-ratio", choices=["16:9", "9:16", "1:1"])
@@ -181,9 +187,13 @@ def request_from_args(args: argparse.Namespace) -> KlingRequest:
 
 async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     request = request_from_args(args)
+    try:
+        choice = parse_choice(args.provider, settings.provider)
+    except UnknownProvider as exc:
+        raise CommandError(f"error: --provider: {exc}") from None
 
     async def run(receiver: Receiver) -> int:
-        job = await receiver.submit(args.provider, request)
+        job = await receiver.submit(choice, request)
         if args.wait:
             job = await follow(receiver, job)
         if args.json:

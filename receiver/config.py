@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.providers import apiframe, runbase
+from receiver.providers.registry import NAMES
 from receiver.providers.registry import get as provider
 
 
@@ -49,6 +50,13 @@ class Settings:
     token_max_age: float = 172800.0
     require_signature: bool = False
     listen: bool = True
+    # Where a submit goes when it names no provider: a name, "auto", or a comma-separated list.
+    provider: str | None = None
+    # The providers "auto" tries, in this order: a submit refused for a reason the next may not share
+    # (402, a 5xx or unsent request, 429s beyond `failover_wait`) goes to the next one.
+    provider_order: tuple[str, ...] = NAMES
+    # Seconds 429s and the rate budget may hold a job back, from its creation, before it fails over.
+    failover_wait: float = 60.0
     handlers: list[dict[str, Any]] = field(default_factory=list)
 
     def require_secret(self) -> str:
@@ -103,6 +111,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         token_max_age=read.number("RECEIVER_TOKEN_MAX_AGE", Settings.token_max_age),
         require_signature=_flag(read.text("RECEIVER_REQUIRE_SIGNATURE"), Settings.require_signature),
         listen=_flag(read.text("RECEIVER_LISTEN"), Settings.listen),
+        provider=read.text("RECEIVER_PROVIDER"),
+        provider_order=read.providers("RECEIVER_PROVIDER_ORDER") or Settings.provider_order,
+        failover_wait=read.number("RECEIVER_FAILOVER_WAIT", Settings.failover_wait, zero=True),
         handlers=handlers,
     )
 
@@ -124,7 +135,23 @@ class _Reader:
     def url(self, name: str, default: str) -> str:
         return (self.text(name) or default).rstrip("/")
 
-    def number(self, name: str, default: float, *, whole: bool = False) -> float:
+    def providers(self, name: str) -> tuple[str, ...]:
+        """Provider names: a comma-separated string, or a list in the file; each must be known."""
+        raw: Any = self.env.get(name) or self.file_settings.get(name.lower().removeprefix("receiver_"))
+        if raw is None or raw == "":
+            return ()
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise SettingsError(f"{name} must be a list of provider names")
+        try:
+            names = tuple(dict.fromkeys(provider(item.strip()).name for item in items if item.strip()))
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+        if not names:
+            raise SettingsError(f"{name} must name at least one provider")
+        return names
+
+    def number(self, name: str, default: float, *, whole: bool = False, zero: bool = False) -> float:
         raw = self.text(name)
         if raw is None or raw == "":
             return default
@@ -132,8 +159,9 @@ class _Reader:
             value = float(raw)
         except ValueError:
             raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise SettingsError(f"{name} must be a finite number greater than 0, got {raw!r}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            least = "0 or more" if zero else "greater than 0"
+            raise SettingsError(f"{name} must be a finite number {least}, got {raw!r}")
         if whole and (not value.is_integer() or value < 1):
             raise SettingsError(f"{name} must be a whole number of at least 1, got {raw!r}")
         return value

@@ -116,6 +116,9 @@ class Job:
     poll_count: int = 0
     webhook_url: str | None = None  # as first sent: a resubmit must carry the same body
     refusals: int = 0  # submits the provider refused with 429, for the backoff
+    # Each provider the submit went to: {"provider", "outcome", "answer", "at"} (see `attempt`).
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)  # providers still to try, in order
 
     def to_json(self, *, deliveries: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -133,10 +136,18 @@ class Job:
             "submitted_at": iso(self.submitted_at),
             "completed_at": iso(self.completed_at),
             "completed_via": self.completed_via,
+            "attempts": [dict(a) for a in self.attempts],
         }
         if deliveries:
             data["deliveries"] = [d.to_json() for d in self.deliveries]
         return data
+
+
+def attempt(provider: str, outcome: str, answer: str, at: datetime) -> dict[str, Any]:
+    """One provider a submit went to, as the job JSON shows it. `outcome`: `accepted` (`answer` is the
+    provider's job id), `refused`, `throttled` (429s or the rate budget beyond RECEIVER_FAILOVER_WAIT),
+    `unknown` (sent, answer lost) or `not_sent` (a parameter it cannot take); `answer` says why."""
+    return {"provider": provider, "outcome": outcome, "answer": answer, "at": iso(at)}
 
 
 def event_type(status: JobStatus) -> str:

@@ -17,7 +17,8 @@ from receiver import logs
 from receiver.bodies import BadJSON, parse_object
 from receiver.clock import Clock, system_clock
 from receiver.config import Settings, SettingsError
-from receiver.events import TERMINAL, Job, JobError, JobStatus, new_job_id
+from receiver.events import TERMINAL, Job, JobError, JobStatus, attempt, new_job_id
+from receiver.failover import Choice, may_fail_over, providers_of
 from receiver.generation import KlingRequest
 from receiver.metrics import Metrics
 from receiver.providers import registry
@@ -27,6 +28,7 @@ from receiver.providers.base import (
     ProviderStatus,
     RateLimited,
     ReportRefused,
+    UnsupportedParameter,
     answer_lost,
 )
 from receiver.providers.ratelimit import BudgetBusy, RateBudget, StoreBudget
@@ -173,43 +175,63 @@ class Receiver:
             log.info("job.completed", job_id=job_id, status=str(update.status), via=via)
         return recorded
 
-    async def submit(self, provider: str, request: KlingRequest) -> Job:
-        """Record the job, then submit it. A submit the rate budget holds back, or the provider refuses
-        with 429, is `queued` for the worker; a refused job ends `failed` (its handlers hear of it) and
-        the provider's error is raised; a parameter the provider cannot take is refused before anything."""
-        client = self.client(provider)
-        client.check(request)
-        spec = registry.get(provider)
+    async def submit(self, provider: Choice, request: KlingRequest) -> Job:
+        """Record the job, then submit it. `provider`: a name, "auto" (RECEIVER_PROVIDER_ORDER) or a
+        list, tried in order (see receiver.failover). A submit the rate budget holds back, or the
+        provider refuses with 429, is `queued` for the worker; a refused job ends `failed` (its handlers
+        hear of it) and the provider's error is raised; a parameter no provider in the choice can take
+        is refused before anything is recorded."""
         now = self.clock()
+        names = providers_of(provider, self.settings)
+        skipped: list[dict[str, Any]] = []
+        usable: list[str] = []
+        refusal: UnsupportedParameter | None = None
+        for name in names:
+            try:
+                self.client(name).check(request)
+            except UnsupportedParameter as exc:
+                refusal = refusal or exc
+                skipped.append(attempt(name, "not_sent", str(exc), now))
+                continue
+            usable.append(name)
+        if not usable:
+            assert refusal is not None  # every name was checked, and each refused
+            raise refusal
         job_id = new_job_id()
         job = Job(
             id=job_id,
-            provider=provider,
+            provider=usable[0],
             status=JobStatus.PENDING,
             request=request.params(),
             metadata=request.metadata,
             created_at=now,
-            webhook_url=self.signer.url(self.settings.public_url, job_id, provider)
-            if spec.sends_webhooks
-            else None,
+            webhook_url=self._webhook_url(job_id, usable[0]),
+            attempts=skipped,
+            fallbacks=usable[1:],
         )
         deadline = now + timedelta(seconds=self.settings.job_timeout)
         await self.store.create_job(job, deadline, now + timedelta(seconds=self.settings.submit_lease))
         await self.send(job)
         return await self.get_job(job.id)
 
+    def _webhook_url(self, job_id: str, provider: str) -> str | None:
+        if not registry.get(provider).sends_webhooks:
+            return None
+        return self.signer.url(self.settings.public_url, job_id, provider)
+
     async def send(self, job: Job) -> bool:
         """Submit a recorded `pending` job: its first submit, a queued one, or again (the same body and
         Idempotency-Key) one whose answer was lost or whose process stopped before the answer. True once
-        the provider took it; False when it is queued, or `unknown` to be sent again. A refusal is
-        recorded (the job ends `failed`) and raised."""
+        a provider took it; False when it is queued, or `unknown` to be sent again. A refusal goes to the
+        next provider when the job has one and the refusal allows; otherwise it is recorded (the job ends
+        `failed`) and raised."""
         client = self.client(job.provider)
         request = KlingRequest(**job.request, metadata=job.metadata)
         try:
             status = await client.submit(job.id, request, job.webhook_url, within=self.settings.submit_wait)
         except BudgetBusy as exc:
-            await self._queue(job, self.settings.submit_wait if exc.wait is None else exc.wait, job.refusals)
-            return False
+            wait = self.settings.submit_wait if exc.wait is None else exc.wait
+            return await self._hold(job, wait, job.refusals, f"{job.provider}: rate budget full")
         except ProviderError as exc:
             return await self._not_taken(job, exc)
         await self._accepted(job, status)
@@ -217,7 +239,8 @@ class Receiver:
 
     async def _not_taken(self, job: Job, exc: ProviderError) -> bool:
         """A submit that did not come back accepted: lost (the job is `unknown`, or `submit_unknown`
-        where it cannot be sent twice), refused with 429 (queued), or refused (recorded and raised)."""
+        where it cannot be sent twice; never failed over), refused with 429 (held), refused where the
+        next provider may take it (failed over), or refused (recorded and raised)."""
         if answer_lost(exc):
             return await self._unknown(job, exc)
         if isinstance(exc, RateLimited):
@@ -225,16 +248,43 @@ class Receiver:
             wait = exc.retry_after
             if wait is None:
                 wait = retry_delay(refusals, SUBMIT_RETRY_BASE, SUBMIT_RETRY_MAX)
-            await self._queue(job, wait, refusals)
-            return False
+            return await self._hold(job, wait, refusals, str(exc))
+        if job.fallbacks and may_fail_over(exc):
+            return await self._fail_over(job, "refused", str(exc))
         log.warning("job.refused", job_id=job.id, provider=job.provider, error=str(exc))
+        await self._note(job, "refused", str(exc))
         await self.record(job.id, Update(JobStatus.FAILED, error=exc.to_job_error()), via=None)
         raise exc
+
+    async def _hold(self, job: Job, wait: float, refusals: int, why: str) -> bool:
+        """Throttled: queued for `wait` seconds, or, when that would hold the job back longer than
+        RECEIVER_FAILOVER_WAIT from its creation and another provider is left, sent there now."""
+        held = (self.clock() - job.created_at).total_seconds() + wait
+        if job.fallbacks and held > self.settings.failover_wait:
+            return await self._fail_over(job, "throttled", why)
+        await self._queue(job, wait, refusals)
+        return False
+
+    async def _fail_over(self, job: Job, outcome: str, why: str) -> bool:
+        """This provider certainly made nothing: the job, same id, goes to the next one."""
+        before = job.provider
+        job.attempts.append(attempt(before, outcome, why, self.clock()))
+        job.provider, job.fallbacks = job.fallbacks[0], job.fallbacks[1:]
+        job.webhook_url = self._webhook_url(job.id, job.provider)
+        job.refusals = 0
+        await self.store.fail_over(job.id, job.provider, job.webhook_url, job.fallbacks, job.attempts)
+        log.warning("job.failover", job_id=job.id, provider=before, to=job.provider, error=why)
+        return await self.send(job)
+
+    async def _note(self, job: Job, outcome: str, answer: str) -> None:
+        job.attempts.append(attempt(job.provider, outcome, answer, self.clock()))
+        await self.store.note_attempts(job.id, job.attempts)
 
     async def _unknown(self, job: Job, exc: ProviderError) -> bool:
         """The submit was sent and its answer lost. With an idempotency key the job is `unknown` and sent
         again (the same key names the job the lost submit made, or makes the only one); without one a
         second submit could buy a second run, so the job ends `submit_unknown` and the error is raised."""
+        await self._note(job, "unknown", str(exc))
         if not registry.get(job.provider).idempotent_submit:
             await self.lose(job, str(exc))
             raise exc
@@ -253,17 +303,20 @@ class Receiver:
         submitted = self.clock()
         spec = registry.get(job.provider)
         first_poll = spec.next_poll_at(submitted, submitted, self.settings.expected_seconds)
-        for attempt in range(1, ACCEPT_WRITES + 1):
+        job.attempts.append(attempt(job.provider, "accepted", status.provider_job_id, submitted))
+        for write in range(1, ACCEPT_WRITES + 1):
             try:
-                await self.store.mark_submitted(job.id, status.provider_job_id, submitted, first_poll)
+                await self.store.mark_submitted(
+                    job.id, status.provider_job_id, submitted, first_poll, job.attempts
+                )
                 break
             except Exception as exc:  # the store is down; the provider's job id must not be lost
                 fields = {"job_id": job.id, "provider": job.provider, "error": type(exc).__name__}
-                if attempt == ACCEPT_WRITES:
+                if write == ACCEPT_WRITES:
                     log.error("job.accept_unrecorded", provider_job_id=status.provider_job_id, **fields)
                     raise
-                wait = retry_delay(attempt, ACCEPT_RETRY_BASE, ACCEPT_RETRY_MAX)
-                log.warning("job.accept_write_failed", attempt=attempt, retry_in=round(wait, 3), **fields)
+                wait = retry_delay(write, ACCEPT_RETRY_BASE, ACCEPT_RETRY_MAX)
+                log.warning("job.accept_write_failed", attempt=write, retry_in=round(wait, 3), **fields)
                 await self.clock.sleep(wait)
         if status.status.terminal or status.status is JobStatus.RUNNING:
             await self.record(job.id, confirmed(status), via="poll")

@@ -97,9 +97,28 @@ class Store(Protocol):
         `pending` with a new lease, in one statement."""
 
     async def mark_submitted(
-        self, job_id: str, provider_job_id: str, at: datetime, next_poll_at: datetime | None
+        self,
+        job_id: str,
+        provider_job_id: str,
+        at: datetime,
+        next_poll_at: datetime | None,
+        attempts: list[dict[str, Any]] | None = None,
     ) -> None:
-        """The provider accepted the job; a job already ended by an early webhook keeps its status."""
+        """The provider accepted the job (and `attempts`, when given, is its list of attempts now); a
+        job already ended by an early webhook keeps its status."""
+
+    async def fail_over(
+        self,
+        job_id: str,
+        provider: str,
+        webhook_url: str | None,
+        fallbacks: list[str],
+        attempts: list[dict[str, Any]],
+    ) -> None:
+        """An unsent job moves to the next provider (its webhook URL is that provider's)."""
+
+    async def note_attempts(self, job_id: str, attempts: list[dict[str, Any]]) -> None:
+        """Store the job's list of attempts."""
 
     async def record(
         self, job_id: str, update: Update, via: str | None, now: datetime, routes: Matcher

@@ -112,13 +112,20 @@ class SQLStore:
                     deadline_at=deadline,
                     next_poll_at=look_at,
                     webhook_url=job.webhook_url,
+                    attempts=job.attempts,
+                    fallbacks=job.fallbacks,
                 )
             )
 
         await self.connector.run(work)
 
     async def mark_submitted(
-        self, job_id: str, provider_job_id: str, at: datetime, next_poll_at: datetime | None
+        self,
+        job_id: str,
+        provider_job_id: str,
+        at: datetime,
+        next_poll_at: datetime | None,
+        attempts: list[dict[str, Any]] | None = None,
     ) -> None:
         query = self._q(
             "mark_submitted",
@@ -126,6 +133,7 @@ class SQLStore:
             provider_job_id=provider_job_id,
             submitted_at=at,
             next_poll_at=next_poll_at,
+            attempts=attempts,
         )
         await self._execute_due(*query)  # a worker asleep past the first poll must plan again
 
@@ -134,6 +142,27 @@ class SQLStore:
     ) -> None:
         query = self._q("queue_job", id=job_id, at=at, refusals=refusals, status=str(status))
         await self._execute_due(*query)
+
+    async def fail_over(
+        self,
+        job_id: str,
+        provider: str,
+        webhook_url: str | None,
+        fallbacks: list[str],
+        attempts: list[dict[str, Any]],
+    ) -> None:
+        query = self._q(
+            "fail_over",
+            id=job_id,
+            provider=provider,
+            webhook_url=webhook_url,
+            fallbacks=fallbacks,
+            attempts=attempts,
+        )
+        await self._execute(*query)
+
+    async def note_attempts(self, job_id: str, attempts: list[dict[str, Any]]) -> None:
+        await self._execute(*self._q("note_attempts", id=job_id, attempts=attempts))
 
     async def claim_submits(
         self, status: JobStatus, now: datetime, limit: int, lease_seconds: float
@@ -402,6 +431,8 @@ def _job(row: Row) -> Job:
         poll_count=row["poll_count"],
         webhook_url=row["webhook_url"],
         refusals=row["refusals"],
+        attempts=_json(row["attempts"]),
+        fallbacks=_json(row["fallbacks"]),
     )
 
 

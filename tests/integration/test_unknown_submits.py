@@ -62,6 +62,17 @@ def lose_first_answer(stack: Stack, provider: str, how: str) -> None:
     receiver._clients[provider] = client
 
 
+def post_job(stack: Stack, body: dict[str, Any]) -> httpx.Response:
+    """POST /jobs while moving the clock to each wake-up: the submit's retries wait on the clock."""
+    with ThreadPoolExecutor(1) as pool:
+        answer: Future[httpx.Response] = pool.submit(stack.admin.post, "/jobs", json=body)
+        while not answer.done():
+            wait_until(lambda: answer.done() or len(stack.clock.sleepers) >= 2)  # the worker, the retry
+            if not answer.done():
+                stack.clock.advance_to(stack.clock.sleepers[0])
+        return answer.result()
+
+
 def events(sink: Inbox) -> list[dict[str, Any]]:
     return [verify_forward(post.headers, post.body) for post in sink.posts]
 
@@ -146,14 +157,7 @@ def test_a_store_write_failing_after_the_provider_accepted_is_retried_and_the_ru
             await real(job_id, *args, **kwargs)
 
         store.mark_submitted = flaky  # type: ignore[method-assign]
-        with ThreadPoolExecutor(1) as pool:
-            body = {"provider": "runbase", "prompt": "a red fox in snow"}
-            answer: Future[httpx.Response] = pool.submit(stack.admin.post, "/jobs", json=body)
-            while not answer.done():  # the retries wait on the clock: move it to each wake-up
-                wait_until(lambda: answer.done() or len(stack.clock.sleepers) >= 2)
-                if not answer.done():
-                    stack.clock.advance_to(stack.clock.sleepers[0])
-            response = answer.result()
+        response = post_job(stack, {"provider": "runbase", "prompt": "a red fox in snow"})
         assert response.status_code == 202, response.text
         job = response.json()
         done = stack.run_until(lambda: stack.settled(job["id"]))

@@ -310,3 +310,34 @@ def test_handlers_and_settings_must_be_tables(tmp_path: Path, text: str, what: s
 def test_secret_value_is_not_echoed_in_a_number_error() -> None:
     message = _refusal({"RECEIVER_SECRET": "top-secret-value", "RECEIVER_JOB_TIMEOUT": "soon"})
     assert "top-secret-value" not in message
+
+
+def test_failover_settings_default_to_every_provider_in_the_registry_order() -> None:
+    settings = load_settings(env={})
+    assert settings.provider is None
+    assert settings.provider_order == ("apiframe", "runbase")
+    assert settings.failover_wait == 60.0
+
+
+def test_provider_order_from_the_environment_or_a_list_in_the_file(tmp_path: Path) -> None:
+    env = {"RECEIVER_PROVIDER_ORDER": " runbase , apiframe,runbase", "RECEIVER_FAILOVER_WAIT": "0"}
+    settings = load_settings(env=env)
+    assert settings.provider_order == ("runbase", "apiframe")
+    assert settings.failover_wait == 0.0
+    config = _write(tmp_path / "r.toml", '[settings]\nprovider_order = ["runbase"]\nprovider = "auto"\n')
+    from_file = load_settings(env={"RECEIVER_CONFIG": config})
+    assert (from_file.provider_order, from_file.provider) == (("runbase",), "auto")
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [("midjourney", "unknown provider 'midjourney'"), (",", "at least one provider")],
+)
+def test_a_bad_provider_order_is_one_line_naming_the_variable(text: str, named: str) -> None:
+    message = _refusal({"RECEIVER_PROVIDER_ORDER": text})
+    assert message.startswith("RECEIVER_PROVIDER_ORDER")
+    assert named in message
+
+
+def test_a_negative_failover_wait_is_refused() -> None:
+    assert "RECEIVER_FAILOVER_WAIT" in _refusal({"RECEIVER_FAILOVER_WAIT": "-1"})

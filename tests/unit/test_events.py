@@ -14,6 +14,7 @@ from receiver.events import (
     Job,
     JobError,
     JobStatus,
+    attempt,
     event_type,
     iso,
     make_event,
@@ -39,6 +40,7 @@ JOB_KEYS = {
     "submitted_at",
     "completed_at",
     "completed_via",
+    "attempts",
     "deliveries",
 }
 REQUEST_KEYS = {
@@ -68,6 +70,7 @@ def _job(**changes: object) -> Job:
         submitted_at=CREATED + timedelta(seconds=1),
         completed_at=CREATED + timedelta(seconds=150),
         completed_via="webhook",
+        attempts=[attempt("apiframe", "accepted", "af_123", CREATED + timedelta(seconds=1))],
         deliveries=[Delivery(handler="slack", status=DeliveryStatus.RETRYING, attempts=2, last_error="503")],
     )
     for name, value in changes.items():
@@ -97,6 +100,9 @@ def test_job_json_values() -> None:
         "submitted_at": "2026-01-01T12:00:01Z",
         "completed_at": "2026-01-01T12:02:30Z",
         "completed_via": "webhook",
+        "attempts": [
+            {"provider": "apiframe", "outcome": "accepted", "answer": "af_123", "at": "2026-01-01T12:00:01Z"}
+        ],
         "deliveries": [{"handler": "slack", "status": "retrying", "attempts": 2, "last_error": "503"}],
     }
 
@@ -112,6 +118,7 @@ def test_job_json_of_a_fresh_job_has_nulls_not_missing_keys() -> None:
     assert data["error"] is None
     assert data["progress"] is None
     assert data["output_urls"] == []
+    assert data["attempts"] == []
     assert data["deliveries"] == []
 
 

@@ -7,9 +7,18 @@
 -- A job without a provider job id is looked at again at `next_poll_at`: a `pending` one there has lost
 -- the process that was submitting it (see claim_submits).
 INSERT INTO receiver_jobs (id, provider, provider_job_id, model, status, request, metadata, created_at,
-    deadline_at, next_poll_at, webhook_url)
+    deadline_at, next_poll_at, webhook_url, attempts, fallbacks)
 VALUES (:id, :provider, :provider_job_id, :model, :status, :request, :metadata, :created_at, :deadline_at,
-    :next_poll_at, :webhook_url)
+    :next_poll_at, :webhook_url, :attempts, :fallbacks)
+
+-- name: fail_over
+-- A submit refused where another provider may take it: the job goes to the next one, still unsent.
+UPDATE receiver_jobs SET provider = :provider, webhook_url = :webhook_url, fallbacks = :fallbacks,
+    attempts = :attempts, refusals = 0
+WHERE id = :id AND completed_at IS NULL AND provider_job_id IS NULL
+
+-- name: note_attempts
+UPDATE receiver_jobs SET attempts = :attempts WHERE id = :id
 
 -- name: queue_job
 -- The submit was held back (rate budget) or refused with 429 (`queued`), or its answer was lost
@@ -21,6 +30,7 @@ WHERE id = :id AND completed_at IS NULL AND status = 'pending'
 -- A job an early webhook already ended keeps its status and gets no poll. NULLIF(x, x) is a NULL of the
 -- column's type: PostgreSQL cannot type a CASE whose only other branch is a NULL parameter.
 UPDATE receiver_jobs SET provider_job_id = :provider_job_id, submitted_at = :submitted_at,
+    attempts = COALESCE(:attempts, attempts),
     status = CASE WHEN status IN ('pending', 'queued', 'unknown') THEN 'submitted' ELSE status END,
     next_poll_at = CASE WHEN completed_at IS NULL THEN :next_poll_at ELSE NULLIF(next_poll_at, next_poll_at) END
 WHERE id = :id

@@ -211,3 +211,8 @@ CREATE TABLE receiver_budget_requests (
     ended_at TIMESTAMP TEXT  -- NULL while the request waits for its answer
 );
 CREATE INDEX receiver_budget_requests_key ON receiver_budget_requests (key);
+
+-- name: migration_5
+-- Failover: each provider a submit went to (provider, outcome, answer, time), and those still to try.
+ALTER TABLE receiver_jobs ADD COLUMN attempts JSON TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE receiver_jobs ADD COLUMN fallbacks JSON TEXT NOT NULL DEFAULT '[]';
