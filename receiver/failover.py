@@ -9,8 +9,9 @@ so it never fails over (it is resolved where it was sent).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from receiver.config import Settings, SettingsError
 from receiver.providers import registry
 from receiver.providers.base import (
     Forbidden,
@@ -21,9 +22,6 @@ from receiver.providers.base import (
     answer_lost,
 )
 from receiver.providers.registry import UnknownProvider
-
-if TYPE_CHECKING:
-    from receiver.config import Settings
 
 AUTO = "auto"
 Choice = str | list[str]
@@ -53,8 +51,6 @@ def providers_of(choice: Choice, settings: Settings) -> list[str]:
     """The providers a job may go to, in order. One named provider is used as named (a missing key is
     the caller's SettingsError); from "auto" (RECEIVER_PROVIDER_ORDER) or a list, only those with an
     API key, and SettingsError when none has one."""
-    from receiver.config import SettingsError
-
     if isinstance(choice, str) and choice != AUTO:
         return [choice]
     names: Sequence[str] = settings.provider_order if choice == AUTO else choice

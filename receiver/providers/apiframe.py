@@ -21,6 +21,7 @@ from receiver.providers.base import (
     ReportRefused,
     UnexpectedResponse,
     UnsupportedParameter,
+    accepted,
     report,
 )
 from receiver.providers.http import ErrorBody, Observer, ProviderHTTP, number, transient
@@ -242,7 +243,8 @@ class ApiframeClient:
             )
 
         data = await self._http.retrying(call, on=self._on)
-        status = map_status({"status": "QUEUED", **data})
+        named = data.get("jobId") or data.get("id")
+        status = accepted(data, named, lambda: map_status({"status": "QUEUED", **data}))
         log.info(
             "provider_job_submitted", provider=PROVIDER, job_id=job_id, provider_job_id=status.provider_job_id
         )

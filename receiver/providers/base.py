@@ -185,6 +185,18 @@ def report(
     )
 
 
+def accepted(data: dict[str, Any], job_id: Any, read: Callable[[], ProviderStatus]) -> ProviderStatus:
+    """A submit's answer as a status. An answer that names the job but cannot be read otherwise (a
+    status this client does not know) still says the job exists: it is `submitted` under that id and
+    its polls tell the rest, rather than a job the receiver cannot name."""
+    try:
+        return read()
+    except UnexpectedResponse:
+        if not isinstance(job_id, str) or not job_id:
+            raise
+        return ProviderStatus(provider_job_id=job_id, status=JobStatus.SUBMITTED, raw=data)
+
+
 def job_error(provider: str, status: JobStatus, error: Any) -> JobError | None:
     """The error of a failed or canceled job; `error` is a provider's string or `{"message", "code"}`."""
     if status not in (JobStatus.FAILED, JobStatus.CANCELED):

@@ -15,6 +15,7 @@ from receiver.providers.base import (
     ProviderStatus,
     RateLimited,
     UnsupportedParameter,
+    accepted,
     report,
 )
 from receiver.providers.http import ErrorBody, Observer, ProviderHTTP, not_sent, transient
@@ -174,7 +175,7 @@ class RunbaseClient:
             return await self._http.request("POST", RUNS_PATH, body=body, attempt=attempt, within=within)
 
         data = await self._http.retrying(call, on=not_sent)
-        status = map_status({"status": "pending", **data})
+        status = accepted(data, data.get("id"), lambda: map_status({"status": "pending", **data}))
         log.info(
             "provider_job_submitted", provider=PROVIDER, job_id=job_id, provider_job_id=status.provider_job_id
         )

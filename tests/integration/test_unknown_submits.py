@@ -23,7 +23,8 @@ from tests.support.waiting import wait_until
 
 class LoseFirstAnswer(httpx.AsyncBaseTransport):
     """Sends every request for real; the first POST's answer is lost on the way back: unreadable (a
-    proxy's HTML page with status 200) or never read (the read timed out)."""
+    proxy's HTML page with status 200), never read (the read timed out), or readable but for a new
+    status value."""
 
     def __init__(self, how: str) -> None:
         self.inner = httpx.AsyncHTTPTransport()
@@ -35,6 +36,10 @@ class LoseFirstAnswer(httpx.AsyncBaseTransport):
         if request.method != "POST" or self.lost:
             return response
         self.lost += 1
+        if self.how == "new status":  # readable, and it names the job, with a status no client knows
+            await response.aread()
+            data = {**json.loads(response.content), "status": "enqueued-v2"}
+            return httpx.Response(response.status_code, json=data, request=request)
         await response.aclose()
         if self.how == "timeout":
             raise httpx.ReadTimeout("timed out", request=request)
@@ -116,6 +121,23 @@ def test_a_runbase_submit_whose_answer_was_lost_ends_submit_unknown_and_is_never
     assert len(posts) == 1
     assert len(stack.runbase.runs) == 1
     assert [e["type"] for e in events(sink)] == ["job.failed"]
+
+
+@pytest.mark.parametrize("provider", ["runbase", "apiframe"])
+def test_a_submit_answer_that_names_the_job_with_a_status_no_client_knows_keeps_the_job(
+    tmp_path: Path, sink: Inbox, store_url: str, provider: str
+) -> None:
+    """Unreadable but for the id: the job exists under that id, so it is `submitted` and followed."""
+    with receiver_stack(tmp_path, sink.url, database_url=store_url) as stack:
+        lose_first_answer(stack, provider, "new status")
+        job = stack.submit(provider)
+        done = stack.run_until(lambda: stack.settled(job["id"]))
+        made = list(stack.runbase.runs if provider == "runbase" else stack.apiframe.jobs)
+
+    assert job["status"] == "submitted"
+    assert made == [job["provider_job_id"]]
+    assert done["status"] == "succeeded"
+    assert [e["type"] for e in events(sink)] == ["job.succeeded"]
 
 
 def test_a_final_webhook_after_the_receiver_gave_up_on_the_job_is_recorded_and_delivered(
