@@ -47,6 +47,7 @@ class Settings:
     submit_lease: float = 600.0
     worker_stale_after: float = 120.0
     store_timeout: float = 5.0
+    pg_pool_size: int = 10  # most connections one process opens to PostgreSQL
     token_max_age: float = 172800.0
     require_signature: bool = False
     listen: bool = True
@@ -108,6 +109,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         submit_lease=read.number("RECEIVER_SUBMIT_LEASE", Settings.submit_lease),
         worker_stale_after=read.number("RECEIVER_WORKER_STALE_AFTER", Settings.worker_stale_after),
         store_timeout=read.number("RECEIVER_STORE_TIMEOUT", Settings.store_timeout),
+        pg_pool_size=int(read.number("RECEIVER_PG_POOL_SIZE", Settings.pg_pool_size, whole=True)),
         token_max_age=read.number("RECEIVER_TOKEN_MAX_AGE", Settings.token_max_age),
         require_signature=_flag(read.text("RECEIVER_REQUIRE_SIGNATURE"), Settings.require_signature),
         listen=_flag(read.text("RECEIVER_LISTEN"), Settings.listen),

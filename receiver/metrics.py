@@ -56,6 +56,7 @@ class Metrics:
             ["provider", "code"],
             registry=self.registry,
         )
+        self._webhook_children: dict[tuple[str, int], Any] = {}
         self.webhook_to_handler = Histogram(
             "receiver_webhook_to_handler_seconds",
             "Seconds from a completion recorded by webhook to a handler's successful delivery",
@@ -89,7 +90,13 @@ class Metrics:
         )
 
     def webhook(self, provider: str, code: int) -> None:
-        self.webhooks.labels(known(provider), str(code)).inc()
+        """Count one answered webhook. The labelled child is looked up once per (provider, code):
+        `labels()` validates and joins label values each call, which the ingest route cannot afford."""
+        key = (known(provider), code)  # never a name taken from the URL: the keys stay few
+        child = self._webhook_children.get(key)
+        if child is None:
+            child = self._webhook_children[key] = self.webhooks.labels(key[0], str(code))
+        child.inc()
 
     def poll(self, provider: str, *, ok: bool) -> None:
         self.polls.labels(known(provider), "ok" if ok else "failed").inc()

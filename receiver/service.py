@@ -35,7 +35,15 @@ from receiver.providers.ratelimit import BudgetBusy, RateBudget, StoreBudget
 from receiver.providers.registry import UnknownProvider
 from receiver.schedule import retry_delay
 from receiver.signing import TokenError, WebhookSigner
-from receiver.store import HandlerRoute, Recorded, Store, StoreUnavailable, Update, open_store
+from receiver.store import (
+    HandlerRoute,
+    Progressed,
+    Recorded,
+    Store,
+    StoreUnavailable,
+    Update,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from receiver.worker import Worker
@@ -121,9 +129,10 @@ class Receiver:
         logs.register_secrets(_handler_secrets(settings.handlers))
         tables = settings.handlers or [{"name": "log", "type": "log"}]
         specs = build_handlers(tables, clock=kwargs.get("clock", system_clock))
-        return cls(
-            settings, open_store(settings.database_url, timeout=settings.store_timeout), specs, **kwargs
+        store = open_store(
+            settings.database_url, timeout=settings.store_timeout, pool_size=settings.pg_pool_size
         )
+        return cls(settings, store, specs, **kwargs)
 
     @property
     def signer(self) -> WebhookSigner:
@@ -363,14 +372,20 @@ class Receiver:
                 raise WebhookRefused(404, "no such job")
             log.info("webhook.unusable", job_id=claims.job_id, provider=provider)
             return {"ok": True, "confirm": "poll"}
-        recorded = await self.record(claims.job_id, update_from(status), via="webhook")
-        if recorded.job is None:
+        update = update_from(status)
+        if update.status.terminal:
+            recorded = await self.record(claims.job_id, update, via="webhook")
+            status_after = recorded.job.status if recorded.job is not None else None
+            outcome = Progressed(status_after, changed=recorded.changed, conflict=recorded.conflict)
+        else:  # a progress report: the lean road, sharing its commit with the reports beside it
+            outcome = await self.store.record_progress(claims.job_id, update)
+        if outcome.status is None:
             raise WebhookRefused(404, "no such job")
-        if recorded.conflict:
+        if outcome.conflict:
             if await self.store.find_job(provider, status.provider_job_id) is not None:
                 raise WebhookRefused(401, "webhook token belongs to another job")
             raise WebhookRefused(400, "body names another job (jobId)")
-        return {"ok": True, "status": str(recorded.job.status), "duplicate": not recorded.changed}
+        return {"ok": True, "status": str(outcome.status), "duplicate": not outcome.changed}
 
     async def get_job(self, job_id: str) -> Job:
         job = await self.store.get_job(job_id)

@@ -9,6 +9,7 @@ from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSaf
 from receiver.clock import Clock, system_clock
 
 _SALT = "receiver.webhook.v1"
+VERIFIED_MAX = 100_000  # tokens remembered as verified (about 30 MB at most)
 
 
 class TokenError(Exception):
@@ -49,6 +50,8 @@ class WebhookSigner:
             [*old_secrets, secret], salt=_SALT, signer=_clock_signer(clock)
         )
         self.max_age = max_age
+        self._clock = clock
+        self._verified: dict[str, tuple[TokenClaims, int]] = {}  # token -> (claims, signed at)
 
     def token(self, job_id: str, provider: str) -> str:
         return str(self._serializer.dumps({"j": job_id, "p": provider}))
@@ -57,8 +60,24 @@ class WebhookSigner:
         return f"{public_url.rstrip('/')}/hooks/{provider}/{self.token(job_id, provider)}"
 
     def verify(self, token: str, provider: str) -> TokenClaims:
+        """The token's claims for a webhook posted to `provider`'s route. A token checked once is
+        remembered with its stamp (a provider posts the same URL for every report of a job): later
+        checks only compare its age and provider, so the HMAC runs once per token, not per request."""
+        known = self._verified.get(token)
+        if known is not None and 0 <= int(self._clock().timestamp()) - known[1] <= int(self.max_age):
+            claims = known[0]
+        else:
+            claims, stamp = self._check(token)
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.clear()  # a bound, not an LRU: refilling costs one check per live token
+            self._verified[token] = (claims, stamp)
+        if claims.provider != provider:
+            raise TokenMismatch("webhook token belongs to another provider")
+        return claims
+
+    def _check(self, token: str) -> tuple[TokenClaims, int]:
         try:
-            data = self._serializer.loads(token, max_age=int(self.max_age))
+            data, stamp = self._serializer.loads(token, max_age=int(self.max_age), return_timestamp=True)
         except SignatureExpired:
             raise TokenExpired("webhook token expired") from None
         except (BadSignature, UnicodeEncodeError):  # a lone surrogate cannot be encoded to be checked
@@ -69,9 +88,7 @@ class WebhookSigner:
             or not isinstance(data.get("p"), str)
         ):
             raise TokenInvalid("webhook token is invalid")
-        if data["p"] != provider:
-            raise TokenMismatch("webhook token belongs to another provider")
-        return TokenClaims(job_id=data["j"], provider=data["p"])
+        return TokenClaims(job_id=data["j"], provider=data["p"]), int(stamp.timestamp())
 
 
 def _clock_signer(clock: Clock) -> type[TimestampSigner]:

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from receiver.config import SettingsError
-from receiver.store.base import Admission, DueDelivery, HandlerRoute, Matcher, Recorded, Store, Update
+from receiver.store.base import (
+    Admission,
+    DueDelivery,
+    HandlerRoute,
+    Matcher,
+    Progressed,
+    Recorded,
+    Store,
+    Update,
+)
 from receiver.store.connector import StoreUnavailable
 from receiver.store.sqlstore import SQLStore
 
@@ -12,6 +21,7 @@ __all__ = [
     "DueDelivery",
     "HandlerRoute",
     "Matcher",
+    "Progressed",
     "Recorded",
     "SQLStore",
     "Store",
@@ -23,10 +33,11 @@ __all__ = [
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_store(url: str, *, timeout: float = 5.0) -> Store:
+def open_store(url: str, *, timeout: float = 5.0, pool_size: int = 10) -> Store:
     """A store for `sqlite:///path.db` or `postgresql://...` (not yet connected: `await store.open()`).
 
-    `timeout`: seconds a PostgreSQL call waits for a pooled connection before it fails.
+    `timeout`: seconds a PostgreSQL call waits for a pooled connection before it fails; `pool_size`:
+    the most connections one process opens to PostgreSQL.
     """
     if url.startswith("sqlite:///") or url == "sqlite://":
         from receiver.store.sqlite import SQLiteConnector
@@ -41,7 +52,7 @@ def open_store(url: str, *, timeout: float = 5.0) -> Store:
             raise SettingsError(
                 "RECEIVER_DATABASE_URL: postgresql:// needs psycopg (pip install 'kling-receiver[postgres]')"
             ) from None
-        return SQLStore(PostgresConnector.from_url(url, timeout=timeout))
+        return SQLStore(PostgresConnector.from_url(url, timeout=timeout, pool_size=pool_size))
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise SettingsError(
         f"RECEIVER_DATABASE_URL: unsupported store scheme {scheme!r} (use sqlite:///path.db or postgresql://...)"

@@ -34,6 +34,16 @@ class Recorded:
 
 
 @dataclass(frozen=True)
+class Progressed:
+    """What `record_progress` did: `status` is the job's status after it, None when there is no such
+    job; `conflict` as in Recorded."""
+
+    status: JobStatus | None
+    changed: bool
+    conflict: bool = False
+
+
+@dataclass(frozen=True)
 class Admission:
     """What `budget_admit` did: admitted (`request_id` set, to release with) or not, and then `wait`,
     the seconds until a slot may free (None while every slot waits for an answer)."""
@@ -125,6 +135,11 @@ class Store(Protocol):
     ) -> Recorded:
         """Apply a report in one transaction; the move to a terminal status happens once, together
         with one delivery row per route that matches the final event."""
+
+    async def record_progress(self, job_id: str, update: Update) -> Progressed:
+        """Apply a report that does not end the job, by the same rules as `record`, with the least work:
+        one statement, nothing written when it changes nothing, the commit shared with other reports
+        recorded at the same moment (it is durable when this returns)."""
 
     async def get_job(self, job_id: str) -> Job | None: ...
 

@@ -43,6 +43,12 @@ class Connector(Protocol):
         """Run `work` in one transaction: committed when it returns, rolled back when it raises. The
         connector may run it again from the start (SQLite does when another process holds the lock)."""
 
+    async def run_grouped(self, work: Work[T]) -> T:
+        """Run `work`, whose first statement is its only write (later ones only read), committed when
+        this returns. SQLite runs the calls made at the same moment in one transaction (group commit;
+        when it fails, every call in it raises StoreUnavailable); PostgreSQL runs each statement on
+        its own, one round trip."""
+
     async def listen(
         self, statement: str, notice: Callable[[str], None], live: Callable[[bool], None], sleep: Sleep
     ) -> None:

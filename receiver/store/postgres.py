@@ -27,7 +27,7 @@ Connection = AsyncConnection[DictRow]
 
 log = structlog.get_logger()
 
-POOL_MIN, POOL_MAX = 1, 10
+POOL_MIN, POOL_SIZE = 1, 10  # RECEIVER_PG_POOL_SIZE sets the most connections (POOL_SIZE by default)
 CONNECT_TIMEOUT = 10
 RELISTEN_BASE, RELISTEN_MAX = 0.5, 30.0  # seconds between attempts to listen again, doubling
 # A listen connection only reads: without keepalives a peer that vanished (no FIN) would go unnoticed.
@@ -54,13 +54,14 @@ class PostgresConnector:
     dialect: Dialect = "postgres"
     notifies = True
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0, pool_size: int = POOL_SIZE) -> None:
         self.url = url
         self.timeout = timeout
+        self.pool_size = pool_size
         self._pool: AsyncConnectionPool[Connection] | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 5.0) -> PostgresConnector:
+    def from_url(cls, url: str, *, timeout: float = 5.0, pool_size: int = POOL_SIZE) -> PostgresConnector:
         """Check the URL now (a mistake is a settings error at start-up); the password never shows."""
         logs.register_secrets(_passwords(url))
         try:
@@ -69,16 +70,18 @@ class PostgresConnector:
             raise SettingsError(
                 f"RECEIVER_DATABASE_URL: not a valid PostgreSQL URL ({_safe(url, exc)})"
             ) from None
-        return cls(url, timeout=timeout)
+        return cls(url, timeout=timeout, pool_size=pool_size)
 
     async def open(self) -> None:
         options = _connect_options(self.url)
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.url,
             connection_class=AsyncConnection[DictRow],
-            kwargs={**options, "row_factory": dict_row},
-            min_size=POOL_MIN,
-            max_size=POOL_MAX,
+            # Autocommit: `run` opens its transaction itself; `run_grouped` sends a lone statement,
+            # one round trip, where an implicit transaction would add BEGIN and COMMIT.
+            kwargs={**options, "autocommit": True, "row_factory": dict_row},
+            min_size=min(POOL_MIN, self.pool_size),
+            max_size=self.pool_size,
             timeout=self.timeout,  # while the server is down a call fails after this, not 30 s
             open=False,
             name="receiver-store",
@@ -135,6 +138,16 @@ class PostgresConnector:
             raise RuntimeError("store is not open")
         try:
             async with self._pool.connection() as conn, conn.transaction():
+                return await work(PostgresTransaction(conn))
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+
+    async def run_grouped(self, work: Work[T]) -> T:
+        """Each statement of `work` commits on its own (the connection is in autocommit)."""
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        try:
+            async with self._pool.connection() as conn:
                 return await work(PostgresTransaction(conn))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc

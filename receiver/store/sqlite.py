@@ -8,10 +8,11 @@ import sqlite3
 import threading
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from receiver.store.connector import Row, Sleep, Work
+from receiver.store.connector import Row, Sleep, StoreUnavailable, Work
 from receiver.store.queries import Dialect
 
 T = TypeVar("T")
@@ -66,6 +67,26 @@ def _complete(work: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a SQLite transaction's work awaited something other than the database")
 
 
+async def _all(works: list[Work[Any]], tx: SQLiteTransaction) -> list[Any]:
+    """Several calls' work in one transaction, in order."""
+    return [await work(tx) for work in works]
+
+
+def _settle(group: list[tuple[Work[Any], asyncio.Future[Any]]], results: list[Any]) -> None:
+    for (_, future), result in zip(group, results, strict=True):
+        if not future.done():
+            future.set_result(result)
+
+
+def _fail(group: list[tuple[Work[Any], asyncio.Future[Any]]], exc: BaseException) -> None:
+    """Every call of a failed group commit: nothing of it was committed."""
+    for _, future in group:
+        if not future.done():
+            unavailable = StoreUnavailable(f"SQLite could not commit ({type(exc).__name__})")
+            unavailable.__cause__ = exc
+            future.set_exception(unavailable)
+
+
 class SQLiteConnector:
     dialect: Dialect = "sqlite"
     notifies = False
@@ -74,6 +95,8 @@ class SQLiteConnector:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._group: list[tuple[Work[Any], asyncio.Future[Any]]] = []
+        self._waiting: set[asyncio.Future[Any]] = set()  # group commits waiting in a thread
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteConnector:
@@ -116,6 +139,49 @@ class SQLiteConnector:
             finally:
                 self._lock.release()
         return await asyncio.to_thread(self._patient, work, write)
+
+    async def run_grouped(self, work: Work[T]) -> T:
+        """Group commit: the calls made while the event loop runs one round of ready tasks (the
+        webhooks that arrived together) wait for one transaction, run at the end of that round; each
+        returns once it is committed. A failed transaction fails every call in it (StoreUnavailable,
+        a 503 for a webhook: the provider sends it again), none of which was committed."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._group.append((work, future))
+        if len(self._group) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_group)
+        return await future
+
+    def _commit_group(self) -> None:
+        group, self._group = self._group, []
+        work = partial(_all, [work for work, _ in group])
+        if self._lock.acquire(blocking=False):
+            try:
+                _settle(group, self._transaction(work, True))
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    _fail(group, exc)
+                    return
+            except Exception as exc:
+                _fail(group, exc)
+                return
+            finally:
+                self._lock.release()
+        # Another process holds the write lock (or a call waits for it in a thread): wait there too.
+        patient = asyncio.ensure_future(asyncio.to_thread(self._patient, work, True))
+        self._waiting.add(patient)
+        patient.add_done_callback(partial(self._patient_done, group))
+
+    def _patient_done(
+        self, group: list[tuple[Work[Any], asyncio.Future[Any]]], done: asyncio.Future[Any]
+    ) -> None:
+        self._waiting.discard(done)
+        if done.cancelled():
+            _fail(group, asyncio.CancelledError())
+        elif (exc := done.exception()) is not None:
+            _fail(group, exc)
+        else:
+            _settle(group, done.result())
 
     def _patient(self, work: Work[T], write: bool) -> T:
         with self._lock:

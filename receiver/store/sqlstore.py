@@ -14,10 +14,10 @@ from typing import Any
 from receiver.config import SettingsError
 from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus
 from receiver.providers.ratelimit import slot_wait
-from receiver.store.base import Admission, DueDelivery, Matcher, Recorded, Update
+from receiver.store.base import Admission, DueDelivery, Matcher, Progressed, Recorded, Update
 from receiver.store.connector import Connector, Row, Sleep, Transaction
 from receiver.store.queries import load
-from receiver.store.state import apply_update, finished_status, replay_targets
+from receiver.store.state import apply_update, finished_status, rank, replay_targets
 
 
 class SQLStore:
@@ -218,6 +218,28 @@ class SQLStore:
         if recorded.terminal:
             self._wake()
         return recorded
+
+    async def record_progress(self, job_id: str, update: Update) -> Progressed:
+        advance = self._q(
+            "advance_job",
+            id=job_id,
+            status=str(update.status),
+            rank=rank(update.status),
+            progress=update.progress,
+            provider_job_id=update.provider_job_id,
+        )
+        brief = self._q("job_brief", id=job_id)
+
+        async def work(tx: Transaction) -> Progressed:
+            rows = await tx.fetch(*advance) or await tx.fetch(*brief)
+            if not rows:
+                return Progressed(None, changed=False)
+            row = rows[0]
+            on_record, reported = row["provider_job_id"], update.provider_job_id
+            conflict = bool(on_record and reported and on_record != reported)
+            return Progressed(JobStatus(row["status"]), changed=bool(row["changed"]), conflict=conflict)
+
+        return await self.connector.run_grouped(work)
 
     async def get_job(self, job_id: str) -> Job | None:
         async def work(tx: Transaction) -> Job | None:

@@ -22,6 +22,12 @@ UNCERTAIN_ERRORS = frozenset({"submit_unknown", "timeout"})
 PROVIDER_ROADS = ("webhook", "poll")
 
 
+def rank(status: JobStatus) -> int:
+    """How far a live status is along (a report never moves a job back); the SQL of `advance_job`
+    holds the same ranks."""
+    return _RANK[status]
+
+
 @dataclass(frozen=True)
 class Change:
     """What `record` must write. `event` is set only when the job ends now: the store then writes the

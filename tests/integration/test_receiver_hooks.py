@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -152,3 +153,29 @@ def test_every_documented_result_shape_is_understood(tmp_path: Path, sink, shape
     assert answer.status_code == 200
     assert done["output_urls"] == ["http://127.0.0.1:9/a.mp4"], answer.text
     assert json.loads(answer.text)["status"] == "succeeded"
+
+
+def test_a_progress_webhook_whose_commit_fails_is_answered_503_and_can_be_sent_again(
+    tmp_path: Path, sink
+) -> None:
+    with receiver_stack(tmp_path, sink.url, **QUIET) as stack:
+        job = stack.submit("apiframe")
+        body = apiframe_body(job["provider_job_id"], event="progress")
+        db = sqlite3.connect(tmp_path / "receiver.db", isolation_level=None)
+        db.execute(
+            f"CREATE TRIGGER refuse BEFORE UPDATE ON receiver_jobs WHEN NEW.id = '{job['id']}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        refused = httpx.post(stack.hook_url(job["id"]), content=body)
+        unchanged = stack.job(job["id"])
+        db.execute("DROP TRIGGER refuse")
+        db.close()
+        again = httpx.post(stack.hook_url(job["id"]), content=body)
+        after = stack.job(job["id"])
+
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "5"
+    assert unchanged["progress"] is None
+    assert again.status_code == 200
+    assert again.json() == {"ok": True, "status": "running", "duplicate": False}
+    assert after["progress"] == 40

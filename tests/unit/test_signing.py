@@ -145,3 +145,14 @@ def test_rotation_old_token_is_refused_once_its_secret_is_removed() -> None:
 def test_every_refusal_is_a_token_error() -> None:
     for cls in (TokenInvalid, TokenExpired, TokenMismatch):
         assert issubclass(cls, TokenError)
+
+
+def test_a_token_verified_before_is_still_refused_once_too_old_or_on_another_route() -> None:
+    clock = VirtualClock()
+    signer = WebhookSigner(SECRET, max_age=60, clock=clock)
+    token = signer.token("job_1", "apiframe")
+    assert signer.verify(token, "apiframe") == TokenClaims("job_1", "apiframe")
+    assert signer.verify(token, "apiframe") == TokenClaims("job_1", "apiframe")  # remembered
+    assert isinstance(_refusal(signer, token, "runbase"), TokenMismatch)
+    clock.advance(61)
+    assert isinstance(_refusal(signer, token), TokenExpired)

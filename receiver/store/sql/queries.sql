@@ -39,6 +39,10 @@ WHERE id = :id
 UPDATE receiver_jobs SET status = :status, progress = :progress, provider_job_id = :provider_job_id
 WHERE id = :id
 
+-- name: job_brief
+-- What answers a report that changed nothing (see advance_job).
+SELECT status, provider_job_id, 0 AS changed FROM receiver_jobs WHERE id = :id
+
 -- name: record_end
 UPDATE receiver_jobs SET status = :status, provider_job_id = :provider_job_id, output_urls = :output_urls,
     error = :error, progress = :progress, completed_at = :completed_at, completed_via = :completed_via,

@@ -216,3 +216,23 @@ CREATE INDEX receiver_budget_requests_key ON receiver_budget_requests (key);
 -- Failover: each provider a submit went to (provider, outcome, answer, time), and those still to try.
 ALTER TABLE receiver_jobs ADD COLUMN attempts JSON TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE receiver_jobs ADD COLUMN fallbacks JSON TEXT NOT NULL DEFAULT '[]';
+
+-- name: advance_job
+-- A report that does not end the job, by the rules of state.apply_update (the ranks are its _RANK):
+-- the status moves forward only, the progress only up, the provider job id is taken when none is on
+-- record; a finished job, another provider job id, or a report that changes nothing matches no row,
+-- so nothing is written. Columns: the status after, the provider job id on record, changed.
+UPDATE receiver_jobs SET
+    status = CASE WHEN CAST(:rank AS INTEGER) > (CASE status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
+        THEN CAST(:status AS TEXT) ELSE status END,
+    progress = CASE WHEN CAST(:progress AS INTEGER) IS NULL THEN progress
+        WHEN progress IS NULL OR progress < CAST(:progress AS INTEGER) THEN CAST(:progress AS INTEGER)
+        ELSE progress END,
+    provider_job_id = COALESCE(provider_job_id, CAST(:provider_job_id AS TEXT))
+WHERE id = :id AND status NOT IN ('succeeded', 'failed', 'canceled')
+    AND (provider_job_id IS NULL OR CAST(:provider_job_id AS TEXT) IS NULL
+        OR provider_job_id = CAST(:provider_job_id AS TEXT))
+    AND (CAST(:rank AS INTEGER) > (CASE status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
+        OR (CAST(:progress AS INTEGER) IS NOT NULL AND (progress IS NULL OR progress < CAST(:progress AS INTEGER)))
+        OR (provider_job_id IS NULL AND CAST(:provider_job_id AS TEXT) IS NOT NULL))
+RETURNING status, provider_job_id, 1 AS changed
