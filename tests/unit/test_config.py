@@ -342,6 +342,7 @@ def test_a_bad_provider_order_is_one_line_naming_the_variable(text: str, named: 
 def test_a_negative_failover_wait_is_refused() -> None:
     assert "RECEIVER_FAILOVER_WAIT" in _refusal({"RECEIVER_FAILOVER_WAIT": "-1"})
 
+
 def test_postgres_pool_size_is_a_whole_number_of_connections() -> None:
     assert load_settings(env={}).pg_pool_size == 10
     assert load_settings(env={"RECEIVER_PG_POOL_SIZE": "32"}).pg_pool_size == 32
