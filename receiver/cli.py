@@ -22,12 +22,20 @@ from receiver.generation import KlingRequest, ValidationError
 from receiver.providers.base import ProviderError, UnsupportedParameter
 from receiver.providers.registry import NAMES
 from receiver.service import NoSuchJob, NotFinished, Receiver, UnknownProvider
+from receiver.serving import port_number
 
 USER_ERRORS = (SettingsError, ConfigError, ValidationError, UnknownProvider, ProviderError)
 
 
 class CommandError(Exception):
     """A user's mistake found by a command; printed as one line."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="web app plus, unless --no-worker, the in-process worker")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument(
         "--no-worker", action="store_true", help="serve webhooks only; run `receiver worker` apart"
     )
@@ -68,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list jobs, newest first")
     jobs.add_argument("--status", choices=[str(s) for s in JobStatus])
-    jobs.add_argument("--limit", type=int, default=100)
+    jobs.add_argument("--limit", type=positive_int, default=100)
     jobs.add_argument("--json", action="store_true")
     show = sub.add_parser("show", help="one job and its deliveries")
     show.add_argument("id")
@@ -123,15 +131,32 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from receiver.app import create_app
-    from receiver.serving import server_config
+    from receiver.serving import listen, server_config
 
     receiver = Receiver.from_settings(settings)
     receiver.signer  # noqa: B018  # fail now, not at the first webhook, when RECEIVER_SECRET is missing
+    # The store and the port are checked before uvicorn starts, so a mistake in either is one line
+    # (uvicorn would print a traceback and "Application startup failed", exit 3).
+    asyncio.run(_with_receiver(settings, _ready))
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:
+        raise CommandError(
+            f"error: --port: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
     app = create_app(receiver, run_worker=not args.no_worker)
-    config = server_config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    config = server_config(app, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 3  # as uvicorn.run: the port taken, say (uvicorn logged why)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0 if server.started else 3
+
+
+async def _ready(receiver: Receiver) -> int:
+    """Opening the store (connect, migrate) is the check."""
+    return 0
 
 
 async def _with_receiver(settings: Settings, fn: Callable[[Receiver], Awaitable[int]]) -> int:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from receiver.providers import apiframe, runbase
 from receiver.providers.registry import NAMES
@@ -89,17 +91,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         handlers, file_settings = _read_config(config_path, env)
     read = _Reader(env, file_settings)
     old = read.text("RECEIVER_OLD_SECRETS") or ""
-    return Settings(
+    settings = Settings(
         secret=read.text("RECEIVER_SECRET"),
         old_secrets=tuple(s.strip() for s in old.split(",") if s.strip()),
         public_url=read.url("RECEIVER_PUBLIC_URL", Settings.public_url),
         database_url=read.text("RECEIVER_DATABASE_URL") or Settings.database_url,
         config_path=config_path,
         admin_token=read.text("RECEIVER_ADMIN_TOKEN"),
-        apiframe_api_key=read.text("APIFRAME_API_KEY"),
+        apiframe_api_key=read.key("APIFRAME_API_KEY"),
         apiframe_base_url=read.url("APIFRAME_BASE_URL", Settings.apiframe_base_url),
         apiframe_webhook_field=read.text("APIFRAME_WEBHOOK_FIELD") or Settings.apiframe_webhook_field,
-        runbase_api_key=read.text("RUNBASE_API_KEY"),
+        runbase_api_key=read.key("RUNBASE_API_KEY"),
         runbase_base_url=read.url("RUNBASE_BASE_URL", Settings.runbase_base_url),
         runbase_rate_limit=int(read.number("RUNBASE_RATE_LIMIT", Settings.runbase_rate_limit, whole=True)),
         runbase_rate_window=read.number("RUNBASE_RATE_WINDOW", Settings.runbase_rate_window),
@@ -111,13 +113,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         store_timeout=read.number("RECEIVER_STORE_TIMEOUT", Settings.store_timeout),
         pg_pool_size=int(read.number("RECEIVER_PG_POOL_SIZE", Settings.pg_pool_size, whole=True)),
         token_max_age=read.number("RECEIVER_TOKEN_MAX_AGE", Settings.token_max_age),
-        require_signature=_flag(read.text("RECEIVER_REQUIRE_SIGNATURE"), Settings.require_signature),
-        listen=_flag(read.text("RECEIVER_LISTEN"), Settings.listen),
+        require_signature=read.flag("RECEIVER_REQUIRE_SIGNATURE", Settings.require_signature),
+        listen=read.flag("RECEIVER_LISTEN", Settings.listen),
         provider=read.text("RECEIVER_PROVIDER"),
         provider_order=read.providers("RECEIVER_PROVIDER_ORDER") or Settings.provider_order,
         failover_wait=read.number("RECEIVER_FAILOVER_WAIT", Settings.failover_wait, zero=True),
         handlers=handlers,
     )
+    read.check_unknown(config_path)
+    return settings
 
 
 class _Reader:
@@ -127,19 +131,60 @@ class _Reader:
     def __init__(self, env: Mapping[str, str], file_settings: dict[str, Any]) -> None:
         self.env = env
         self.file_settings = file_settings
+        self.known: set[str] = set()  # the [settings] keys asked for: any other key is a typo
+
+    def raw(self, name: str) -> Any:
+        key = name.lower().removeprefix("receiver_")
+        self.known.add(key)
+        return self.env.get(name) or self.file_settings.get(key)
 
     def text(self, name: str) -> str | None:
-        if self.env.get(name):
-            return self.env[name]
-        value = self.file_settings.get(name.lower().removeprefix("receiver_"))
-        return str(value) if value is not None else None
+        value = self.raw(name)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None or raw == "":
+            return default
+        value = raw.strip().lower()
+        if value not in _TRUE + _FALSE:
+            raise SettingsError(f"{name} must be one of true, false, 1, 0, yes, no; got {raw!r}")
+        return value in _TRUE
+
+    def check_unknown(self, path: str | None) -> None:
+        """A key of the file's [settings] table that no setting reads is an error, with the closest
+        valid name: a typo must not silently leave a default (say, signature checks off) in force."""
+        for key in self.file_settings:
+            if key not in self.known:
+                raise SettingsError(
+                    f"{path}: [settings] has an unknown key {key!r}{_closest(key, self.known)}"
+                )
+
+    def key(self, name: str) -> str | None:
+        """An API key: it travels in an HTTP header, so it must be printable ASCII without spaces
+        (the message never echoes the key)."""
+        value = (self.text(name) or "").strip()
+        if value and not all("!" <= char <= "~" for char in value):
+            raise SettingsError(
+                f"{name} holds a character an HTTP header cannot carry (a space, a line break or "
+                "non-ASCII); copy the key again"
+            )
+        return value or None
 
     def url(self, name: str, default: str) -> str:
-        return (self.text(name) or default).rstrip("/")
+        value = (self.text(name) or default).strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(f"{name} must be an absolute http:// or https:// URL, got {value!r}")
+        return value
 
     def providers(self, name: str) -> tuple[str, ...]:
         """Provider names: a comma-separated string, or a list in the file; each must be known."""
-        raw: Any = self.env.get(name) or self.file_settings.get(name.lower().removeprefix("receiver_"))
+        raw: Any = self.raw(name)
         if raw is None or raw == "":
             return ()
         items = raw.split(",") if isinstance(raw, str) else raw
@@ -169,10 +214,14 @@ class _Reader:
         return value
 
 
-def _flag(raw: str | None, default: bool) -> bool:
-    if raw is None or raw == "":
-        return default
-    return raw.strip().lower() in ("1", "true", "yes", "on")
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+TABLES = ("handlers", "settings")
+
+
+def _closest(word: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def _read_config(path: str, env: Mapping[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -185,6 +234,9 @@ def _read_config(path: str, env: Mapping[str, str]) -> tuple[list[dict[str, Any]
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from None
     data = _expand(data, env, path)
+    for table in data:
+        if table not in TABLES:
+            raise SettingsError(f"{path}: unknown table {table!r}{_closest(table, TABLES)}")
     handlers = data.get("handlers", [])
     if not isinstance(handlers, list) or not all(isinstance(h, dict) for h in handlers):
         raise SettingsError(f"{path}: 'handlers' must be an array of tables ([[handlers]])")

@@ -8,7 +8,9 @@ own protocol classes; `BodyDeadline` bounds the time to read a request body and 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,3 +176,28 @@ class BodyDeadline:
             return message
 
         await self.app(scope, bounded, send)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, so a busy port is one clear error before anything is printed."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    # The protocol from getaddrinfo (not 0) lets asyncio set TCP_NODELAY on accepted connections.
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535 (argparse turns the ValueError into one line and exit 2)."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (1 to 65535)")
+    return value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 
 import uvicorn
@@ -13,6 +12,7 @@ from receiver.emulators.apiframe import RESULT_SHAPES, WEBHOOK_FIELDS, WEBHOOK_M
 from receiver.emulators.common import Emulator
 from receiver.emulators.runbase import RunbaseEmulator
 from receiver.providers import apiframe, runbase
+from receiver.serving import listen, port_number
 
 DEFAULT_PORTS = {apiframe.PROVIDER: 8101, runbase.PROVIDER: 8102}
 KEY_VARIABLES = {apiframe.PROVIDER: "APIFRAME_API_KEY", runbase.PROVIDER: "RUNBASE_API_KEY"}
@@ -21,7 +21,7 @@ KEY_VARIABLES = {apiframe.PROVIDER: "APIFRAME_API_KEY", runbase.PROVIDER: "RUNBA
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("provider", choices=tuple(DEFAULT_PORTS), help="which provider to emulate")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default 8101 apiframe, 8102 runbase)")
+    parser.add_argument("--port", type=port_number, help="port (default 8101 apiframe, 8102 runbase)")
     parser.add_argument("--delay", type=float, default=5.0, help="seconds from submit to final status")
     parser.add_argument("--failure-rate", type=float, default=0.0, help="share of jobs that fail, 0 to 1")
     parser.add_argument("--seed", type=int, help="seed for which jobs fail")
@@ -84,23 +84,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket, so a busy port is one clear error before anything is printed."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    # The protocol from getaddrinfo (not 0) lets asyncio set TCP_NODELAY on accepted connections.
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def main(argv: list[str] | None = None) -> int:

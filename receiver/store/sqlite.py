@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from receiver.config import SettingsError
 from receiver.store.connector import Row, Sleep, StoreUnavailable, Work
 from receiver.store.queries import Dialect
 
@@ -36,6 +37,16 @@ def _value(value: Any) -> Any:
 
 def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
     return {column[0]: value for column, value in zip(cursor.description, values, strict=True)}
+
+
+def _why(exc: OSError | sqlite3.Error) -> str:
+    """Why a file could not be opened, in words that name the cause (mkdir's "File exists" for a
+    parent that is a file does not)."""
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return f"{exc.filename} is a file, not a folder"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -106,11 +117,16 @@ class SQLiteConnector:
         await asyncio.to_thread(self._open)
 
     def _open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise SettingsError(
+                f"RECEIVER_DATABASE_URL: cannot open the SQLite file {self.path}: {_why(exc)}"
+            ) from None
         conn.row_factory = _row
-        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={BUSY_INLINE_MS}")

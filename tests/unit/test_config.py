@@ -80,7 +80,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "RECEIVER_EXPECTED_SECONDS": "12.5",
         "RECEIVER_TOKEN_MAX_AGE": "600",
         "RECEIVER_REQUIRE_SIGNATURE": "true",
-        "RECEIVER_LISTEN": "off",
+        "RECEIVER_LISTEN": "no",
     }
     assert load_settings(env=env) == Settings(
         secret="s3cret-value",
@@ -120,10 +120,52 @@ def test_old_secrets_are_split_on_commas(raw: str, split: tuple[str, ...]) -> No
 
 
 @pytest.mark.parametrize(
-    ("raw", "flag"), [("1", True), ("yes", True), ("ON", True), ("0", False), ("no", False)]
+    ("raw", "flag"),
+    [("1", True), ("yes", True), ("TRUE", True), ("0", False), ("No", False), ("false", False)],
 )
 def test_require_signature_is_a_flag(raw: str, flag: bool) -> None:
     assert load_settings(env={"RECEIVER_REQUIRE_SIGNATURE": raw}).require_signature is flag
+
+
+@pytest.mark.parametrize("raw", ["ture", "on", "enabled", "2"])
+def test_a_flag_that_is_not_a_boolean_is_refused(raw: str) -> None:
+    # "ture" once left signature checks off without a word.
+    with pytest.raises(SettingsError, match=r"RECEIVER_REQUIRE_SIGNATURE must be one of true, false"):
+        load_settings(env={"RECEIVER_REQUIRE_SIGNATURE": raw})
+
+
+def test_a_toml_boolean_is_a_flag(tmp_path: Path) -> None:
+    path = tmp_path / "receiver.toml"
+    path.write_text("[settings]\nrequire_signature = true\n")
+    assert load_settings(env={"RECEIVER_CONFIG": str(path)}).require_signature is True
+
+
+def test_an_unknown_settings_key_names_the_closest(tmp_path: Path) -> None:
+    path = tmp_path / "receiver.toml"
+    path.write_text("[settings]\nrequire_signatures = true\n")
+    with pytest.raises(
+        SettingsError, match=r"unknown key 'require_signatures' \(did you mean 'require_signature'\?\)"
+    ):
+        load_settings(env={"RECEIVER_CONFIG": str(path)})
+
+
+def test_an_unknown_table_names_the_closest(tmp_path: Path) -> None:
+    path = tmp_path / "receiver.toml"
+    path.write_text('[[handler]]\nname = "log"\ntype = "log"\n')
+    with pytest.raises(SettingsError, match=r"unknown table 'handler' \(did you mean 'handlers'\?\)"):
+        load_settings(env={"RECEIVER_CONFIG": str(path)})
+
+
+@pytest.mark.parametrize("url", ["example.com", "ftp://example.com", "http://", "/hooks"])
+def test_public_url_must_be_absolute_http(url: str) -> None:
+    with pytest.raises(SettingsError, match=r"RECEIVER_PUBLIC_URL must be an absolute http"):
+        load_settings(env={"RECEIVER_PUBLIC_URL": url})
+
+
+def test_an_api_key_holding_a_space_is_refused_without_echoing_it() -> None:
+    with pytest.raises(SettingsError, match=r"^RUNBASE_API_KEY holds a character") as caught:
+        load_settings(env={"RUNBASE_API_KEY": "rb secretpart"})
+    assert "secretpart" not in str(caught.value)
 
 
 def test_listening_for_other_processes_is_on_unless_turned_off() -> None:
