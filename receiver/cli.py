@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.table import Column, Table
@@ -19,6 +21,7 @@ from receiver.config import Settings, SettingsError, load_settings
 from receiver.events import TERMINAL, Job, JobStatus
 from receiver.failover import parse_choice
 from receiver.generation import KlingRequest, ValidationError
+from receiver.providers import registry
 from receiver.providers.base import ProviderError, UnsupportedParameter
 from receiver.providers.registry import NAMES
 from receiver.service import NoSuchJob, NotFinished, Receiver, UnknownProvider
@@ -43,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info (warning for demo)"
     )
+    parser.add_argument("--version", action="version", version=f"receiver {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="web app plus, unless --no-worker, the in-process worker")
@@ -145,6 +149,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
             f"error: --port: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
         ) from None
     app = create_app(receiver, run_worker=not args.no_worker)
+    host, port = sock.getsockname()[:2]
+    where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    worker = "no worker (run `receiver worker`)" if args.no_worker else "worker in this process"
+    print(start_line(settings, f"serving on {where}", worker), flush=True)
     config = server_config(app, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     try:
@@ -168,8 +176,43 @@ async def _with_receiver(settings: Settings, fn: Callable[[Receiver], Awaitable[
         await receiver.close()
 
 
+def start_line(settings: Settings, *parts: str) -> str:
+    """What a long-running command is about to run, in one line: the store without credentials, the
+    providers that have a key, the handlers by name and type."""
+    providers = [name for name in NAMES if registry.get(name).api_key(settings)]
+    handlers = [f"{h.get('name', '?')} ({h.get('type', '?')})" for h in settings.handlers]
+    return " · ".join(
+        [
+            f"receiver {version()} {parts[0]}",
+            f"store {shown_url(settings.database_url)}",
+            f"providers {', '.join(providers) or 'none (no API key set)'}",
+            f"handlers {', '.join(handlers) or 'none'}",
+            *parts[1:],
+        ]
+    )
+
+
+def shown_url(url: str) -> str:
+    """A database URL fit to print: no user, no password, no query (libpq takes a password there)."""
+    parts = urlsplit(url)
+    if not parts.netloc:  # sqlite:///path: nothing secret, and urlunsplit would drop its "//"
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("kling-receiver")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     async def run(receiver: Receiver) -> int:
+        print(start_line(settings, "worker", "polling and dispatch in this process"), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -219,6 +262,16 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run(receiver: Receiver) -> int:
         job = await receiver.submit(choice, request)
+        if args.wait and job.provider and registry.get(job.provider).sends_webhooks:
+            problem = await unreachable(settings.public_url)
+            if problem:
+                print(
+                    f"receiver: warning: RECEIVER_PUBLIC_URL {settings.public_url} does not answer /healthz "
+                    f"({problem}), so {job.provider}'s webhooks cannot reach this receiver; start "
+                    "`receiver serve` there, or wait for the slower reconciliation polls",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if args.wait:
             job = await follow(receiver, job)
         if args.json:
@@ -241,6 +294,18 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         return 0 if not args.wait or job.status == "succeeded" else 1
 
     return await _with_receiver(settings, run)
+
+
+async def unreachable(public_url: str) -> str | None:
+    """Why the receiver at `public_url` does not answer its health check, or None when it does."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=3) as client:
+            answer = await client.get(f"{public_url}/healthz")
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return None if answer.status_code == 200 else f"HTTP {answer.status_code}"
 
 
 async def follow(receiver: Receiver, job: Job) -> Job:

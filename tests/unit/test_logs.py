@@ -136,3 +136,21 @@ def test_console_renderer_masks_as_well(capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err
     assert SECRET not in err
     assert "***" in err
+
+
+def test_a_log_line_goes_above_a_progress_bar_not_into_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """While `submit --wait` shows its bar, rich puts a proxy on sys.stderr that prints above the bar;
+    the logger must write through whatever sys.stderr is then, not the stream it saw at start-up."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    logs.configure("info", json=True)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    with Progress(console=console, transient=True) as progress:
+        progress.add_task("job_1 running", total=100)
+        structlog.get_logger().info("poll_done", job_id="job_1")
+    assert capsys.readouterr().err == ""  # nothing went around rich to the real stderr
+    assert '"event": "poll_done"' in screen.getvalue()
