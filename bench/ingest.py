@@ -51,6 +51,7 @@ API_KEY = "af_bench_api_key_0123456789"
 HOST = "127.0.0.1"
 PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 STARTUP_TIMEOUT = 30.0
+LOG_HANDLER = '[[handlers]]\nname = "log"\ntype = "log"\n'
 ANSWER = b'{"ok":true,"status":"running","duplicate":false}'
 
 
@@ -280,10 +281,12 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], name: str) -> None:
     raise RuntimeError(f"{name} did not listen within {STARTUP_TIMEOUT:g} s")
 
 
-def start_receiver(name: str, url: str, folder: Path, extra_env: dict[str, str]) -> Target:
+def start_receiver(
+    name: str, url: str, folder: Path, extra_env: dict[str, str], config_text: str = LOG_HANDLER
+) -> Target:
     port = _free_port()
-    config = folder / "receiver.toml"
-    config.write_text('[[handlers]]\nname = "log"\ntype = "log"\n', encoding="utf-8")
+    config = folder / f"{name}.toml"
+    config.write_text(config_text, encoding="utf-8")
     env = {
         **os.environ,
         "RECEIVER_SECRET": SECRET,

@@ -129,6 +129,10 @@ class SQLiteConnector:
         conn.row_factory = _row
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # Each UPDATE inside a transaction keeps a statement journal to undo itself; in a temporary file
+        # that doubled the cost of recording a webhook (24 us against 13 us a statement). The receiver's
+        # temporary data is that journal and small sorts, so memory holds it.
+        conn.execute("PRAGMA temp_store=MEMORY")
         conn.execute(f"PRAGMA busy_timeout={BUSY_INLINE_MS}")
         self._conn = conn
 

@@ -1,0 +1,219 @@
+"""Webhook arrival to handler call, under the ingest load of bench/ingest.py.
+
+    .venv/bin/python bench/latency.py [--completions 300] [--rate 20] [--load 60000] [--pg URL]
+
+`python -m receiver serve` (worker in the same process, as deployed by default) on SQLite in a temp
+folder (`--pg [URL]`: on PostgreSQL in a fresh schema instead), with one handler, `Stamp` (below),
+which sends the time it is called to this script in a UDP datagram. The ingest load runs throughout: `--generators` processes
+send Apiframe progress webhooks for 300 jobs on 32 keep-alive connections as fast as they are answered
+(bench/ingest.py's generators). Meanwhile this script sends completion webhooks for other jobs, open
+loop at `--rate` per second, each on its own connection; a completion's latency runs from writing its
+request to its handler's call: token, record, commit, wake-up, the worker's claim (wall clock, one
+machine). The load must outlast the completions (checked), every answer must be 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ingest import (
+    HOST,
+    PG_URL,
+    SECRET,
+    _content_length,
+    _free_port,
+    _request,
+    _signature,
+    _use_uvloop,
+    drop_schema,
+    make_jobs,
+    pg_schema,
+    start_receiver,
+)
+
+from receiver.signing import WebhookSigner
+
+ARRIVAL_TIMEOUT = 30.0
+
+
+class Stamp:
+    """The handler, loaded by the receiver as `latency:Stamp` (bench/ on its PYTHONPATH): when it is
+    called with an event, it sends the job id and the wall-clock time in one UDP datagram to `port`."""
+
+    def __init__(self, port: int) -> None:
+        self.address = (HOST, port)
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        self.socket.sendto(f"{event['job']['id']} {time.time()!r}".encode(), self.address)
+
+
+class Calls(asyncio.DatagramProtocol):
+    """This script's side of Stamp: job id -> when its handler was called (wall clock)."""
+
+    called: dict[str, float] = {}
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        job_id, _, at = data.decode().partition(" ")
+        self.called.setdefault(job_id, float(at))
+
+
+def completion(port: int, token: str, provider_job_id: str) -> bytes:
+    body = json.dumps(
+        {
+            "event": "completed",
+            "jobId": provider_job_id,
+            "status": "COMPLETED",
+            "progress": 100,
+            "result": {"videoUrl": "http://127.0.0.1:9/v.mp4"},
+            "model": "kling-3.0",
+        }
+    ).encode()
+    head = (
+        f"POST /hooks/apiframe/{token} HTTP/1.1\r\nhost: {HOST}:{port}\r\ncontent-type: application/json\r\n"
+        f"x-webhook-signature: {_signature(body)}\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def send_completions(port: int, shots: list[tuple[str, bytes]], rate: float) -> dict[str, float]:
+    """Open loop: completion i is written at start + i / rate, on a connection opened just before."""
+    sent: dict[str, float] = {}
+    statuses: list[int] = []
+    start = time.perf_counter() + 0.2
+
+    async def one(i: int, job_id: str, raw: bytes) -> None:
+        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter() - 0.005))
+        reader, writer = await asyncio.open_connection(HOST, port)
+        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        sent[job_id] = time.time()  # the handler's stamp is wall-clock time in another process
+        writer.write(raw)
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(_content_length(head))
+        statuses.append(int(head[9:12]))
+        writer.close()
+
+    await asyncio.gather(*(one(i, job_id, raw) for i, (job_id, raw) in enumerate(shots)))
+    if set(statuses) != {200}:
+        raise RuntimeError(f"completions answered {sorted(set(statuses))}, not only 200")
+    return sent
+
+
+def start_load(
+    port: int, tokens: list[tuple[str, str]], requests: int, generators: int, folder: Path
+) -> list[Any]:
+    import pickle
+
+    shares: list[list[bytes]] = [[] for _ in range(generators)]
+    for i in range(requests):
+        token, provider_job_id = tokens[i % len(tokens)]
+        percent = min(99, i // len(tokens) + 1)
+        shares[i % generators].append(_request(port, token, provider_job_id, percent))
+    processes = []
+    ingest = Path(__file__).with_name("ingest.py")
+    for g, shots in enumerate(shares):
+        path = folder / f"load-{g}.pickle"
+        path.write_bytes(pickle.dumps(shots))
+        command = [sys.executable, str(ingest), "--generate", str(port), str(path), str(32 // generators)]
+        processes.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    for process in processes:
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("a load generator did not connect")
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    return processes
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def run(args: argparse.Namespace, url: str, folder: Path) -> None:
+    loop = asyncio.get_running_loop()
+    port = _free_port()
+    calls, _ = await loop.create_datagram_endpoint(Calls, local_addr=(HOST, port))
+    handler = f'[[handlers]]\nname = "stamp"\ntype = "latency:Stamp"\nport = {port}\n'
+    bench = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    target = start_receiver("receiver", url, folder, bench, config_text=handler)
+    try:
+        signer = WebhookSigner(SECRET)
+        load_jobs = await make_jobs(url, 300)
+        done_jobs = await make_jobs(url, args.completions + 20)
+        load_tokens = [(signer.token(j, "apiframe"), p) for j, p in load_jobs]
+        warm = [(j, completion(target.port, signer.token(j, "apiframe"), p)) for j, p in done_jobs[:20]]
+        shots = [(j, completion(target.port, signer.token(j, "apiframe"), p)) for j, p in done_jobs[20:]]
+        await send_completions(target.port, warm, args.rate)  # warm-up: the worker is up and delivers
+        await wait_for(lambda: all(j in Calls.called for j, _ in warm))
+        loads = start_load(target.port, load_tokens, args.load, args.generators, folder)
+        sent = await send_completions(target.port, shots, args.rate)
+        await wait_for(lambda: all(j in Calls.called for j in sent))
+        still_loaded = [p.poll() is None for p in loads]
+        results = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in loads]
+    finally:
+        target.process.terminate()
+        target.process.wait(timeout=10)
+        calls.close()
+    non_200 = {code: n for r in results for code, n in r["non_200"].items()}
+    n = sum(r["n"] for r in results)
+    seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
+    latencies = [(Calls.called[j] - sent[j]) * 1000 for j in sent]
+    print(f"ingest load: {n} progress webhooks at {n / seconds:.0f} req/s, non-200: {non_200 or 0}")
+    print(f"load still running when the last handler was called: {all(still_loaded)}")
+    print(
+        f"webhook to handler, {len(latencies)} completions at {args.rate:g}/s under that load:"
+        f" p50 {pct(latencies, 50):.1f} ms, p90 {pct(latencies, 90):.1f} ms,"
+        f" p99 {pct(latencies, 99):.1f} ms, max {max(latencies):.1f} ms"
+    )
+    if non_200 or not all(still_loaded):
+        raise SystemExit("the load failed or ended before the completions: raise --load")
+
+
+async def wait_for(predicate: Any) -> None:
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"events did not all arrive within {ARRIVAL_TIMEOUT:g} s")
+        await asyncio.sleep(0.01)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--completions", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--load", type=int, default=60000, help="progress webhooks the load sends")
+    parser.add_argument("--generators", type=int, default=2)
+    parser.add_argument("--pg", nargs="?", const=PG_URL, help="on PostgreSQL (default URL: ingest.PG_URL)")
+    args = parser.parse_args()
+    print("command:", " ".join([".venv/bin/python", "bench/latency.py", *sys.argv[1:]]))
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
+    folder = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    schema: tuple[str, str] | str | None = pg_schema(args.pg) if args.pg else None
+    if isinstance(schema, str):
+        raise SystemExit(f"PostgreSQL unusable: {schema}")
+    url = schema[0] if schema else f"sqlite:///{folder / 'receiver.db'}"
+    _use_uvloop()
+    try:
+        asyncio.run(run(args, url, folder))
+    finally:
+        if schema:
+            drop_schema(args.pg, schema[1])
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
