@@ -5,11 +5,12 @@
 `python -m receiver serve` (worker in the same process, as deployed by default) on SQLite in a temp
 folder (`--pg [URL]`: on PostgreSQL in a fresh schema instead), with one handler, `Stamp` (below),
 which sends the time it is called to this script in a UDP datagram. The ingest load runs throughout:
-`--generators` processes send Apiframe progress webhooks for 300 jobs on 32 keep-alive connections as fast as they are answered
-(bench/ingest.py's generators). Meanwhile this script sends completion webhooks for other jobs, open
-loop at `--rate` per second, each on its own connection; a completion's latency runs from writing its
-request to its handler's call: token, record, commit, wake-up, the worker's claim (wall clock, one
-machine). The load must outlast the completions (checked), every answer must be 200.
+`--generators` processes send Apiframe progress webhooks for 300 jobs on 32 keep-alive connections
+as fast as they are answered (bench/ingest.py's generators). Meanwhile this script sends completion
+webhooks for other jobs, open loop at `--rate` per second, each on its own connection; a completion's
+latency runs from writing its request to its handler's call: token, record, commit, wake-up, the
+worker's claim (wall clock, one machine). The load must outlast the completions (checked), and every
+answer must be 200.
 """
 
 from __future__ import annotations
