@@ -170,9 +170,10 @@ class Worker:
         spec = receiver.by_name.get(due.handler)
         store = receiver.store
         fields = {"job_id": due.job_id, "handler": due.handler, "event_id": due.event.get("id")}
+        claimed = {"event_id": due.event.get("id")}  # a finish for this event only
         if spec is None:
             await store.finish_delivery(
-                due.job_id, due.handler, delivered=False, error="handler is no longer configured"
+                due.job_id, due.handler, delivered=False, error="handler is no longer configured", **claimed
             )
             counts["dead"] += 1
             receiver.metrics.delivery(due.handler, "dead", due.event, receiver.clock())
@@ -189,7 +190,7 @@ class Worker:
         except PermanentError as exc:
             error = mask(str(exc) or type(exc).__name__)
             log.warning("delivery.dead", attempt=attempt, error=error, **fields)
-            await store.finish_delivery(due.job_id, due.handler, delivered=False, error=error)
+            await store.finish_delivery(due.job_id, due.handler, delivered=False, error=error, **claimed)
             counts["dead"] += 1
             receiver.metrics.delivery(due.handler, "dead", due.event, receiver.clock())
             return
@@ -201,14 +202,14 @@ class Worker:
                 retry_at = receiver.clock() + timedelta(seconds=wait)
             log.warning("delivery.failed", attempt=attempt, error=error, retry=retry_at is not None, **fields)
             await store.finish_delivery(
-                due.job_id, due.handler, delivered=False, error=error, retry_at=retry_at
+                due.job_id, due.handler, delivered=False, error=error, retry_at=retry_at, **claimed
             )
             outcome = "retried" if retry_at else "dead"
             counts[outcome] += 1
             receiver.metrics.delivery(due.handler, outcome, due.event, receiver.clock())
             return
         log.info("delivery.delivered", attempt=attempt, **fields)
-        await store.finish_delivery(due.job_id, due.handler, delivered=True, report=report)
+        await store.finish_delivery(due.job_id, due.handler, delivered=True, report=report, **claimed)
         counts["delivered"] += 1
         receiver.metrics.delivery(due.handler, "delivered", due.event, receiver.clock())
 

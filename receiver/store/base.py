@@ -178,8 +178,10 @@ class Store(Protocol):
         error: str | None = None,
         retry_at: datetime | None = None,
         report: dict[str, Any] | None = None,
+        event_id: str | None = None,
     ) -> None:
-        """delivered; or retry at `retry_at`; or dead when neither."""
+        """delivered; or retry at `retry_at`; or dead when neither. With `event_id`, only while the job's
+        event is still that one (the worker passes the event it delivered)."""
 
     async def replay(self, job_id: str, routes: Matcher, now: datetime, handler: str | None = None) -> int:
         """Make the job's final event due again for its handlers; returns how many deliveries."""

@@ -313,6 +313,7 @@ class SQLStore:
         error: str | None = None,
         retry_at: datetime | None = None,
         report: dict[str, Any] | None = None,
+        event_id: str | None = None,
     ) -> None:
         query = self._q(
             "finish_delivery",
@@ -322,6 +323,7 @@ class SQLStore:
             last_error=error,
             next_attempt_at=retry_at,
             report=report,
+            event_id=event_id,
         )
         await self._execute(*query)
 

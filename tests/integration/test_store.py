@@ -532,3 +532,24 @@ async def test_two_stores_on_one_database_never_claim_the_same_job(store: Store,
         await other.close()
     ids = [j.id for batch in claimed for j in batch]
     assert len(ids) == len(set(ids)) == 20
+
+
+@pytest.mark.anyio
+async def test_an_attempt_for_a_replaced_event_does_not_close_the_new_events_delivery(store: Store) -> None:
+    """We end the job (timeout); its `failed` event is being delivered when the provider's own final
+    report replaces that end. The old attempt finishing must leave the new event's delivery due."""
+    routes = Routes(HandlerRoute("log", ()))
+    await _create(store)
+    ours = Update(JobStatus.FAILED, error=JobError("timeout", "no final status before the deadline"))
+    assert (await store.record("job_1", ours, None, _at(3600), routes)).terminal
+    (old,) = await store.claim_due_deliveries(_at(3600), 10, 60)
+    assert old.event["type"] == "job.failed"
+
+    assert (await store.record("job_1", DONE, "webhook", _at(3601), routes)).terminal
+    await store.finish_delivery("job_1", "log", delivered=True, event_id=old.event["id"])
+
+    (new,) = await store.claim_due_deliveries(_at(3602), 10, 60)
+    assert new.event["type"] == "job.succeeded"
+    assert new.event["id"] != old.event["id"]
+    await store.finish_delivery("job_1", "log", delivered=True, event_id=new.event["id"])
+    assert _deliveries(await _job(store)) == {"log": ("delivered", 1, None)}

@@ -91,9 +91,13 @@ SELECT id FROM receiver_jobs WHERE completed_at IS NULL AND deadline_at <= :now
 ORDER BY deadline_at LIMIT :limit
 
 -- name: finish_delivery
+-- Only for the event the delivery was claimed with: a job the provider ended again (after our own
+-- timeout or submit_unknown) reset its deliveries for a new event, which the old attempt must not close.
 UPDATE receiver_deliveries SET status = :status, attempts = attempts + 1, last_error = :last_error,
     next_attempt_at = :next_attempt_at, locked_until = NULL, report = COALESCE(:report, report)
 WHERE job_id = :job_id AND handler = :handler
+  AND (CAST(:event_id AS TEXT) IS NULL
+       OR CAST(:event_id AS TEXT) = (SELECT event_id FROM receiver_jobs WHERE id = :job_id))
 
 -- name: job_event
 SELECT event FROM receiver_jobs WHERE id = :id
