@@ -11,12 +11,9 @@ from starlette.responses import JSONResponse, Response
 from receiver.bodies import MAX_BODY, BadJSON, BodyTooLarge, parse_object, read_body
 from receiver.config import SettingsError
 from receiver.events import JobStatus
-from receiver.failover import Choice, parse_choice
-from receiver.generation import KlingRequest, ValidationError
 from receiver.hooks import error
-from receiver.providers.base import ProviderError, UnsupportedParameter
-from receiver.providers.registry import UnknownProvider
-from receiver.service import NoSuchJob, NotFinished, Receiver
+from receiver.providers.base import ProviderError
+from receiver.service import InvalidSubmit, NoSuchJob, NotFinished, Receiver
 
 MAX_LIMIT = 1000
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -44,24 +41,10 @@ async def submit(request: Request, receiver: Receiver) -> Response:
         return error(413, f"body is over {MAX_BODY} bytes")
     except BadJSON as exc:
         return error(400, str(exc))
-    errors: dict[str, str] = {}
-    provider: Choice = ""
     try:
-        provider = parse_choice(data.pop("provider", None), receiver.settings.provider)
-    except UnknownProvider as exc:
-        errors["provider"] = str(exc)
-    try:
-        kling = KlingRequest.from_dict(data)
-    except ValidationError as exc:
-        errors.update(exc.errors)
-    if errors:
-        return JSONResponse({"error": "invalid request", "errors": errors}, status_code=422)
-    try:
-        job = await receiver.submit(provider, kling)
-    except UnsupportedParameter as exc:
-        return JSONResponse(
-            {"error": "invalid request", "errors": {exc.parameter: exc.message}}, status_code=422
-        )
+        job = await receiver.submit_request(data)
+    except InvalidSubmit as exc:
+        return JSONResponse({"error": "invalid request", "errors": exc.errors}, status_code=422)
     except SettingsError as exc:
         return error(503, str(exc))
     except ProviderError as exc:

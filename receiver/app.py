@@ -1,4 +1,4 @@
-"""The Starlette app: provider webhooks, health, admin routes and metrics."""
+"""The Starlette app: provider webhooks, health, admin routes, metrics and the dashboard (/ui)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from receiver import admin
+from receiver import admin, ui
 from receiver.hooks import hook
 from receiver.service import Receiver, StoreUnavailable
 
@@ -44,6 +44,7 @@ def create_app(receiver: Receiver, *, run_worker: bool = True) -> Starlette:
             Route("/jobs/{job_id}", admin.get_job, methods=["GET"]),
             Route("/jobs/{job_id}/replay", admin.replay, methods=["POST"]),
             Route("/tick", admin.tick, methods=["POST"]),
+            Mount("/ui", routes=ui.routes()),
         ],
         lifespan=lifespan,
         exception_handlers={StoreUnavailable: store_unavailable},

@@ -132,10 +132,8 @@ async def _run(command: Awaitable[int]) -> int:
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     from receiver.app import create_app
-    from receiver.serving import listen, server_config
+    from receiver.serving import Server, listen, server_config
 
     receiver = Receiver.from_settings(settings)
     receiver.signer  # noqa: B018  # fail now, not at the first webhook, when RECEIVER_SECRET is missing
@@ -154,7 +152,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     worker = "no worker (run `receiver worker`)" if args.no_worker else "worker in this process"
     print(start_line(settings, f"serving on {where}", worker), flush=True)
     config = server_config(app, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+    server = Server(config, on_stop=receiver.changes.close)
     try:
         server.run(sockets=[sock])
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,12 +17,14 @@ import structlog
 from handlers import HandlerSpec, build_handlers
 from receiver import logs
 from receiver.bodies import BadJSON, parse_object
+from receiver.changes import Changes
 from receiver.clock import Clock, system_clock
 from receiver.config import Settings, SettingsError
 from receiver.events import TERMINAL, Job, JobError, JobStatus, attempt, new_job_id
-from receiver.failover import Choice, may_fail_over, providers_of
-from receiver.generation import KlingRequest
+from receiver.failover import Choice, may_fail_over, parse_choice, providers_of
+from receiver.generation import KlingRequest, ValidationError
 from receiver.metrics import Metrics
+from receiver.overview import BudgetUse, DeadLetter, Health, JobsPage, handler_rates
 from receiver.providers import registry
 from receiver.providers.base import (
     ProviderClient,
@@ -59,9 +63,18 @@ ACCEPT_WRITES = 7
 ACCEPT_RETRY_BASE = 0.5
 ACCEPT_RETRY_MAX = 15.0
 
+PAGE_SIZE = 25  # jobs per dashboard page
+MAX_LISTED = 1000  # the most jobs a dashboard page reads at once
+RECENT = 300.0  # seconds of provider requests the dashboard counts
+REQUESTS_KEPT = 10_000
+
 SECRET_KEYS = ("webhook_url", "secret", "token", "password", "api_key")
 
 __all__ = [
+    "DeadLetter",
+    "Health",
+    "InvalidSubmit",
+    "JobsPage",
     "NoSuchJob",
     "NotFinished",
     "Receiver",
@@ -80,6 +93,14 @@ class NoSuchJob(LookupError):
 
 class NotFinished(ValueError):
     """The job has no final status yet, so no event to replay."""
+
+
+class InvalidSubmit(ValueError):
+    """A submit that breaks the rules of POST /jobs; `errors` maps each bad field to why."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{name}: {why}" for name, why in errors.items()))
 
 
 class WebhookRefused(Exception):
@@ -121,6 +142,9 @@ class Receiver:
         self._signer: WebhookSigner | None = None
         self._worker: Worker | None = None
         self.metrics = Metrics()
+        self.changes = Changes()  # the dashboard's live pages wait on it
+        # When each provider request of this process was answered (monotonic), for the dashboard.
+        self._requests: dict[str, deque[float]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Receiver:
@@ -157,9 +181,18 @@ class Receiver:
                 self.settings,
                 budget=self.budget,
                 clock=self.clock,
-                observe=partial(self.metrics.provider_request, provider),
+                observe=partial(self._observed, provider),
             )
         return self._clients[provider]
+
+    def _observed(self, provider: str, status_code: int | None) -> None:
+        self.metrics.provider_request(provider, status_code)
+        self._requests.setdefault(provider, deque(maxlen=REQUESTS_KEPT)).append(self.clock.monotonic())
+
+    def requests_within(self, provider: str, seconds: float) -> int:
+        """How many requests this process sent `provider` in the last `seconds`."""
+        since = self.clock.monotonic() - seconds
+        return sum(1 for moment in self._requests.get(provider, ()) if moment >= since)
 
     async def open(self) -> None:
         await self.store.open()
@@ -180,6 +213,8 @@ class Receiver:
 
     async def record(self, job_id: str, update: Update, via: str | None) -> Recorded:
         recorded = await self.store.record(job_id, update, via, self.clock(), self.routes)
+        if recorded.changed:
+            self.changes.bump()
         if recorded.terminal:
             log.info("job.completed", job_id=job_id, status=str(update.status), via=via)
         return recorded
@@ -220,8 +255,33 @@ class Receiver:
         )
         deadline = now + timedelta(seconds=self.settings.job_timeout)
         await self.store.create_job(job, deadline, now + timedelta(seconds=self.settings.submit_lease))
-        await self.send(job)
+        try:
+            await self.send(job)
+        finally:
+            self.changes.bump()
         return await self.get_job(job.id)
+
+    async def submit_request(self, data: dict[str, Any]) -> Job:
+        """A submit as POST /jobs and the dashboard's form take it: `provider` plus the Kling fields,
+        validated by the one set of rules. Raises InvalidSubmit (every bad field, or a parameter no chosen
+        provider can take), or what `submit` raises."""
+        data = dict(data)
+        errors: dict[str, str] = {}
+        provider: Choice = ""
+        try:
+            provider = parse_choice(data.pop("provider", None), self.settings.provider)
+        except UnknownProvider as exc:
+            errors["provider"] = str(exc)
+        try:
+            kling = KlingRequest.from_dict(data)
+        except ValidationError as exc:
+            errors.update(exc.errors)
+        if errors:
+            raise InvalidSubmit(errors)
+        try:
+            return await self.submit(provider, kling)
+        except UnsupportedParameter as exc:
+            raise InvalidSubmit({exc.parameter: exc.message}) from None
 
     def _webhook_url(self, job_id: str, provider: str) -> str | None:
         if not registry.get(provider).sends_webhooks:
@@ -405,7 +465,56 @@ class Receiver:
         if handler is not None and handler not in self.by_name:
             raise SettingsError(f"no handler named {handler!r} is configured")
         count = await self.store.replay(job_id, self.routes, self.clock(), handler)
+        self.changes.bump()
         return Replayed(count, job.event_id)
+
+    async def jobs_page(
+        self, status: str | None, provider: str | None, page: int, size: int = PAGE_SIZE
+    ) -> JobsPage:
+        """Page `page` (from 0) of the newest jobs, filtered by status and provider."""
+        wanted = MAX_LISTED if provider else min(MAX_LISTED, (page + 1) * size + 1)
+        listed = await self.store.list_jobs(status, wanted)
+        jobs = [job for job in listed if not provider or job.provider == provider]
+        return JobsPage(jobs[page * size : (page + 1) * size], page, len(jobs) > (page + 1) * size)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return [DeadLetter(*row) for row in await self.store.dead_deliveries()]
+
+    async def replay_dead(self) -> int:
+        """Make every dead delivery due again (each for its own handler); how many."""
+        count = 0
+        for letter in await self.dead_letters():
+            with contextlib.suppress(NoSuchJob, NotFinished, SettingsError):  # gone or unconfigured now
+                count += (await self.replay(letter.job_id, letter.handler)).count
+        return count
+
+    async def overview(self) -> Health:
+        """The dashboard's budget and health page: what the store holds now, and this process's view
+        (the requests it sent to each provider that spends the rate budget, RUNBASE_RATE_LIMIT)."""
+        counts = await self.store.counts()
+        jobs, deliveries = counts["jobs"], counts["deliveries"]
+        s = self.settings
+        last = self.worker.last_round
+        return Health(
+            budgets=[
+                BudgetUse(
+                    name,
+                    self.requests_within(name, s.runbase_rate_window),
+                    s.runbase_rate_limit,
+                    s.runbase_rate_window,
+                    self.requests_within(name, RECENT),
+                )
+                for name in registry.NAMES
+                if registry.get(name).spends_budget
+            ],
+            queued_submits=jobs.get(str(JobStatus.QUEUED), 0),
+            polling=jobs.get(str(JobStatus.SUBMITTED), 0) + jobs.get(str(JobStatus.RUNNING), 0),
+            next_due=await self.store.next_due(),
+            last_round_ago=None if last is None else self.clock.monotonic() - last,
+            retrying=deliveries.get("retrying", 0),
+            dead=deliveries.get("dead", 0),
+            handlers=handler_rates(await self.store.list_jobs(None, MAX_LISTED), list(self.by_name)),
+        )
 
     async def tick(self) -> dict[str, int]:
         """One round of polling and dispatch."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,19 @@ class LimitedConfig(uvicorn.Config):
 def server_config(app: Any, limits: ServerLimits | None = None, **options: Any) -> LimitedConfig:
     """The Config `receiver serve` runs with; tests build their servers with it too."""
     return LimitedConfig(app, limits or ServerLimits(), **options)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server that calls `on_stop` as shutdown begins: uvicorn waits for every open response
+    to end before it stops, and the dashboard's event streams end only when told."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_stop = on_stop
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.on_stop()
+        await super().shutdown(sockets)
 
 
 LINGER = 1.0  # seconds a refused connection stays half-closed before it is closed

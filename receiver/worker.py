@@ -57,6 +57,8 @@ class Worker:
         await self._poll(counts)
         summary = _summary(counts, Counter(await self.dispatch()))
         self.last_round = self.receiver.clock.monotonic()
+        if any(summary.values()):  # a poll counted, a submit sent: the dashboard's pages look again
+            self.receiver.changes.bump()
         return summary
 
     async def dispatch(self) -> dict[str, int]:
@@ -64,6 +66,8 @@ class Worker:
         counts: Counter[str] = Counter()
         while await self._dispatch(counts):
             pass
+        if counts:
+            self.receiver.changes.bump()
         return _summary(counts)
 
     async def run(self, stop: asyncio.Event) -> None:

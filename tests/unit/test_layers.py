@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ROUTE_MODULES = ("receiver/hooks.py", "receiver/admin.py", "receiver/app.py")
+ROUTE_MODULES = ("receiver/hooks.py", "receiver/admin.py", "receiver/app.py", "receiver/ui/pages.py")
 FORBIDDEN = ("receiver.worker", "receiver.store")
 
 
