@@ -8,6 +8,7 @@
   }
   var busy = false;
   var again = false;
+  var held = false;
 
   function refresh() {
     if (busy) {
@@ -23,14 +24,15 @@
         return answer.text();
       })
       .then(function (html) {
-        if (html) {
-          var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live");
-          var main = document.getElementById("live");
-          if (fresh && main && !main.contains(document.activeElement)) {
-            main.innerHTML = fresh.innerHTML;
-          } else if (fresh && main) {
-            again = true; // someone is using a control: try again at the next change
-          }
+        var main = document.getElementById("live");
+        var fresh = html && new DOMParser().parseFromString(html, "text/html").getElementById("live");
+        if (!fresh || !main) {
+          return;
+        }
+        if (main.contains(document.activeElement)) {
+          held = true; // someone is using a control in the page: swap once they leave it
+        } else {
+          main.innerHTML = fresh.innerHTML;
         }
       })
       .catch(function () {})
@@ -42,6 +44,14 @@
         }
       });
   }
+
+  document.addEventListener("focusout", function (event) {
+    var main = document.getElementById("live");
+    if (held && main && !main.contains(event.relatedTarget)) {
+      held = false;
+      refresh();
+    }
+  });
 
   var events = new EventSource(source);
   var opened = false;
