@@ -19,21 +19,30 @@ MAX_LIMIT = 1000
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def admin(fn: Callable[[Request, Receiver], Awaitable[Response]]) -> Endpoint:
-    async def guarded(request: Request) -> Response:
-        receiver: Receiver = request.app.state.receiver
-        token = receiver.settings.admin_token
-        if not token:
-            return error(403, "admin routes are off: set RECEIVER_ADMIN_TOKEN")
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return error(401, "missing or wrong bearer token")
-        return await fn(request, receiver)
+def admin(*query: str) -> Callable[[Callable[[Request, Receiver], Awaitable[Response]]], Endpoint]:
+    """An admin route behind the bearer token, taking the query parameters `query` and no others: a
+    misspelt `?stauts=failed` is a 400 naming it, not a silently unfiltered answer."""
 
-    return guarded
+    def wrap(fn: Callable[[Request, Receiver], Awaitable[Response]]) -> Endpoint:
+        async def guarded(request: Request) -> Response:
+            receiver: Receiver = request.app.state.receiver
+            token = receiver.settings.admin_token
+            if not token:
+                return error(403, "admin routes are off: set RECEIVER_ADMIN_TOKEN")
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return error(401, "missing or wrong bearer token")
+            unknown = sorted(set(request.query_params) - set(query))
+            if unknown:
+                return error(400, f"{unknown[0]}: unknown query parameter")
+            return await fn(request, receiver)
+
+        return guarded
+
+    return wrap
 
 
-@admin
+@admin()
 async def submit(request: Request, receiver: Receiver) -> Response:
     try:
         data = parse_object(await read_body(request))
@@ -53,7 +62,7 @@ async def submit(request: Request, receiver: Receiver) -> Response:
     return JSONResponse(job.to_json(), status_code=202)
 
 
-@admin
+@admin()
 async def get_job(request: Request, receiver: Receiver) -> Response:
     try:
         job = await receiver.get_job(request.path_params["job_id"])
@@ -62,7 +71,7 @@ async def get_job(request: Request, receiver: Receiver) -> Response:
     return JSONResponse(job.to_json())
 
 
-@admin
+@admin("status", "limit")
 async def list_jobs(request: Request, receiver: Receiver) -> Response:
     status = request.query_params.get("status")
     if status is not None and status not in set(JobStatus):
@@ -74,7 +83,7 @@ async def list_jobs(request: Request, receiver: Receiver) -> Response:
     return JSONResponse({"jobs": [job.to_json() for job in jobs]})
 
 
-@admin
+@admin("handler")
 async def replay(request: Request, receiver: Receiver) -> Response:
     try:
         replayed = await receiver.replay(request.path_params["job_id"], request.query_params.get("handler"))
@@ -87,6 +96,6 @@ async def replay(request: Request, receiver: Receiver) -> Response:
     return JSONResponse({"replayed": replayed.count, "event_id": replayed.event_id})
 
 
-@admin
+@admin()
 async def tick(request: Request, receiver: Receiver) -> Response:
     return JSONResponse(await receiver.tick())

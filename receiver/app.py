@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from receiver import admin, ui
+from receiver import admin, openapi, ui
 from receiver.hooks import hook
 from receiver.service import Receiver, StoreUnavailable
 
@@ -39,6 +39,7 @@ def create_app(receiver: Receiver, *, run_worker: bool = True) -> Starlette:
             Route("/hooks/{provider}/{token}", hook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_document, methods=["GET"]),
             Route("/jobs", admin.submit, methods=["POST"]),
             Route("/jobs", admin.list_jobs, methods=["GET"]),
             Route("/jobs/{job_id}", admin.get_job, methods=["GET"]),
@@ -70,3 +71,8 @@ async def healthz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     receiver: Receiver = request.app.state.receiver
     return Response(await receiver.render_metrics(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi_document(request: Request) -> Response:
+    """The API's OpenAPI 3.1 document (receiver/openapi.py)."""
+    return JSONResponse(openapi.document())
