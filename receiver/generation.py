@@ -113,5 +113,8 @@ class KlingRequest:
 def _is_http_url(value: object) -> bool:
     if not isinstance(value, str):
         return False
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://x]/": an unbalanced IPv6 bracket (found by the Schemathesis run)
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)

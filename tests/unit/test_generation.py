@@ -86,7 +86,16 @@ def test_other_durations_are_refused(duration: object) -> None:
 
 @pytest.mark.parametrize("name", ["start_image", "end_image"])
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/a.png", "example.com/a.png", "https://", "file:///tmp/a.png", 7]
+    "url",
+    [
+        "ftp://example.com/a.png",
+        "example.com/a.png",
+        "https://",
+        "file:///tmp/a.png",
+        7,
+        "http://x]/a.png",
+        "http://[::1/a",
+    ],
 )
 def test_images_must_be_http_urls(name: str, url: object) -> None:
     assert _errors({"prompt": "p", name: url}) == {name: "an http(s) URL"}
