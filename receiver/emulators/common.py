@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -35,16 +36,25 @@ class BadRequestBody(ValueError):
     """The body is not JSON, or not a JSON object."""
 
 
+FAULTS = ("malformed", "hang")
+
+
 @dataclass
 class Injection:
     """An error status the next `remaining` API requests answer with; with `until` (a reading of the
-    emulator's clock), every API request answers it until then instead (a storm)."""
+    emulator's clock), every API request answers it until then instead (a storm).
+
+    With `fault`, the request is served as usual (a submit makes its job) and then its answer is spoilt:
+    `malformed` sends the status with a cut-off JSON body, `hang` holds the answer `hold` seconds (past a
+    client's timeout, the answer is lost)."""
 
     status: int
     remaining: int
     retry_after: float | None = None
     code: str | None = None
     until: float | None = None
+    fault: str | None = None
+    hold: float = 0.0
 
 
 def key_digest(key: str) -> str:
@@ -261,8 +271,23 @@ class Emulator:
 
         async def wrapped(request: Request) -> Response:
             injection = self._take_injection()
-            response = self.error_response(injection) if injection else await endpoint(request)
-            self.requests.append(self.log_entry(request, response.status_code))
+            if injection is None or injection.fault is not None:
+                response = await endpoint(request)
+            else:
+                response = self.error_response(injection)
+            if injection is not None and injection.fault == "malformed":
+                response = Response(
+                    bytes(response.body)[:7], response.status_code, media_type="application/json"
+                )
+            entry = self.log_entry(request, response.status_code)
+            if injection is not None and injection.fault is not None:
+                entry["fault"] = injection.fault
+            self.requests.append(entry)
+            if injection is not None and injection.fault == "hang":
+                try:
+                    await self.clock.sleep(injection.hold)
+                except asyncio.CancelledError:  # the server is shutting down: the answer stays lost
+                    return Response(status_code=503)
             return response
 
         return wrapped
@@ -293,7 +318,10 @@ class Emulator:
     async def _inject(self, request: Request) -> Response:
         try:
             body = await read_json_object(request)
-            self.inject(**body)
+            if "fault" in body:
+                self.inject_fault(**body)
+            else:
+                self.inject(**body)
         except (TypeError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"injected": body})
@@ -308,6 +336,16 @@ class Emulator:
 
     def inject(self, status: int, count: int = 1, *, seconds: float | None = None) -> None:
         self._queue(Injection(status=status, remaining=count), seconds)
+
+    def inject_fault(
+        self, fault: str, count: int = 1, hold: float = 0.0, *, seconds: float | None = None
+    ) -> None:
+        """The next `count` API requests (or every one for `seconds`) are served, then their answer is
+        spoilt: `malformed` (a cut-off body) or `hang` (held `hold` seconds). Unlike an injected status,
+        the request takes effect: a submit makes its job, so the caller cannot know it did."""
+        check_choice("fault", fault, FAULTS)
+        check_number("hold", hold, 0)
+        self._queue(Injection(status=500, remaining=count, fault=fault, hold=hold), seconds)
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:

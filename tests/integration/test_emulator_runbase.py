@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -382,3 +383,19 @@ def _up(url: str) -> bool:
         return httpx.get(url).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_injected_faults_take_effect_and_spoil_the_answer(start):
+    emulator, client = start()
+    assert client.post("/_emulator/inject", json={"fault": "malformed"}).status_code == 200
+    spoilt = submit(client)
+    assert spoilt.status_code == 201
+    with pytest.raises(json.JSONDecodeError):
+        spoilt.json()
+    assert len(emulator.runs) == 1  # the run exists although its answer cannot be read
+    emulator.inject_fault("hang", hold=40)
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/api/v1/runs", json=GOOD, timeout=0.5)
+    assert len(emulator.runs) == 2  # made before the answer was held back
+    assert [entry.get("fault") for entry in emulator.requests] == ["malformed", "hang"]
+    assert client.post("/_emulator/inject", json={"fault": "slow"}).status_code == 400
