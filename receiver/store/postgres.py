@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -29,6 +31,15 @@ log = structlog.get_logger()
 
 POOL_MIN, POOL_SIZE = 1, 10  # RECEIVER_PG_POOL_SIZE sets the most connections (POOL_SIZE by default)
 CONNECT_TIMEOUT = 10
+STARTUP_WAIT_FIRST, STARTUP_WAIT_MAX = 0.1, 1.0  # seconds between connection attempts at open, doubling
+NOT_ACCEPTING = (  # libpq's words when the server is not taking connections (its SQLSTATE is not kept)
+    "Connection refused",
+    "server closed the connection unexpectedly",
+    "No such file or directory",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+)
 RELISTEN_BASE, RELISTEN_MAX = 0.5, 30.0  # seconds between attempts to listen again, doubling
 # A listen connection only reads: without keepalives a peer that vanished (no FIN) would go unnoticed.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
@@ -90,8 +101,7 @@ class PostgresConnector:
             check=AsyncConnectionPool.check_connection,
         )
         try:
-            async with await AsyncConnection.connect(self.url, **options):
-                pass  # one plain connection first: a refusal comes with the server's reason at once
+            await self._first_connection(options)
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
         except BaseException as exc:
             await pool.close()  # also when cancelled: no pool workers outlive a failed open
@@ -101,6 +111,25 @@ class PostgresConnector:
                 ) from None
             raise
         self._pool = pool
+
+    async def _first_connection(self, options: dict[str, Any]) -> None:
+        """One plain connection before the pool: a refusal comes with the server's reason at once. A
+        server that is not taking connections (down, starting or stopping: a restart) is tried again
+        until `timeout`, as every call is: a process started during a restart waits for it instead of
+        exiting as if its URL were wrong."""
+        deadline = time.monotonic() + self.timeout
+        wait = STARTUP_WAIT_FIRST
+        while True:
+            try:
+                async with await AsyncConnection.connect(self.url, **options):
+                    return
+            except psycopg.OperationalError as exc:
+                if not _not_accepting(exc) or time.monotonic() + wait > deadline:
+                    raise
+                # debug: a start that gives up prints one line, the error
+                log.debug("store.waiting", error=_safe(self.url, exc), wait=wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, STARTUP_WAIT_MAX)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -173,6 +202,15 @@ def _passwords(url: str) -> list[str]:
     return sorted(
         {v for p in found if isinstance(p, str) and p for v in (p, unquote(p))}, key=len, reverse=True
     )
+
+
+def _not_accepting(exc: psycopg.OperationalError) -> bool:
+    """The server is not taking connections now (refused, starting up, shutting down), unlike a
+    refusal of what the URL says (password, database name), which no wait changes."""
+    if exc.sqlstate in ("57P01", "57P03"):  # admin_shutdown, cannot_connect_now
+        return True
+    text = str(exc)
+    return any(sign in text for sign in NOT_ACCEPTING)
 
 
 def _safe(url: str, exc: BaseException) -> str:

@@ -1,13 +1,36 @@
-"""A PostgreSQL restart costs the store no failed call: the pool checks a connection before lending it."""
+"""A PostgreSQL restart costs the store no failed call: the pool checks a connection before lending it,
+and a store opened while the server restarts waits for it."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from receiver.config import SettingsError
 from receiver.store import open_store
 from tests.support.pgcluster import private_cluster
+from tests.support.waiting import wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+
+@contextmanager
+def debug_logs() -> Iterator[list[dict[str, Any]]]:
+    """Every log entry, debug ones too, whatever level an earlier test configured."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(**saved)
 
 
 async def test_every_call_after_a_restart_succeeds() -> None:
@@ -22,3 +45,29 @@ async def test_every_call_after_a_restart_succeeds() -> None:
             assert await store.next_due() is None
         finally:
             await store.close()
+
+
+async def test_a_store_opened_while_the_server_is_down_waits_for_it() -> None:
+    """A process started during a restart (a supervisor's restart of a killed worker) used to exit at
+    once with "cannot use PostgreSQL: Connection refused", as if its URL were wrong."""
+    with private_cluster() as cluster:
+        cluster.stop()
+        store = open_store(cluster.url, timeout=60)
+        with debug_logs() as logs:
+            opening = asyncio.create_task(store.open())
+            await wait_until_async(lambda: any(e["event"] == "store.waiting" for e in logs), timeout=30)
+            assert not opening.done()
+            await asyncio.to_thread(cluster.start)
+            await opening
+        try:
+            assert await store.list_jobs() == []
+        finally:
+            await store.close()
+
+
+async def test_a_wrong_database_name_is_refused_without_waiting() -> None:
+    with private_cluster() as cluster:
+        store = open_store(cluster.url.rsplit("/", 1)[0] + "/no_such_db", timeout=600)
+        with capture_logs() as logs, pytest.raises(SettingsError, match="no_such_db"):
+            await store.open()
+        assert [e for e in logs if e["event"] == "store.waiting"] == []
