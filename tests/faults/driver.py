@@ -200,7 +200,6 @@ class Run:
             "RECEIVER_EXPECTED_SECONDS": "3",
             "RECEIVER_SUBMIT_LEASE": "20",
             "RECEIVER_JOB_TIMEOUT": "900",
-            "RECEIVER_STORE_TIMEOUT": "3",
             "RUNBASE_RATE_LIMIT": str(RATE_LIMIT),
             "RUNBASE_RATE_WINDOW": str(RATE_WINDOW),
             "APIFRAME_API_KEY": APIFRAME_KEY,
@@ -376,7 +375,7 @@ class Run:
         elif fault == "pg-restart":
             down = time.monotonic()
             self.cluster.stop()
-            time.sleep(rng.uniform(1.0, 3.0))
+            time.sleep(rng.uniform(0.5, 2.5))
             self.cluster.start()
             with self.tally.lock:
                 self.tally.store_down.append((down, time.monotonic() + 2.0))
