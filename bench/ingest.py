@@ -526,9 +526,11 @@ def summary(targets: list[Target], args: argparse.Namespace) -> None:
         )
         if t is not bare and t.name != "floor":
             ratios = [a / b for a, b in zip(t.rates, bare.rates, strict=True)]
+            cpu = [b / a for a, b in zip(t.cpu_per_request, bare.cpu_per_request, strict=True)]
             line += (
                 f"  ratio to bare {statistics.median(ratios):.2f}"
-                f" (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+                f" (rounds {min(ratios):.2f}-{max(ratios):.2f});"
+                f" bare's CPU per request over its {statistics.median(cpu):.2f}"
             )
         if t.name == "floor":
             times = statistics.median(t.rates) / statistics.median(bare.rates)
