@@ -10,10 +10,10 @@ from starlette.responses import JSONResponse, Response
 
 from receiver.bodies import MAX_BODY, BadJSON, BodyTooLarge, parse_object, read_body
 from receiver.config import SettingsError
-from receiver.events import JobStatus
+from receiver.events import JobStatus, valid_idempotency_key
 from receiver.hooks import error
 from receiver.providers.base import ProviderError
-from receiver.service import InvalidSubmit, NoSuchJob, NotFinished, Receiver
+from receiver.service import IdempotencyConflict, InvalidSubmit, NoSuchJob, NotFinished, Receiver
 
 MAX_LIMIT = 1000
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -50,16 +50,22 @@ async def submit(request: Request, receiver: Receiver) -> Response:
         return error(413, f"body is over {MAX_BODY} bytes")
     except BadJSON as exc:
         return error(400, str(exc))
+    key = request.headers.get("idempotency-key")
+    if key is not None and not valid_idempotency_key(key):
+        return error(400, "Idempotency-Key must be 1 to 255 printable ASCII characters")
     try:
-        job = await receiver.submit_request(data)
+        job, made = await receiver.submit_request_once(data, key)
     except InvalidSubmit as exc:
         return JSONResponse({"error": "invalid request", "errors": exc.errors}, status_code=422)
+    except IdempotencyConflict as exc:
+        return error(409, str(exc))
     except SettingsError as exc:
         return error(503, str(exc))
     except ProviderError as exc:
         status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 502
         return error(status, exc.message, provider=exc.provider, code=exc.code, request_id=exc.request_id)
-    return JSONResponse(job.to_json(), status_code=202)
+    # A repeat of a request already made (the same Idempotency-Key) answers with its job, as it is now.
+    return JSONResponse(job.to_json(), status_code=202 if made else 200)
 
 
 @admin()

@@ -18,13 +18,13 @@ from rich.table import Column, Table
 from handlers import ConfigError
 from receiver import logs
 from receiver.config import Settings, SettingsError, load_settings
-from receiver.events import TERMINAL, Job, JobStatus
+from receiver.events import TERMINAL, Job, JobStatus, valid_idempotency_key
 from receiver.failover import parse_choice
 from receiver.generation import KlingRequest, ValidationError
 from receiver.providers import registry
 from receiver.providers.base import ProviderError, UnsupportedParameter
 from receiver.providers.registry import NAMES
-from receiver.service import NoSuchJob, NotFinished, Receiver, UnknownProvider
+from receiver.service import IdempotencyConflict, NoSuchJob, NotFinished, Receiver, UnknownProvider
 from receiver.serving import port_number
 
 USER_ERRORS = (SettingsError, ConfigError, ValidationError, UnknownProvider, ProviderError)
@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--negative-prompt", metavar="TEXT")
     submit.add_argument("--multi-prompt", metavar="TEXT")
     submit.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="names the job: running the same submit again with the same KEY (after a lost answer, say) "
+        "shows the job the first one made and never buys a second run",
+    )
     submit.add_argument("--wait", action="store_true", help="follow the job to the end")
     submit.add_argument("--json", action="store_true")
 
@@ -259,7 +265,13 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"error: --provider: {exc}") from None
 
     async def run(receiver: Receiver) -> int:
-        job = await receiver.submit(choice, request)
+        key = args.idempotency_key
+        if key is not None and not valid_idempotency_key(key):
+            raise CommandError("error: --idempotency-key: 1 to 255 printable ASCII characters")
+        try:
+            job, _ = await receiver.submit_once(choice, request, key)
+        except IdempotencyConflict as exc:
+            raise CommandError(f"error: --idempotency-key: {exc}") from None
         if args.wait and job.provider and registry.get(job.provider).sends_webhooks:
             problem = await unreachable(settings.public_url)
             if problem:

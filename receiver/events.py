@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +57,17 @@ def parse_iso(text: str | None) -> datetime | None:
 
 def new_job_id() -> str:
     return "job_" + secrets.token_hex(12)
+
+
+def keyed_job_id(secret: str, idempotency_key: str) -> str:
+    """The job id a client's Idempotency-Key stands for: the same key always names the same job, and
+    without the secret no one can tell which key a job id came from."""
+    digest = hmac.new(secret.encode(), b"job-idempotency-key:" + idempotency_key.encode(), hashlib.sha256)
+    return "job_" + digest.hexdigest()[:24]
+
+
+def valid_idempotency_key(key: str) -> bool:
+    return 1 <= len(key) <= 255 and all(" " <= char <= "~" for char in key)
 
 
 def new_event_id() -> str:

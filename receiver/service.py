@@ -20,7 +20,7 @@ from receiver.bodies import BadJSON, parse_object
 from receiver.changes import Changes
 from receiver.clock import Clock, system_clock
 from receiver.config import Settings, SettingsError
-from receiver.events import TERMINAL, Job, JobError, JobStatus, attempt, new_job_id
+from receiver.events import TERMINAL, Job, JobError, JobStatus, attempt, keyed_job_id, new_job_id
 from receiver.failover import Choice, may_fail_over, parse_choice, providers_of
 from receiver.generation import KlingRequest, ValidationError
 from receiver.metrics import Metrics
@@ -89,6 +89,14 @@ __all__ = [
 
 class NoSuchJob(LookupError):
     """No job has this id."""
+
+
+class _Taken(Exception):
+    """A job with this id was recorded by another call in the meantime."""
+
+
+class IdempotencyConflict(ValueError):
+    """An Idempotency-Key used before with another request."""
 
 
 class NotFinished(ValueError):
@@ -220,6 +228,30 @@ class Receiver:
         return recorded
 
     async def submit(self, provider: Choice, request: KlingRequest) -> Job:
+        job, _ = await self.submit_once(provider, request)
+        return job
+
+    async def submit_once(
+        self, provider: Choice, request: KlingRequest, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """`submit`, and whether it made the job. With an `idempotency_key` (a client's retry after a
+        lost answer), the key names the job: a repeat returns the job the first call made, and never
+        sends it again; the same key with another request is an IdempotencyConflict."""
+        if idempotency_key is None:
+            return await self._submit(provider, request, new_job_id()), True
+        job_id = keyed_job_id(self.settings.require_secret(), idempotency_key)
+        try:
+            existing = await self.get_job(job_id)
+        except NoSuchJob:
+            try:
+                return await self._submit(provider, request, job_id), True
+            except _Taken:
+                existing = await self.get_job(job_id)
+        if (existing.request, existing.metadata) != (request.params(), request.metadata):
+            raise IdempotencyConflict("Idempotency-Key was used before with a different request")
+        return existing, False
+
+    async def _submit(self, provider: Choice, request: KlingRequest, job_id: str) -> Job:
         """Record the job, then submit it. `provider`: a name, "auto" (RECEIVER_PROVIDER_ORDER) or a
         list, tried in order (see receiver.failover). A submit the rate budget holds back, or the
         provider refuses with 429, is `queued` for the worker; a refused job ends `failed` (its handlers
@@ -241,7 +273,6 @@ class Receiver:
         if not usable:
             assert refusal is not None  # every name was checked, and each refused
             raise refusal
-        job_id = new_job_id()
         job = Job(
             id=job_id,
             provider=usable[0],
@@ -254,7 +285,10 @@ class Receiver:
             fallbacks=usable[1:],
         )
         deadline = now + timedelta(seconds=self.settings.job_timeout)
-        await self.store.create_job(job, deadline, now + timedelta(seconds=self.settings.submit_lease))
+        if not await self.store.create_job(
+            job, deadline, now + timedelta(seconds=self.settings.submit_lease)
+        ):
+            raise _Taken(job_id)  # the same Idempotency-Key, sent twice at once: the other call sends it
         try:
             await self.send(job)
         finally:
@@ -262,9 +296,16 @@ class Receiver:
         return await self.get_job(job.id)
 
     async def submit_request(self, data: dict[str, Any]) -> Job:
+        job, _ = await self.submit_request_once(data)
+        return job
+
+    async def submit_request_once(
+        self, data: dict[str, Any], idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
         """A submit as POST /jobs and the dashboard's form take it: `provider` plus the Kling fields,
-        validated by the one set of rules. Raises InvalidSubmit (every bad field, or a parameter no chosen
-        provider can take), or what `submit` raises."""
+        validated by the one set of rules; and whether it made the job (see `submit_once`). Raises
+        InvalidSubmit (every bad field, or a parameter no chosen provider can take), or what `submit`
+        raises."""
         data = dict(data)
         errors: dict[str, str] = {}
         provider: Choice = ""
@@ -279,7 +320,7 @@ class Receiver:
         if errors:
             raise InvalidSubmit(errors)
         try:
-            return await self.submit(provider, kling)
+            return await self.submit_once(provider, kling, idempotency_key)
         except UnsupportedParameter as exc:
             raise InvalidSubmit({exc.parameter: exc.message}) from None
 

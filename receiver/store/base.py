@@ -91,8 +91,9 @@ class Store(Protocol):
         brought forward, a replay): at once for this store's own writes, and with `notices` on PostgreSQL
         (LISTEN/NOTIFY) for every process's. `sleep` paces reconnecting a lost listen connection."""
 
-    async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> None:
-        """Insert a new job; one without a provider job id is looked at again at `look_at`."""
+    async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> bool:
+        """Insert a new job; one without a provider job id is looked at again at `look_at`. False when a
+        job with its id exists already (nothing is written)."""
 
     async def queue_job(
         self, job_id: str, at: datetime, refusals: int, status: JobStatus = JobStatus.QUEUED

@@ -96,9 +96,9 @@ class SQLStore:
         if self.connector.notifies:
             await tx.execute(*self._q("notify_wake", origin=self.origin))
 
-    async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> None:
-        async def work(tx: Transaction) -> None:
-            await tx.execute(
+    async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> bool:
+        async def work(tx: Transaction) -> bool:
+            inserted = await tx.fetch(
                 *self._q(
                     "insert_job",
                     id=job.id,
@@ -116,8 +116,9 @@ class SQLStore:
                     fallbacks=job.fallbacks,
                 )
             )
+            return bool(inserted)
 
-        await self.connector.run(work)
+        return await self.connector.run(work)
 
     async def mark_submitted(
         self,

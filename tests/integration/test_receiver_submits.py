@@ -41,7 +41,9 @@ class CrashAfterSend(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def crash_during_submit(stack: Stack, store_url: str, provider: str) -> str:
+def crash_during_submit(
+    stack: Stack, store_url: str, provider: str, idempotency_key: str | None = None
+) -> str:
     """Another process on the same store records a job and sends its submit, then dies; the job's id."""
     client: ProviderClient
     if provider == "apiframe":
@@ -56,7 +58,7 @@ def crash_during_submit(stack: Stack, store_url: str, provider: str) -> str:
         await other.open()
         try:
             with pytest.raises(Crash):
-                await other.submit(provider, KlingRequest(prompt="a red fox in snow"))
+                await other.submit_once(provider, KlingRequest(prompt="a red fox in snow"), idempotency_key)
         finally:
             await other.close()
 
@@ -218,3 +220,47 @@ def test_a_killed_workers_poll_claim_is_taken_over_within_its_lease(
         gets = [r for r in stack.runbase.requests if r["method"] == "GET"]
         # Nobody looked at the job until the dead worker's lease ran out, and then at once.
         assert claimed_at + 1 + LEASE <= gets[0]["t"] <= claimed_at + 1 + LEASE + MAX_IDLE
+
+
+def test_a_client_retrying_with_its_idempotency_key_gets_the_first_job_and_no_second_run(
+    tmp_path: Path, sink: Inbox, store_url: str
+) -> None:
+    """The answer to a POST /jobs is lost (here: the receiver's process died after recording the job
+    and sending its submit). The client sends the same request with the same Idempotency-Key: it gets
+    the job the first call made, the provider runs it once, and its handlers hear of it once."""
+    options: dict[str, Any] = {"database_url": store_url, "submit_lease": 5.0}
+    body = {"provider": "apiframe", "prompt": "a red fox in snow"}
+    key = {"Idempotency-Key": "order-7731/video-1"}
+    with receiver_stack(tmp_path, sink.url, **options) as stack:
+        job_id = crash_during_submit(stack, store_url, "apiframe", idempotency_key=key["Idempotency-Key"])
+
+        again = stack.admin.post("/jobs", json=body, headers=key)
+        assert again.status_code == 200, again.text  # not 202: nothing new was made or sent
+        assert again.json()["id"] == job_id
+
+        other = stack.admin.post("/jobs", json={**body, "prompt": "a blue fox"}, headers=key)
+        assert other.status_code == 409
+        assert "Idempotency-Key" in other.json()["error"]
+        bad = stack.admin.post("/jobs", json=body, headers={"Idempotency-Key": "x" * 256})
+        assert bad.status_code == 400
+        assert "Idempotency-Key" in bad.json()["error"]
+
+        (done,) = stack.run_until(lambda: settled_all(stack, [job_id]))
+        assert stack.admin.post("/jobs", json=body, headers=key).json()["status"] == "succeeded"
+
+    assert done["status"] == "succeeded"
+    assert len(stack.apiframe.jobs) == 1
+    delivered_once(sink, [done])
+
+
+def test_two_submits_with_different_idempotency_keys_are_two_jobs(
+    tmp_path: Path, sink: Inbox, store_url: str
+) -> None:
+    body = {"provider": "runbase", "prompt": "a red fox in snow"}
+    with receiver_stack(tmp_path, sink.url, database_url=store_url) as stack:
+        first = stack.admin.post("/jobs", json=body, headers={"Idempotency-Key": "a"})
+        second = stack.admin.post("/jobs", json=body, headers={"Idempotency-Key": "b"})
+        plain = stack.admin.post("/jobs", json=body)
+    assert [a.status_code for a in (first, second, plain)] == [202, 202, 202]
+    assert len({a.json()["id"] for a in (first, second, plain)}) == 3
+    assert len(stack.runbase.runs) == 3

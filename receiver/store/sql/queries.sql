@@ -10,6 +10,8 @@ INSERT INTO receiver_jobs (id, provider, provider_job_id, model, status, request
     deadline_at, next_poll_at, webhook_url, attempts, fallbacks)
 VALUES (:id, :provider, :provider_job_id, :model, :status, :request, :metadata, :created_at, :deadline_at,
     :next_poll_at, :webhook_url, :attempts, :fallbacks)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
 
 -- name: fail_over
 -- A submit refused where another provider may take it: the job goes to the next one, still unsent.
