@@ -288,11 +288,28 @@ def document() -> dict[str, Any]:
                     "operationId": "submit",
                     "summary": "Submit a Kling 3.0 job to a provider.",
                     "security": _ADMIN,
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "description": "Names the job: a repeat answers 200 with the job the first "
+                            "request made and sends nothing; the same key with another request is 409.",
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 255,
+                                "pattern": "^[ -~]+$",
+                            },
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("SubmitRequest")}},
                     },
                     "responses": {
+                        "200": _json(
+                            _ref("Job"), "A repeat (the same Idempotency-Key): the job as it is now."
+                        ),
                         "202": _json(_ref("Job"), "Accepted: submitted, or queued for the rate budget."),
                         "422": _json(_ref("ValidationErrors"), "The request breaks rules."),
                         "4XX": _json(_ref("Error"), "Refused: by the receiver, or by the provider."),
