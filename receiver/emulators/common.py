@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -272,7 +272,10 @@ class Emulator:
         async def wrapped(request: Request) -> Response:
             injection = self._take_injection()
             if injection is None or injection.fault is not None:
-                response = await endpoint(request)
+                try:
+                    response = await endpoint(request)
+                except ClientDisconnect:  # the caller died mid-request (a kill -9): nobody to answer
+                    response = Response(status_code=400)
             else:
                 response = self.error_response(injection)
             if injection is not None and injection.fault == "malformed":

@@ -127,6 +127,13 @@ class Proc:
             self.popen.send_signal(signal.SIGKILL)
             self.popen.wait()
 
+    def working(self) -> bool:
+        """Running and past its start (its start line printed): a kill now interrupts work."""
+        if self.popen is None or self.popen.poll() is not None:
+            return False
+        log = self.folder / f"{self.name}-{self.starts}.log"
+        return log.exists() and log.stat().st_size > 0
+
     def ensure_running(self) -> None:
         if self.popen is None or self.popen.poll() is not None:
             self.start()
@@ -369,7 +376,12 @@ class Run:
         target, _, kind = fault.partition("-")
         emulator: Any = {"apiframe": self.apiframe, "runbase": self.runbase}.get(target)
         if fault == "kill":
-            proc = rng.choice(self.procs)
+            # A process that is still starting is let be: kills faster than a start would only keep the
+            # receiver down, not catch it mid-work.
+            deadline = time.monotonic() + 20
+            while not any(p.working() for p in self.procs) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            proc = rng.choice([p for p in self.procs if p.working()] or self.procs)
             proc.kill()
             threading.Timer(rng.uniform(0.0, 1.5), proc.ensure_running).start()
         elif fault == "pg-restart":
