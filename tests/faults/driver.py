@@ -582,7 +582,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/faults", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, help="replay a run's fault plan (default: a new seed, printed)")
     parser.add_argument(
-        "--jobs", type=int, default=220, help="submits per store (default 220: some die with the process)"
+        "--jobs", type=int, default=240, help="submits per store (default 240: some die with the process)"
     )
     parser.add_argument("--kills", type=int, default=20, help="kill -9s per store (default 20)")
     parser.add_argument("--window", type=float, default=40.0, help="seconds of faults and submits per store")
