@@ -23,6 +23,7 @@ __all__ = [
     "load_handler_class",
 ]
 
+BUDGET_EVENT = "budget"  # a provider's daily budget reached 80% or 100% (receiver.costs)
 BUILTIN = {
     "log": "handlers.log:LogHandler",
     "forward": "handlers.forward:ForwardHandler",
@@ -78,6 +79,8 @@ class HandlerSpec:
     timeout: float = 60.0
 
     def matches(self, event: dict[str, Any]) -> bool:
+        if event["type"] == BUDGET_EVENT:  # only to handlers that ask for it; it names no job
+            return BUDGET_EVENT in self.events and event["budget"]["provider"] in self.providers
         job = event["job"]
         if event["type"] not in self.events or job["provider"] not in self.providers:
             return False
@@ -155,7 +158,7 @@ def build_handlers(tables: list[dict[str, Any]], *, clock: Clock = system_clock)
                 name=name,
                 type=type_name,
                 handler=handler,
-                events=_choices(label, table, "events", EVENT_TYPES),
+                events=_choices(label, table, "events", (*EVENT_TYPES, BUDGET_EVENT), EVENT_TYPES),
                 providers=_choices(label, table, "providers", PROVIDERS),
                 when=_when(label, table),
                 after=_names(label, table),
@@ -206,8 +209,14 @@ def _check_options(label: str, cls: type[Any], options: dict[str, Any]) -> None:
             raise ConfigError(f"{label}: key {key!r} is required")
 
 
-def _choices(label: str, table: dict[str, Any], key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    value = table.get(key, list(allowed))
+def _choices(
+    label: str,
+    table: dict[str, Any],
+    key: str,
+    allowed: tuple[str, ...],
+    default: tuple[str, ...] | None = None,
+) -> tuple[str, ...]:
+    value = table.get(key, list(allowed if default is None else default))
     if not isinstance(value, list) or not value or not all(v in allowed for v in value):
         raise ConfigError(f"{label}: key {key!r} must be a non-empty list from {list(allowed)}")
     return tuple(value)

@@ -10,9 +10,13 @@ logger = structlog.get_logger("handlers.log")
 
 
 class LogHandler:
-    """No keys. Logs event_id, type, job_id, provider, status, output_urls (and error_code on failure)."""
+    """No keys. Logs event_id, type, job_id, provider, status, output_urls (and error_code on failure);
+    a `budget` event (when asked for) as its provider, day, level, spent, limit and unit."""
 
     async def handle(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        if event.get("type") == "budget":
+            logger.warning("budget_reached", event_id=event.get("id"), **(event.get("budget") or {}))
+            return None
         job = event.get("job") or {}
         fields: dict[str, Any] = {
             "event_id": event.get("id"),

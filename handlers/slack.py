@@ -100,6 +100,9 @@ def _field(label: str, value: str) -> dict[str, str]:
 def _request_fields(job: dict[str, Any]) -> list[dict[str, str]]:
     request = job.get("request") or {}
     fields = [_field("Provider", str(job.get("provider") or "unknown"))]
+    cost = job.get("cost")
+    if isinstance(cost, int | float) and not isinstance(cost, bool):
+        fields.append(_field("Cost", cost_text(cost, job.get("cost_unit"))))
     if request.get("mode"):
         fields.append(_field("Mode", str(request["mode"])))
     if request.get("duration"):
@@ -116,6 +119,37 @@ def _request_fields(job: dict[str, Any]) -> list[dict[str, str]]:
     return fields[:MAX_FIELDS]
 
 
+def cost_text(cost: float, unit: Any) -> str:
+    """`$0.50` for dollars, `10 credits` for credits: the provider's own figure, net of refunds."""
+    if unit == "usd":
+        return f"${cost:,.2f}"
+    return f"{cost:g} {unit or ''}".strip()
+
+
+def budget_message(event: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The fallback text and blocks of a `budget` event: a provider's daily budget reached a level."""
+    budget = event.get("budget") or {}
+    provider = str(budget.get("provider") or "unknown")
+    level = budget.get("level")
+    spent, limit, unit = budget.get("spent"), budget.get("limit"), budget.get("unit")
+    amounts = "unknown"
+    if isinstance(spent, int | float) and isinstance(limit, int | float):
+        amounts = f"{cost_text(spent, unit)} of {cost_text(limit, unit)}"
+    text = f"{provider} daily budget at {level}%: {amounts} spent on {budget.get('day')}"
+    title = f":warning: Budget {level}% · {provider}"
+    blocks = [
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": cut(title, MAX_HEADER),
+            },
+        },
+        {"type": "section", "text": {"type": "mrkdwn", "text": cut(escape(text), MAX_SECTION)}},
+    ]
+    return escape(cut(text, MAX_FALLBACK)), blocks
+
+
 def build_message(
     event: dict[str, Any],
     *,
@@ -124,6 +158,11 @@ def build_message(
     icon_emoji: str | None = None,
 ) -> dict[str, Any]:
     """The incoming-webhook payload for one event, inside Slack's limits whatever the input."""
+    overrides = {"channel": channel, "username": username, "icon_emoji": icon_emoji}
+    chosen = {key: value for key, value in overrides.items() if value}
+    if event.get("type") == "budget":
+        text, budget_blocks = budget_message(event)
+        return {"text": text, "blocks": budget_blocks, **chosen}
     job = event["job"]
     request = job.get("request") or {}
     succeeded = event.get("type") == "job.succeeded"
@@ -194,12 +233,7 @@ def build_message(
         }
     )
 
-    overrides = {"channel": channel, "username": username, "icon_emoji": icon_emoji}
-    return {
-        "text": fallback_text(event, succeeded, prompt, links),
-        "blocks": blocks[:MAX_BLOCKS],
-        **{key: value for key, value in overrides.items() if value},
-    }
+    return {"text": fallback_text(event, succeeded, prompt, links), "blocks": blocks[:MAX_BLOCKS], **chosen}
 
 
 def fallback_text(event: dict[str, Any], succeeded: bool, prompt: str, links: list[str]) -> str:

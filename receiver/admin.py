@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from receiver.bodies import MAX_BODY, BadJSON, BodyTooLarge, parse_object, read_body
 from receiver.config import SettingsError
+from receiver.costs import BudgetExceeded
 from receiver.events import JobStatus, valid_idempotency_key
 from receiver.hooks import error
 from receiver.providers.base import ProviderError
@@ -59,6 +60,8 @@ async def submit(request: Request, receiver: Receiver) -> Response:
         return JSONResponse({"error": "invalid request", "errors": exc.errors}, status_code=422)
     except IdempotencyConflict as exc:
         return error(409, str(exc))
+    except BudgetExceeded as exc:
+        return error(402, exc.message, provider=exc.provider, code=exc.code)
     except SettingsError as exc:
         return error(503, str(exc))
     except ProviderError as exc:

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import importlib.metadata
 import json
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +20,8 @@ from rich.table import Column, Table
 from handlers import ConfigError
 from receiver import logs
 from receiver.config import Settings, SettingsError, load_settings
-from receiver.events import TERMINAL, Job, JobStatus, valid_idempotency_key
+from receiver.costs import day_start, grouping, sum_costs
+from receiver.events import TERMINAL, Job, JobStatus, iso, valid_idempotency_key
 from receiver.failover import parse_choice
 from receiver.generation import KlingRequest, ValidationError
 from receiver.providers import registry
@@ -96,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--handler", metavar="NAME")
     dead = sub.add_parser("dead", help="list dead deliveries")
     dead.add_argument("--json", action="store_true")
+    costs = sub.add_parser("costs", help="what jobs cost, summed per provider, model or metadata key")
+    costs.add_argument(
+        "--since",
+        default="today",
+        metavar="WHEN",
+        help="today (UTC, the default), an ISO date or time, or an age such as 12h or 7d",
+    )
+    costs.add_argument(
+        "--by", nargs="+", default=["provider"], metavar="WHAT", help="provider, model or metadata KEY"
+    )
+    costs.add_argument("--json", action="store_true")
 
     demo = sub.add_parser("demo", help="everything at once on this machine, then a summary")
     demo.add_argument("--keep", metavar="DIR", help="keep the demo's files in DIR")
@@ -380,6 +394,8 @@ def job_table(job: Job) -> Table:
         "completed_at",
     ):
         table.add_row(key, str(data[key]))
+    if job.cost is not None:
+        table.add_row("cost", f"{job.cost:g} {data['cost_unit']}")
     table.add_row("prompt", str(job.request.get("prompt", "")))
     table.add_row("output_urls", "\n".join(job.output_urls))
     if job.error:
@@ -434,6 +450,46 @@ async def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
     return await _with_receiver(settings, run)
 
 
+def since_of(text: str, now: datetime) -> datetime:
+    """`today` (midnight UTC), an ISO date or time (UTC unless it says otherwise), or `12h` / `7d` ago."""
+    if text == "today":
+        return day_start(now)
+    if match := re.fullmatch(r"(\d+(?:\.\d+)?)([hd])", text):
+        hours = float(match.group(1)) * (24 if match.group(2) == "d" else 1)
+        return now - timedelta(hours=hours)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(
+            f"error: --since: expected today, an ISO date or time, or 12h/7d, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def cmd_costs(settings: Settings, args: argparse.Namespace) -> int:
+    by = " ".join(args.by)
+    try:
+        grouping(by)
+    except ValueError as exc:
+        raise CommandError(f"error: {exc}") from None
+    since = since_of(args.since, datetime.now(UTC))
+
+    async def run(receiver: Receiver) -> int:
+        lines = sum_costs(await receiver.store.costs_since(since), by)
+        if args.json:
+            rows = [{"group": x.group, "unit": x.unit, "jobs": x.jobs, "total": x.total} for x in lines]
+            print(json.dumps({"since": iso(since), "by": by, "costs": rows}, indent=2))
+            return 0
+        table = Table(by, "unit", Column("jobs", justify="right"), Column("total", justify="right"))
+        table.title = f"costs since {iso(since)}"
+        for line in lines:
+            table.add_row(line.group, line.unit, str(line.jobs), f"{line.total:g}")
+        Console().print(table)
+        return 0
+
+    return await _with_receiver(settings, run)
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
     "worker": cmd_worker,
     "tick": cmd_tick,
@@ -442,4 +498,5 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = 
     "show": cmd_show,
     "replay": cmd_replay,
     "dead": cmd_dead,
+    "costs": cmd_costs,
 }

@@ -60,6 +60,11 @@ class Settings:
     provider_order: tuple[str, ...] = NAMES
     # Seconds 429s and the rate budget may hold a job back, from its creation, before it fails over.
     failover_wait: float = 60.0
+    # A day's spending limit per provider, in its cost unit (events.COST_UNITS), by UTC day; None: none.
+    daily_budgets: Mapping[str, float] = field(default_factory=dict)
+    # What a job whose cost is not known yet counts for against the budget, per provider; without
+    # one, the provider's last reported cost.
+    cost_estimates: Mapping[str, float] = field(default_factory=dict)
     handlers: list[dict[str, Any]] = field(default_factory=list)
 
     def require_secret(self) -> str:
@@ -118,6 +123,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         provider=read.text("RECEIVER_PROVIDER"),
         provider_order=read.providers("RECEIVER_PROVIDER_ORDER") or Settings.provider_order,
         failover_wait=read.number("RECEIVER_FAILOVER_WAIT", Settings.failover_wait, zero=True),
+        daily_budgets=read.per_provider("DAILY_BUDGET"),
+        cost_estimates=read.per_provider("COST_ESTIMATE"),
         handlers=handlers,
     )
     read.check_unknown(config_path)
@@ -197,6 +204,15 @@ class _Reader:
         if not names:
             raise SettingsError(f"{name} must name at least one provider")
         return names
+
+    def per_provider(self, suffix: str) -> dict[str, float]:
+        """`APIFRAME_<suffix>`, `RUNBASE_<suffix>`: a number (0 or more) for each provider that sets one."""
+        found = {}
+        for name in NAMES:
+            value = self.number(f"{name.upper()}_{suffix}", math.nan, zero=True)
+            if not math.isnan(value):
+                found[name] = value
+        return found
 
     def number(self, name: str, default: float, *, whole: bool = False, zero: bool = False) -> float:
         raw = self.text(name)

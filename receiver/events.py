@@ -41,6 +41,9 @@ class DeliveryStatus(StrEnum):
 EVENT_TYPES = ("job.succeeded", "job.failed")
 MAX_OUTPUT_URLS = 20  # a job has one output or a few: a report with more is refused, not stored
 MODEL = "kling-3.0"
+# The unit each provider reports a job's cost in: Apiframe's `creditCost` is credits, Runbase's
+# `costUsd` US dollars. A daily budget (`*_DAILY_BUDGET`) is in the same unit.
+COST_UNITS = {"apiframe": "credits", "runbase": "usd"}
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -132,6 +135,7 @@ class Job:
     # Each provider the submit went to: {"provider", "outcome", "answer", "at"} (see `attempt`).
     attempts: list[dict[str, Any]] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)  # providers still to try, in order
+    cost: float | None = None  # as the provider last reported it, net of refunds (COST_UNITS)
 
     def to_json(self, *, deliveries: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -150,6 +154,8 @@ class Job:
             "completed_at": iso(self.completed_at),
             "completed_via": self.completed_via,
             "attempts": [dict(a) for a in self.attempts],
+            "cost": self.cost,
+            "cost_unit": COST_UNITS.get(self.provider),
         }
         if deliveries:
             data["deliveries"] = [d.to_json() for d in self.deliveries]

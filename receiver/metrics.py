@@ -29,6 +29,8 @@ class StoreCounts(Collector):
     def __init__(self) -> None:
         self.jobs: Mapping[tuple[str, str], int] = {}
         self.deliveries: Mapping[str, int] = {}
+        self.costs: Mapping[tuple[str, str], float] = {}  # (provider, unit) -> today's cost
+        self.budgets: Mapping[tuple[str, str], float] = {}  # (provider, unit) -> daily budget
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily(
@@ -43,6 +45,14 @@ class StoreCounts(Collector):
         for status, n in sorted(self.deliveries.items()):
             deliveries.add_metric([status], n)
         yield deliveries
+        for name, text, values in (
+            ("receiver_cost_today", "What jobs created today (UTC) cost, net of refunds", self.costs),
+            ("receiver_daily_budget", "The daily budget per provider (*_DAILY_BUDGET)", self.budgets),
+        ):
+            family = GaugeMetricFamily(name, text + ", in the provider's unit", labels=["provider", "unit"])
+            for labels, value in sorted(values.items()):
+                family.add_metric(list(labels), value)
+            yield family
 
 
 class Metrics:
@@ -117,7 +127,14 @@ class Metrics:
         if status_code == 429:
             self.provider_rate_limited.labels(provider).inc()
 
-    def render(self, jobs: Mapping[tuple[str, str], int], deliveries: Mapping[str, int]) -> bytes:
-        """The Prometheus text with the store's counts as given."""
+    def render(
+        self,
+        jobs: Mapping[tuple[str, str], int],
+        deliveries: Mapping[str, int],
+        costs: Mapping[tuple[str, str], float] | None = None,
+        budgets: Mapping[tuple[str, str], float] | None = None,
+    ) -> bytes:
+        """The Prometheus text with the store's counts (and today's costs and the budgets) as given."""
         self.store.jobs, self.store.deliveries = jobs, deliveries
+        self.store.costs, self.store.budgets = costs or {}, budgets or {}
         return generate_latest(self.registry)

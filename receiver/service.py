@@ -20,6 +20,7 @@ from receiver.bodies import BadJSON, parse_object
 from receiver.changes import Changes
 from receiver.clock import Clock, system_clock
 from receiver.config import Settings, SettingsError
+from receiver.costs import BudgetExceeded, budget_events, check_budget, day_start, sum_costs
 from receiver.events import TERMINAL, Job, JobError, JobStatus, attempt, keyed_job_id, new_job_id
 from receiver.failover import Choice, may_fail_over, parse_choice, providers_of
 from receiver.generation import KlingRequest, ValidationError
@@ -225,7 +226,24 @@ class Receiver:
             self.changes.bump()
         if recorded.terminal:
             log.info("job.completed", job_id=job_id, status=str(update.status), via=via)
+        if recorded.changed and update.cost is not None and recorded.job is not None:
+            await self.announce_budget(recorded.job.provider)
         return recorded
+
+    async def announce_budget(self, provider: str) -> None:
+        """Send the `budget` events now due for `provider` to the handlers that ask for them (`events =
+        ["budget"]`): each once per level and day, whichever process gets there first. One attempt each,
+        in this process: a failure is logged, not retried."""
+        for event in await budget_events(self.store, self.settings, provider, self.clock()):
+            log.warning("budget.reached", provider=provider, level=event["budget"]["level"])
+            for spec in self.specs:
+                if not spec.matches(event):
+                    continue
+                try:
+                    async with asyncio.timeout(spec.timeout):
+                        await spec.handler.handle(event)
+                except Exception as exc:  # a handler's failure must not fail the report that caused it
+                    log.warning("budget.undelivered", handler=spec.name, error=logs.mask(str(exc)))
 
     async def submit(self, provider: Choice, request: KlingRequest) -> Job:
         job, _ = await self.submit_once(provider, request)
@@ -261,11 +279,12 @@ class Receiver:
         names = providers_of(provider, self.settings)
         skipped: list[dict[str, Any]] = []
         usable: list[str] = []
-        refusal: UnsupportedParameter | None = None
+        refusal: UnsupportedParameter | BudgetExceeded | None = None
         for name in names:
             try:
                 self.client(name).check(request)
-            except UnsupportedParameter as exc:
+                await check_budget(self.store, self.settings, name, now)
+            except (UnsupportedParameter, BudgetExceeded) as exc:
                 refusal = refusal or exc
                 skipped.append(attempt(name, "not_sent", str(exc), now))
                 continue
@@ -417,7 +436,7 @@ class Receiver:
         for write in range(1, ACCEPT_WRITES + 1):
             try:
                 await self.store.mark_submitted(
-                    job.id, status.provider_job_id, submitted, first_poll, job.attempts
+                    job.id, status.provider_job_id, submitted, first_poll, job.attempts, status.cost
                 )
                 break
             except Exception as exc:  # the store is down; the provider's job id must not be lost
@@ -430,6 +449,8 @@ class Receiver:
                 await self.clock.sleep(wait)
         if status.status.terminal or status.status is JobStatus.RUNNING:
             await self.record(job.id, confirmed(status), via="poll")
+        elif status.cost is not None:
+            await self.announce_budget(job.provider)
         log.info(
             "job.submitted", job_id=job.id, provider=job.provider, provider_job_id=status.provider_job_id
         )
@@ -580,7 +601,12 @@ class Receiver:
     async def render_metrics(self) -> bytes:
         """The Prometheus text: the store's counts read now, plus this process's counters."""
         counts = await self.store.counts()
-        return self.metrics.render(await self.store.job_counts(), counts["deliveries"])
+        today = {
+            (line.group, line.unit): line.total
+            for line in sum_costs(await self.store.costs_since(day_start(self.clock())))
+        }
+        budgets = {(name, COST_UNITS[name]): limit for name, limit in self.settings.daily_budgets.items()}
+        return self.metrics.render(await self.store.job_counts(), counts["deliveries"], today, budgets)
 
 
 def submit_unknown(provider: str) -> JobError:
@@ -597,7 +623,12 @@ def confirmed(status: ProviderStatus) -> Update:
     """A provider's answer to a status read as a store update. `succeeded` without an output URL is
     not taken as final (as on the webhook road): the job stays running and the next read confirms."""
     if status.status is JobStatus.SUCCEEDED and not status.output_urls:
-        return Update(JobStatus.RUNNING, provider_job_id=status.provider_job_id, progress=status.progress)
+        return Update(
+            JobStatus.RUNNING,
+            provider_job_id=status.provider_job_id,
+            progress=status.progress,
+            cost=status.cost,
+        )
     return update_from(status)
 
 
@@ -609,6 +640,7 @@ def update_from(status: ProviderStatus) -> Update:
         progress=status.progress,
         output_urls=tuple(status.output_urls),
         error=status.error,
+        cost=status.cost,
     )
 
 

@@ -405,6 +405,12 @@ class ApiframeEmulator(Emulator):
         self._refund_failures()
         return JSONResponse(job.to_json(self.expire_after))
 
+    @property
+    def charged(self) -> float:
+        """Credits taken for jobs, net of the refunds of those failed by now: what Apiframe billed."""
+        self._refund_failures()
+        return sum(job.cost for job in self.jobs.values() if not job.refunded)
+
     def _refund_failures(self) -> None:
         for job in self.jobs.values():
             if job.fails and not job.refunded and job.status()[0] == "FAILED":

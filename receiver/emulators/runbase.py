@@ -259,6 +259,11 @@ class RunbaseEmulator(Emulator):
         answer = {**run.to_json(), "status": "pending", "completedAt": None, "output": None, "error": None}
         return JSONResponse(answer, status_code=201)
 
+    @property
+    def charged(self) -> float:
+        """Dollars taken for runs (paid at submit, never refunded): what Runbase billed."""
+        return sum(run.cost for run in self.runs.values())
+
     async def _get_run(self, request: Request) -> Response:
         key = self._admit(request)
         if isinstance(key, Response):

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -22,6 +23,7 @@ from receiver.providers.base import (
     UnexpectedResponse,
     UnsupportedParameter,
     accepted,
+    amount,
     report,
 )
 from receiver.providers.http import ErrorBody, Observer, ProviderHTTP, number, transient
@@ -106,7 +108,17 @@ def result_urls(result: Any) -> list[str]:
 def map_status(data: dict[str, Any]) -> ProviderStatus:
     """A job object from `GET /v2/jobs/{id}` (or the submit answer) as a ProviderStatus."""
     job_id = data.get("id") or data.get("jobId")
-    return report(PROVIDER, "job", data, job_id, STATUSES, lambda: result_urls(data.get("result")))
+    return report(
+        PROVIDER, "job", data, job_id, STATUSES, lambda: result_urls(data.get("result")), partial(cost, data)
+    )
+
+
+def cost(data: dict[str, Any], status: JobStatus) -> float | None:
+    """`creditCost`, in credits. A FAILED job costs nothing: Apiframe refunds its credits (docs), and
+    its webhook carries no `creditCost`."""
+    if status is JobStatus.FAILED:
+        return 0.0
+    return amount(data.get("creditCost"))
 
 
 def parse_webhook(body: dict[str, Any]) -> ProviderStatus:

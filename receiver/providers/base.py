@@ -21,6 +21,9 @@ class ProviderStatus:
     output_urls: list[str] = field(default_factory=list)
     error: JobError | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # What the job costs as the provider reports it now, in its unit (receiver.costs.UNITS): net of
+    # any refund it documents; None when the report names no cost.
+    cost: float | None = None
 
 
 class ProviderError(Exception):
@@ -166,8 +169,10 @@ def report(
     job_id: Any,
     statuses: Mapping[str, JobStatus],
     urls: Callable[[], list[str]],
+    cost: Callable[[JobStatus], float | None] = lambda status: None,
 ) -> ProviderStatus:
-    """A provider's job object as a ProviderStatus; `statuses` is matched without regard to case."""
+    """A provider's job object as a ProviderStatus; `statuses` is matched without regard to case;
+    `cost` reads the job's cost from `data` once its status is known."""
     if not isinstance(job_id, str) or not job_id:
         raise UnexpectedResponse(provider, f"{noun} object without an id")
     raw_status = data.get("status")
@@ -182,6 +187,7 @@ def report(
         output_urls=urls() if succeeded else [],
         error=job_error(provider, status, data.get("error")),
         raw=data,
+        cost=cost(status),
     )
 
 
@@ -211,6 +217,13 @@ def job_error(provider: str, status: JobStatus, error: Any) -> JobError | None:
     if isinstance(code, str) and code:
         text = f"{text} ({code})"
     return JobError(code="provider_failed", message=text)
+
+
+def amount(value: Any) -> float | None:
+    """A provider's cost figure: a finite number >= 0, else None (not a cost to record)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value) if value >= 0 else None
 
 
 def _figure(value: float | None) -> str:

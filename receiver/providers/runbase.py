@@ -16,6 +16,7 @@ from receiver.providers.base import (
     RateLimited,
     UnsupportedParameter,
     accepted,
+    amount,
     report,
 )
 from receiver.providers.http import ErrorBody, Observer, ProviderHTTP, not_sent, transient
@@ -82,7 +83,15 @@ def build_body(request: KlingRequest) -> dict[str, Any]:
 
 def map_status(data: dict[str, Any]) -> ProviderStatus:
     """A run object (submit answer or `GET /api/v1/runs/{id}`) as a ProviderStatus."""
-    return report(PROVIDER, "run", data, data.get("id"), STATUSES, lambda: output_urls(data.get("output")))
+    return report(
+        PROVIDER,
+        "run",
+        data,
+        data.get("id"),
+        STATUSES,
+        lambda: output_urls(data.get("output")),
+        lambda status: amount(data.get("costUsd")),  # paid at submit; no refund is documented
+    )
 
 
 def output_urls(output: Any) -> list[str]:

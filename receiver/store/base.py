@@ -20,6 +20,7 @@ class Update:
     progress: int | None = None
     output_urls: tuple[str, ...] = ()
     error: JobError | None = None
+    cost: float | None = None  # the provider's figure, when its report names one
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,16 @@ class DueDelivery:
     attempts: int
     event: dict[str, Any]
     reports: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """One job's cost, with what `receiver costs --by` may group it by."""
+
+    provider: str
+    model: str
+    metadata: dict[str, Any]
+    cost: float
 
 
 @dataclass(frozen=True)
@@ -114,9 +125,10 @@ class Store(Protocol):
         at: datetime,
         next_poll_at: datetime | None,
         attempts: list[dict[str, Any]] | None = None,
+        cost: float | None = None,
     ) -> None:
-        """The provider accepted the job (and `attempts`, when given, is its list of attempts now); a
-        job already ended by an early webhook keeps its status."""
+        """The provider accepted the job (and `attempts`, when given, is its list of attempts now, and
+        `cost` what the answer says it costs); a job already ended by an early webhook keeps its status."""
 
     async def fail_over(
         self,
@@ -201,6 +213,19 @@ class Store(Protocol):
 
     async def job_counts(self) -> dict[tuple[str, str], int]:
         """{(provider, status): n} for the metrics."""
+
+    async def costs_since(self, since: datetime) -> list[JobCost]:
+        """Every job created since `since` that has a cost."""
+
+    async def spent_since(self, provider: str, since: datetime) -> tuple[float, int]:
+        """What the provider's jobs created since `since` cost, and how many open ones have no cost yet."""
+
+    async def last_cost(self, provider: str) -> float | None:
+        """The cost the provider last reported for a job (above 0), if any."""
+
+    async def budget_alert(self, provider: str, day: str, level: int, now: datetime) -> bool:
+        """Note that the provider's budget reached `level` percent on `day`: True for the one caller
+        (of every process on the store) that noted it first."""
 
     async def budget_admit(
         self, key: str, limit: int, window: float, now: datetime, stale_after: float

@@ -14,7 +14,7 @@ from typing import Any
 from receiver.config import SettingsError
 from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus
 from receiver.providers.ratelimit import slot_wait
-from receiver.store.base import Admission, DueDelivery, Matcher, Progressed, Recorded, Update
+from receiver.store.base import Admission, DueDelivery, JobCost, Matcher, Progressed, Recorded, Update
 from receiver.store.connector import Connector, Row, Sleep, Transaction
 from receiver.store.queries import load
 from receiver.store.state import apply_update, finished_status, rank, replay_targets
@@ -127,6 +127,7 @@ class SQLStore:
         at: datetime,
         next_poll_at: datetime | None,
         attempts: list[dict[str, Any]] | None = None,
+        cost: float | None = None,
     ) -> None:
         query = self._q(
             "mark_submitted",
@@ -135,6 +136,7 @@ class SQLStore:
             submitted_at=at,
             next_poll_at=next_poll_at,
             attempts=attempts,
+            cost=cost,
         )
         await self._execute_due(*query)  # a worker asleep past the first poll must plan again
 
@@ -188,6 +190,7 @@ class SQLStore:
                     status=str(job.status),
                     progress=job.progress,
                     provider_job_id=job.provider_job_id,
+                    cost=job.cost,
                 )
                 await tx.execute(*progress)
                 return change.recorded
@@ -202,6 +205,7 @@ class SQLStore:
                 completed_at=now,
                 completed_via=via,
                 event_id=job.event_id,
+                cost=job.cost,
                 event=json.dumps(change.event),  # as text: PostgreSQL's json column keeps it as built
             )
             await tx.execute(*end)
@@ -370,6 +374,22 @@ class SQLStore:
         rows = await self._read(self._q("job_counts"))
         return {(row["provider"], row["status"]): row["n"] for row in rows}
 
+    async def costs_since(self, since: datetime) -> list[JobCost]:
+        rows = await self._read(self._q("costs_since", since=since))
+        return [JobCost(r["provider"], r["model"], _json(r["metadata"]), float(r["cost"])) for r in rows]
+
+    async def spent_since(self, provider: str, since: datetime) -> tuple[float, int]:
+        (row,) = await self._read(self._q("spent_since", provider=provider, since=since))
+        return float(row["spent"]), int(row["open"])
+
+    async def last_cost(self, provider: str) -> float | None:
+        rows = await self._read(self._q("last_cost", provider=provider))
+        return float(rows[0]["cost"]) if rows else None
+
+    async def budget_alert(self, provider: str, day: str, level: int, now: datetime) -> bool:
+        query = self._q("budget_alert", provider=provider, day=day, level=level, now=now)
+        return bool(await self._write(query))
+
     async def budget_admit(
         self, key: str, limit: int, window: float, now: datetime, stale_after: float
     ) -> Admission:
@@ -458,6 +478,7 @@ def _job(row: Row) -> Job:
         refusals=row["refusals"],
         attempts=_json(row["attempts"]),
         fallbacks=_json(row["fallbacks"]),
+        cost=row["cost"],
     )
 
 

@@ -68,13 +68,17 @@ def apply_update(job: Job | None, update: Update, via: str | None, now: datetime
         progress = (
             max(job.progress or 0, update.progress or 0) if update.progress is not None else job.progress
         )
-        changed = (status, progress, provider_job_id) != (job.status, job.progress, job.provider_job_id)
-        job.status, job.progress, job.provider_job_id = status, progress, provider_job_id
+        cost = job.cost if update.cost is None else update.cost
+        before = (job.status, job.progress, job.provider_job_id, job.cost)
+        changed = (status, progress, provider_job_id, cost) != before
+        job.status, job.progress, job.provider_job_id, job.cost = status, progress, provider_job_id, cost
         return Change(Recorded(job=job, changed=changed, terminal=False))
     job.status = update.status
     job.provider_job_id = provider_job_id
     job.output_urls = list(update.output_urls)
     job.error = update.error
+    if update.cost is not None:
+        job.cost = update.cost
     job.completed_at = now
     job.completed_via = via
     if update.status is JobStatus.SUCCEEDED:

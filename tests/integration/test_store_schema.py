@@ -24,11 +24,18 @@ from tests.support.pg import fresh_schema
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
-SQLITE_TYPES = {"TEXT": "text", "INTEGER": "integer", "TIMESTAMP TEXT": "time", "JSON TEXT": "json"}
+SQLITE_TYPES = {
+    "TEXT": "text",
+    "INTEGER": "integer",
+    "REAL": "number",
+    "TIMESTAMP TEXT": "time",
+    "JSON TEXT": "json",
+}
 PG_TYPES = {
     "text": "text",
     "integer": "integer",
     "bigint": "integer",
+    "double precision": "number",
     "timestamp with time zone": "time",
     "jsonb": "json",
     "json": "json",
@@ -188,6 +195,7 @@ def pg_schema(url: str) -> Schema:
 async def test_both_stores_have_the_same_tables_and_columns(sqlite_path: Path, pg_store: str) -> None:
     sqlite, postgres = sqlite_schema(sqlite_path), pg_schema(pg_store)
     assert sorted(sqlite.columns) == [
+        "receiver_budget_alerts",
         "receiver_budget_keys",
         "receiver_budget_requests",
         "receiver_deliveries",

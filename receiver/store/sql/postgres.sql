@@ -196,3 +196,16 @@ WITH advanced AS (
 SELECT COALESCE((SELECT status FROM advanced), j.status) AS status, j.provider_job_id,
     EXISTS (SELECT 1 FROM advanced) AS changed
 FROM receiver_jobs AS j WHERE j.id = :id
+
+-- name: migration_6
+-- Costs: what each job cost as its provider reported it (net of refunds), and the daily budget's
+-- alerts, one row per provider, UTC day and level, so that each is sent once by whichever process
+-- inserts it.
+ALTER TABLE receiver_jobs ADD COLUMN cost double precision;
+CREATE TABLE receiver_budget_alerts (
+    provider text NOT NULL,
+    day text NOT NULL,
+    level integer NOT NULL,
+    sent_at timestamptz NOT NULL,
+    PRIMARY KEY (provider, day, level)
+);

@@ -32,13 +32,14 @@ WHERE id = :id AND completed_at IS NULL AND status = 'pending'
 -- A job an early webhook already ended keeps its status and gets no poll. NULLIF(x, x) is a NULL of the
 -- column's type: PostgreSQL cannot type a CASE whose only other branch is a NULL parameter.
 UPDATE receiver_jobs SET provider_job_id = :provider_job_id, submitted_at = :submitted_at,
-    attempts = COALESCE(:attempts, attempts),
+    attempts = COALESCE(:attempts, attempts), cost = COALESCE(:cost, cost),
     status = CASE WHEN status IN ('pending', 'queued', 'unknown') THEN 'submitted' ELSE status END,
     next_poll_at = CASE WHEN completed_at IS NULL THEN :next_poll_at ELSE NULLIF(next_poll_at, next_poll_at) END
 WHERE id = :id
 
 -- name: record_progress
-UPDATE receiver_jobs SET status = :status, progress = :progress, provider_job_id = :provider_job_id
+UPDATE receiver_jobs SET status = :status, progress = :progress, provider_job_id = :provider_job_id,
+    cost = :cost
 WHERE id = :id
 
 -- name: job_brief
@@ -48,7 +49,7 @@ SELECT status, provider_job_id, 0 AS changed FROM receiver_jobs WHERE id = :id
 -- name: record_end
 UPDATE receiver_jobs SET status = :status, provider_job_id = :provider_job_id, output_urls = :output_urls,
     error = :error, progress = :progress, completed_at = :completed_at, completed_via = :completed_via,
-    next_poll_at = NULL, locked_until = NULL, event_id = :event_id, event = :event
+    next_poll_at = NULL, locked_until = NULL, event_id = :event_id, event = :event, cost = :cost
 WHERE id = :id
 
 -- name: insert_delivery
@@ -170,3 +171,25 @@ INSERT INTO receiver_budget_keys (key, blocked_until) VALUES (:key, :until)
 ON CONFLICT (key) DO UPDATE SET blocked_until = CASE
     WHEN receiver_budget_keys.blocked_until > excluded.blocked_until THEN receiver_budget_keys.blocked_until
     ELSE excluded.blocked_until END
+
+-- name: costs_since
+-- Jobs with a cost created since `since`, for `receiver costs` and the metrics (served by
+-- receiver_jobs_created).
+SELECT provider, model, metadata, cost FROM receiver_jobs
+WHERE created_at >= :since AND cost IS NOT NULL
+
+-- name: spent_since
+-- A provider's day so far, for its budget: what its jobs cost, and how many open ones have no cost yet.
+SELECT COALESCE(SUM(cost), 0) AS spent,
+    COALESCE(SUM(CASE WHEN cost IS NULL AND completed_at IS NULL THEN 1 ELSE 0 END), 0) AS open
+FROM receiver_jobs WHERE provider = :provider AND created_at >= :since
+
+-- name: last_cost
+SELECT cost FROM receiver_jobs WHERE provider = :provider AND cost > 0
+ORDER BY created_at DESC, seq DESC LIMIT 1
+
+-- name: budget_alert
+-- Inserted by one process only: the one that gets the row back sends the event.
+INSERT INTO receiver_budget_alerts (provider, day, level, sent_at) VALUES (:provider, :day, :level, :now)
+ON CONFLICT (provider, day, level) DO NOTHING
+RETURNING level

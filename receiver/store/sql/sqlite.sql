@@ -236,3 +236,16 @@ WHERE id = :id AND status NOT IN ('succeeded', 'failed', 'canceled')
         OR (CAST(:progress AS INTEGER) IS NOT NULL AND (progress IS NULL OR progress < CAST(:progress AS INTEGER)))
         OR (provider_job_id IS NULL AND CAST(:provider_job_id AS TEXT) IS NOT NULL))
 RETURNING status, provider_job_id, 1 AS changed
+
+-- name: migration_6
+-- Costs: what each job cost as its provider reported it (net of refunds), and the daily budget's
+-- alerts, one row per provider, UTC day and level, so that each is sent once by whichever process
+-- inserts it.
+ALTER TABLE receiver_jobs ADD COLUMN cost REAL;
+CREATE TABLE receiver_budget_alerts (
+    provider TEXT NOT NULL,
+    day TEXT NOT NULL,
+    level INTEGER NOT NULL,
+    sent_at TIMESTAMP TEXT NOT NULL,
+    PRIMARY KEY (provider, day, level)
+);

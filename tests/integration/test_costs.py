@@ -1,0 +1,153 @@
+"""Costs and the daily budget against the emulators over real HTTP: what each job cost is what its
+provider charged (Apiframe's `creditCost`, refunded on failure; Runbase's `costUsd`), and a provider's
+daily budget refuses the submit that would cross it and announces 80% and 100% once each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from receiver.service import Receiver
+from tests.integration.test_unknown_submits import events
+from tests.support.inbox import Inbox
+from tests.support.stack import APIFRAME_KEY, FORWARD_SECRET, SECRET, Stack, receiver_stack
+
+FAILING = {"failure_rate": 0.4, "seed": 7}
+
+
+def handlers(sink: Inbox, *, budget: bool = False) -> list[dict[str, Any]]:
+    """The sink hears of jobs; with `budget`, a second forward to it asks only for `budget` events."""
+    tables = [
+        {"name": "forward", "type": "forward", "url": sink.url, "secret": FORWARD_SECRET, "retry_base": 0}
+    ]
+    if budget:
+        tables.append({**tables[0], "name": "alerts", "events": ["budget"]})
+    return tables
+
+
+def run_cli(stack: Stack, *args: str, **env: str) -> tuple[int, str, str]:
+    """`receiver ARGS` in its own process, on the stack's store."""
+    variables = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "APIFRAME_", "RUNBASE_"))
+    }
+    variables.update(RECEIVER_DATABASE_URL=stack.receiver.settings.database_url, **env)
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", *args],
+        env=variables,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_the_costs_of_a_mixed_run_sum_to_what_the_emulators_charged_refunds_included(
+    tmp_path: Path,
+    sink: Inbox,
+    store_url: str,
+) -> None:
+    options: dict[str, Any] = {"apiframe": FAILING, "runbase": FAILING, "handlers": handlers(sink)}
+    with receiver_stack(tmp_path, sink.url, database_url=store_url, **options) as stack:
+        submitted = [
+            stack.submit(provider, metadata={"team": f"t{n % 3}"})
+            for n in range(10)
+            for provider in ("apiframe", "runbase")
+        ]
+        done = [stack.run_until(lambda j=job: stack.settled(j["id"])) for job in submitted]
+        metrics = stack.admin.get("/metrics").text
+        code, out, err = run_cli(stack, "costs", "--json")
+        by_team = run_cli(stack, "costs", "--by", "metadata", "team", "--json")
+        table = run_cli(stack, "costs")
+        bad = run_cli(stack, "costs", "--by", "prompt")
+        apiframe_charged, runbase_charged = stack.apiframe.charged, stack.runbase.charged
+
+    failed = {
+        p: [j for j in done if j["provider"] == p and j["status"] == "failed"]
+        for p in ("apiframe", "runbase")
+    }
+    assert failed["apiframe"], "the seed makes Apiframe jobs fail"
+    assert failed["runbase"], "the seed makes Runbase jobs fail"
+    assert all(j["cost"] == 0 for j in failed["apiframe"])  # refunded
+    assert all(j["cost"] == 0.5 for j in failed["runbase"])  # no refund documented
+    assert stack.apiframe.credits == 1000 - apiframe_charged
+    assert apiframe_charged == 10 * (10 - len(failed["apiframe"]))
+
+    def total(provider: str) -> float:
+        return sum(j["cost"] for j in done if j["provider"] == provider)
+
+    assert total("apiframe") == apiframe_charged
+    assert total("runbase") == runbase_charged == 5.0
+    assert {j["cost_unit"] for j in done} == {"credits", "usd"}
+    sent = {e["job"]["id"]: e["job"]["cost"] for e in events(sink)}
+    assert sent == {j["id"]: j["cost"] for j in done}
+
+    assert (code, err) == (0, "")
+    summed = {(r["group"], r["unit"]): (r["jobs"], r["total"]) for r in json.loads(out)["costs"]}
+    assert summed == {("apiframe", "credits"): (10, apiframe_charged), ("runbase", "usd"): (10, 5.0)}
+    teams = json.loads(by_team[1])["costs"]
+    assert sum(r["total"] for r in teams if r["unit"] == "usd") == 5.0
+    assert {r["group"] for r in teams} == {"t0", "t1", "t2"}
+    assert table[0] == 0
+    assert "runbase" in table[1]
+    assert bad[0] == 2
+    assert bad[2].count("\n") == 1
+    assert "--by" in bad[2]
+    assert f'receiver_cost_today{{provider="apiframe",unit="credits"}} {float(apiframe_charged)}' in metrics
+    assert 'receiver_cost_today{provider="runbase",unit="usd"} 5.0' in metrics
+
+
+def test_the_daily_budget_refuses_the_job_that_would_cross_it_and_announces_80_and_100_once(
+    tmp_path: Path,
+    sink: Inbox,
+    store_url: str,
+) -> None:
+    """10 credits a job, a budget of 50: the 4th job reaches 80%, the 5th 100%, the 6th is refused
+    before anything is sent to Apiframe. A second receiver on the same store announces nothing again."""
+    options: dict[str, Any] = {"handlers": handlers(sink, budget=True), "daily_budgets": {"apiframe": 50.0}}
+    with receiver_stack(tmp_path, sink.url, database_url=store_url, **options) as stack:
+        for _ in range(5):
+            job = stack.submit("apiframe")
+            stack.run_until(lambda j=job: stack.settled(j["id"]))
+        sends = len(stack.apiframe.jobs)
+        refused = stack.admin.post("/jobs", json={"provider": "apiframe", "prompt": "one more fox"})
+        runbase_still = stack.submit("runbase")  # another provider's budget is its own
+        other = Receiver.from_settings(stack.receiver.settings, clock=stack.clock)
+
+        async def announce_again() -> None:
+            await other.open()
+            try:
+                await other.announce_budget("apiframe")
+            finally:
+                await other.close()
+
+        asyncio.run(announce_again())  # on this thread, apart from the stack's receiver
+        alerts = [e for e in events(sink) if e["type"] == "budget"]
+        cli_code, _, cli_err = run_cli(
+            stack,
+            *("submit", "--provider", "apiframe", "--prompt", "a fox from the shell"),
+            APIFRAME_API_KEY=APIFRAME_KEY,
+            APIFRAME_BASE_URL=stack.apiframe_url,
+            APIFRAME_DAILY_BUDGET="50",
+            RECEIVER_SECRET=SECRET,
+        )
+        after = len(stack.apiframe.jobs)
+
+    assert sends == 5
+    assert refused.status_code == 402
+    assert refused.json()["code"] == "daily_budget_exceeded"
+    assert "APIFRAME_DAILY_BUDGET" in refused.json()["error"]
+    assert after == sends  # neither refused submit reached Apiframe
+    assert runbase_still["provider"] == "runbase"
+    assert [(a["budget"]["level"], a["budget"]["spent"]) for a in alerts] == [(80, 40.0), (100, 50.0)]
+    assert {(a["budget"]["provider"], a["budget"]["limit"], a["budget"]["unit"]) for a in alerts} == {
+        ("apiframe", 50.0, "credits")
+    }
+    assert cli_code == 1
+    assert cli_err.count("\n") == 1
+    assert "daily budget exceeded" in cli_err
