@@ -60,7 +60,7 @@ class Settings:
     provider_order: tuple[str, ...] = NAMES
     # Seconds 429s and the rate budget may hold a job back, from its creation, before it fails over.
     failover_wait: float = 60.0
-    # A day's spending limit per provider, in its cost unit (events.COST_UNITS), by UTC day; None: none.
+    # A day's spending limit per provider, in its cost unit (registry), by UTC day; None: none.
     daily_budgets: Mapping[str, float] = field(default_factory=dict)
     # What a job whose cost is not known yet counts for against the budget, per provider; without
     # one, the provider's last reported cost.

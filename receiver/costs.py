@@ -16,7 +16,7 @@ from typing import Any
 
 from handlers import BUDGET_EVENT
 from receiver.config import Settings
-from receiver.events import COST_UNITS, iso, new_event_id
+from receiver.events import cost_unit, iso, new_event_id
 from receiver.providers.base import ProviderError
 from receiver.store import JobCost, Store
 
@@ -28,7 +28,7 @@ class BudgetExceeded(ProviderError):
     """The submit would take the provider past its daily budget; nothing was sent."""
 
     def __init__(self, provider: str, spent: float, cost: float, budget: float) -> None:
-        unit = COST_UNITS.get(provider, "")
+        unit = cost_unit(provider) or ""
         message = (
             f"daily budget exceeded: {provider.upper()}_DAILY_BUDGET is {budget:g} {unit}, "
             f"{spent:g} spent or committed today, this job would cost about {cost:g}"
@@ -92,7 +92,7 @@ def budget_event(
             "level": level,
             "spent": spent,
             "limit": budget,
-            "unit": COST_UNITS.get(provider),
+            "unit": cost_unit(provider),
         },
     }
 
@@ -126,7 +126,7 @@ def sum_costs(costs: Iterable[JobCost], by: str = "provider") -> list[CostLine]:
             group = "(none)" if value is None else str(value)
         else:
             group = cost.provider if what == "provider" else cost.model
-        line = totals[(group, COST_UNITS.get(cost.provider, "?"))]
+        line = totals[(group, cost_unit(cost.provider) or "?")]
         line[0] += 1
         line[1] += cost.cost
     lines = [CostLine(g, u, int(n), round(t, 6)) for (g, u), (n, t) in totals.items()]

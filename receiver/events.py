@@ -41,9 +41,6 @@ class DeliveryStatus(StrEnum):
 EVENT_TYPES = ("job.succeeded", "job.failed")
 MAX_OUTPUT_URLS = 20  # a job has one output or a few: a report with more is refused, not stored
 MODEL = "kling-3.0"
-# The unit each provider reports a job's cost in: Apiframe's `creditCost` is credits, Runbase's
-# `costUsd` US dollars. A daily budget (`*_DAILY_BUDGET`) is in the same unit.
-COST_UNITS = {"apiframe": "credits", "runbase": "usd"}
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -135,7 +132,7 @@ class Job:
     # Each provider the submit went to: {"provider", "outcome", "answer", "at"} (see `attempt`).
     attempts: list[dict[str, Any]] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)  # providers still to try, in order
-    cost: float | None = None  # as the provider last reported it, net of refunds (COST_UNITS)
+    cost: float | None = None  # as the provider last reported it, net of refunds, in its cost unit
 
     def to_json(self, *, deliveries: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -155,11 +152,18 @@ class Job:
             "completed_via": self.completed_via,
             "attempts": [dict(a) for a in self.attempts],
             "cost": self.cost,
-            "cost_unit": COST_UNITS.get(self.provider),
+            "cost_unit": cost_unit(self.provider),
         }
         if deliveries:
             data["deliveries"] = [d.to_json() for d in self.deliveries]
         return data
+
+
+def cost_unit(provider: str) -> str | None:
+    """The provider's cost unit (Apiframe credits, Runbase US dollars), from its registry entry."""
+    from receiver.providers import registry  # the registry's providers import this module
+
+    return registry.cost_unit(provider)
 
 
 def attempt(provider: str, outcome: str, answer: str, at: datetime) -> dict[str, Any]:

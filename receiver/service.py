@@ -605,7 +605,9 @@ class Receiver:
             (line.group, line.unit): line.total
             for line in sum_costs(await self.store.costs_since(day_start(self.clock())))
         }
-        budgets = {(name, COST_UNITS[name]): limit for name, limit in self.settings.daily_budgets.items()}
+        budgets = {
+            (name, registry.get(name).cost_unit): limit for name, limit in self.settings.daily_budgets.items()
+        }
         return self.metrics.render(await self.store.job_counts(), counts["deliveries"], today, budgets)
 
 

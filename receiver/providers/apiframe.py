@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from receiver.config import Settings
 
 PROVIDER = "apiframe"
+COST_UNIT = "credits"  # `creditCost`
 MODEL = "kling-3.0"
 DEFAULT_BASE_URL = "https://api.apiframe.ai"
 SUBMIT_PATH = "/v2/videos/generate"

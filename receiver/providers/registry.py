@@ -49,6 +49,7 @@ class Provider:
     api_key: Callable[[Settings], str | None]
     base_url: Callable[[Settings], str]
     poll_plan: schedule.PollPlan
+    cost_unit: str  # what its reported costs, and its daily budget, are counted in
     spends_budget: bool = False
     # The same submit sent twice makes one job (an idempotency key): a submit whose answer was lost
     # may be sent again.
@@ -90,6 +91,7 @@ REGISTRY: Mapping[str, Provider] = {
         api_key=lambda s: s.apiframe_api_key,
         base_url=lambda s: s.apiframe_base_url,
         poll_plan=schedule.webhook_plan,
+        cost_unit=apiframe.COST_UNIT,
         client_options=apiframe.client_options,
         verify_webhook=apiframe.signature_ok,
         read_webhook=apiframe.read_webhook,
@@ -103,10 +105,17 @@ REGISTRY: Mapping[str, Provider] = {
         api_key=lambda s: s.runbase_api_key,
         base_url=lambda s: s.runbase_base_url,
         poll_plan=schedule.polling_plan,
+        cost_unit=runbase.COST_UNIT,
         spends_budget=True,
     ),
 }
 NAMES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def cost_unit(name: str) -> str | None:
+    """The unit of a provider's costs; None for a name the registry does not know."""
+    spec = REGISTRY.get(name)
+    return spec.cost_unit if spec else None
 
 
 def get(name: str) -> Provider:

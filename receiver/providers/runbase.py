@@ -23,6 +23,7 @@ from receiver.providers.http import ErrorBody, Observer, ProviderHTTP, not_sent,
 from receiver.providers.ratelimit import RateBudget
 
 PROVIDER = "runbase"
+COST_UNIT = "usd"  # `costUsd`
 MODEL = "kling/kling-3.0"
 DEFAULT_BASE_URL = "https://runbase.net"
 RUNS_PATH = "/api/v1/runs"

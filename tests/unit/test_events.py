@@ -41,6 +41,8 @@ JOB_KEYS = {
     "completed_at",
     "completed_via",
     "attempts",
+    "cost",
+    "cost_unit",
     "deliveries",
 }
 REQUEST_KEYS = {
@@ -71,6 +73,7 @@ def _job(**changes: object) -> Job:
         completed_at=CREATED + timedelta(seconds=150),
         completed_via="webhook",
         attempts=[attempt("apiframe", "accepted", "af_123", CREATED + timedelta(seconds=1))],
+        cost=10.0,
         deliveries=[Delivery(handler="slack", status=DeliveryStatus.RETRYING, attempts=2, last_error="503")],
     )
     for name, value in changes.items():
@@ -103,6 +106,8 @@ def test_job_json_values() -> None:
         "attempts": [
             {"provider": "apiframe", "outcome": "accepted", "answer": "af_123", "at": "2026-01-01T12:00:01Z"}
         ],
+        "cost": 10.0,
+        "cost_unit": "credits",
         "deliveries": [{"handler": "slack", "status": "retrying", "attempts": 2, "last_error": "503"}],
     }
 
@@ -119,6 +124,8 @@ def test_job_json_of_a_fresh_job_has_nulls_not_missing_keys() -> None:
     assert data["progress"] is None
     assert data["output_urls"] == []
     assert data["attempts"] == []
+    assert data["cost"] is None
+    assert data["cost_unit"] == "usd"
     assert data["deliveries"] == []
 
 
