@@ -159,6 +159,12 @@ SCHEMAS: dict[str, Any] = {
             "completed_at": _NULLABLE_TIME,
             "completed_via": {"type": ["string", "null"]},
             "attempts": {"type": "array", "items": _ref("Attempt")},
+            "cost": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "What the provider reported the job cost, net of refunds, in cost_unit.",
+            },
+            "cost_unit": {"type": ["string", "null"], "description": "credits (Apiframe) or usd (Runbase)."},
             "deliveries": {"type": "array", "items": _ref("Delivery")},
         },
     },
