@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -108,6 +110,7 @@ def load_handler_class(type_name: str) -> type[Any]:
                 "or an entry point in group receiver.handlers, or package.module:Class)"
             )
         target = type_name
+        _search_current_directory()
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -117,6 +120,14 @@ def load_handler_class(type_name: str) -> type[Any]:
     if not isinstance(cls, type):
         raise ConfigError(f"{target!r} names no class")
     return cls
+
+
+def _search_current_directory() -> None:
+    """`type = "myhooks:Discord"` finds myhooks.py in the folder `receiver` runs from, as `python -m`
+    would; the folder goes last on the import path, so a file there never shadows an installed module."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
 
 
 def build_handlers(tables: list[dict[str, Any]], *, clock: Clock = system_clock) -> list[HandlerSpec]:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
@@ -21,7 +22,7 @@ from handlers import ConfigError
 from receiver import logs
 from receiver.config import Settings, SettingsError, load_settings
 from receiver.costs import day_start, grouping, sum_costs
-from receiver.events import TERMINAL, Job, JobStatus, iso, valid_idempotency_key
+from receiver.events import TERMINAL, DeliveryStatus, Job, JobStatus, iso, valid_idempotency_key
 from receiver.failover import parse_choice
 from receiver.generation import KlingRequest, ValidationError
 from receiver.providers import registry
@@ -369,16 +370,31 @@ async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"jobs": [j.to_json() for j in jobs]}, indent=2))
             return 0
-        table = Table(Column("id", no_wrap=True), "provider", "status", "created", "via", "deliveries")
-        for j in jobs:
-            delivered = ", ".join(f"{d.handler}:{d.status}" for d in j.deliveries)
-            table.add_row(
-                j.id, j.provider, str(j.status), j.to_json()["created_at"], j.completed_via or "", delivered
-            )
-        Console().print(table)
+        Console().print(jobs_table(jobs))
         return 0
 
     return await _with_receiver(settings, run)
+
+
+def jobs_table(jobs: Sequence[Job]) -> Table:
+    """One line per job that fits 80 columns: no vertical rules, the creation time in UTC without the
+    year, and handlers as delivered/total (`show ID` has each handler's state)."""
+    table = Table(
+        *(Column(name, no_wrap=True) for name in ("id", "provider", "status", "created", "via")),
+        Column("handlers"),
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    for j in jobs:
+        delivered = sum(d.status is DeliveryStatus.DELIVERED for d in j.deliveries)
+        dead = sum(d.status is DeliveryStatus.DEAD for d in j.deliveries)
+        handlers = f"{delivered}/{len(j.deliveries)}" if j.deliveries else ""
+        if dead:
+            handlers += f" {dead} dead"
+        created = j.created_at.astimezone(UTC).strftime("%m-%d %H:%M")
+        table.add_row(j.id, j.provider, str(j.status), created, j.completed_via or "", handlers)
+    return table
 
 
 def job_table(job: Job) -> Table:
@@ -393,7 +409,8 @@ def job_table(job: Job) -> Table:
         "created_at",
         "completed_at",
     ):
-        table.add_row(key, str(data[key]))
+        if data[key] is not None:  # not known yet (no progress report, not finished): left out
+            table.add_row(key, str(data[key]))
     if job.cost is not None:
         table.add_row("cost", f"{job.cost:g} {data['cost_unit']}")
     table.add_row("prompt", str(job.request.get("prompt", "")))
@@ -440,6 +457,9 @@ async def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
         if args.json:
             keys = ("job_id", "handler", "attempts", "last_error")
             print(json.dumps({"dead": [dict(zip(keys, row, strict=True)) for row in rows]}, indent=2))
+            return 0
+        if not rows:
+            print("no dead deliveries")
             return 0
         table = Table(Column("job", no_wrap=True), "handler", "attempts", "last error")
         for job_id, handler, attempts, last_error in rows:
