@@ -97,6 +97,8 @@ class Delivery:
     last_error: str | None = None
     next_attempt_at: datetime | None = None
     report: dict[str, Any] | None = None
+    # Each finished attempt: {"at", "status", "error", "next_attempt_at"}, oldest first (replays too).
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {

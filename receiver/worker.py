@@ -174,11 +174,14 @@ class Worker:
         spec = receiver.by_name.get(due.handler)
         store = receiver.store
         fields = {"job_id": due.job_id, "handler": due.handler, "event_id": due.event.get("id")}
-        claimed = {"event_id": due.event.get("id")}  # a finish for this event only
+
+        async def finish(**outcome: Any) -> None:
+            """This attempt's end, for the event it was claimed with only, at the time it ended."""
+            event_id, now = due.event.get("id"), receiver.clock()
+            await store.finish_delivery(due.job_id, due.handler, event_id=event_id, at=now, **outcome)
+
         if spec is None:
-            await store.finish_delivery(
-                due.job_id, due.handler, delivered=False, error="handler is no longer configured", **claimed
-            )
+            await finish(delivered=False, error="handler is no longer configured")
             counts["dead"] += 1
             receiver.metrics.delivery(due.handler, "dead", due.event, receiver.clock())
             return
@@ -194,7 +197,7 @@ class Worker:
         except PermanentError as exc:
             error = mask(str(exc) or type(exc).__name__)
             log.warning("delivery.dead", attempt=attempt, error=error, **fields)
-            await store.finish_delivery(due.job_id, due.handler, delivered=False, error=error, **claimed)
+            await finish(delivered=False, error=error)
             counts["dead"] += 1
             receiver.metrics.delivery(due.handler, "dead", due.event, receiver.clock())
             return
@@ -205,15 +208,13 @@ class Worker:
                 wait = exc.delay if isinstance(exc, RetryLater) else _backoff(spec, attempt)
                 retry_at = receiver.clock() + timedelta(seconds=wait)
             log.warning("delivery.failed", attempt=attempt, error=error, retry=retry_at is not None, **fields)
-            await store.finish_delivery(
-                due.job_id, due.handler, delivered=False, error=error, retry_at=retry_at, **claimed
-            )
+            await finish(delivered=False, error=error, retry_at=retry_at)
             outcome = "retried" if retry_at else "dead"
             counts[outcome] += 1
             receiver.metrics.delivery(due.handler, outcome, due.event, receiver.clock())
             return
         log.info("delivery.delivered", attempt=attempt, **fields)
-        await store.finish_delivery(due.job_id, due.handler, delivered=True, report=report, **claimed)
+        await finish(delivered=True, report=report)
         counts["delivered"] += 1
         receiver.metrics.delivery(due.handler, "delivered", due.event, receiver.clock())
 

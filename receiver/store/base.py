@@ -192,8 +192,10 @@ class Store(Protocol):
         retry_at: datetime | None = None,
         report: dict[str, Any] | None = None,
         event_id: str | None = None,
+        at: datetime | None = None,
     ) -> None:
-        """delivered; or retry at `retry_at`; or dead when neither. With `event_id`, only while the job's
+        """delivered; or retry at `retry_at`; or dead when neither; the attempt, finished `at`, goes on
+        the delivery's history. With `event_id`, only while the job's
         event is still that one (the worker passes the event it delivered)."""
 
     async def replay(self, job_id: str, routes: Matcher, now: datetime, handler: str | None = None) -> int:

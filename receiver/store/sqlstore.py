@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from receiver.config import SettingsError
-from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus
+from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus, iso
 from receiver.providers.ratelimit import slot_wait
 from receiver.store.base import Admission, DueDelivery, JobCost, Matcher, Progressed, Recorded, Update
 from receiver.store.connector import Connector, Row, Sleep, Transaction
@@ -319,16 +319,20 @@ class SQLStore:
         retry_at: datetime | None = None,
         report: dict[str, Any] | None = None,
         event_id: str | None = None,
+        at: datetime | None = None,
     ) -> None:
+        status = finished_status(delivered=delivered, retry_at=retry_at)
+        entry = {"at": iso(at), "status": str(status), "error": error, "next_attempt_at": iso(retry_at)}
         query = self._q(
             "finish_delivery",
             job_id=job_id,
             handler=handler,
-            status=str(finished_status(delivered=delivered, retry_at=retry_at)),
+            status=str(status),
             last_error=error,
             next_attempt_at=retry_at,
             report=report,
             event_id=event_id,
+            entry=json.dumps(entry, separators=(",", ":")) + "\n",
         )
         await self._execute(*query)
 
@@ -490,6 +494,7 @@ def _delivery(row: Row) -> Delivery:
         last_error=row["last_error"],
         next_attempt_at=_time(row["next_attempt_at"]),
         report=_json(row["report"]),
+        history=[json.loads(line) for line in (row["history"] or "").splitlines()],
     )
 
 

@@ -102,6 +102,11 @@ def test_dashboard_in_a_browser(world: World, browser: Any) -> None:
     expect(page.locator(".notice")).to_have_text("1 replayed")
     page.goto(f"{url}/ui/jobs/{job_id}")
     expect(page.locator("#delivery-forward")).to_have_attribute("data-status", "delivered", timeout=20_000)
+    attempts = page.locator("#delivery-forward .attempt")
+    expect(attempts).to_have_count(2)
+    expect(attempts.nth(0)).to_contain_text("dead")
+    expect(attempts.nth(0)).to_contain_text("410")
+    expect(attempts.nth(1)).to_contain_text("delivered")
     assert len(world.inbox.wait_for(2)) == 2
     page.goto(f"{url}/ui/dead")
     expect(page.locator("#no-dead")).to_be_visible()

@@ -238,6 +238,27 @@ async def test_stored_event_has_the_type_and_is_identical_on_later_reads(store: 
 
 
 @pytest.mark.anyio
+async def test_each_finished_attempt_goes_on_the_delivery_history(store: Store) -> None:
+    await _create(store)
+    await _finish(store, routes=Routes(HandlerRoute("log", ())))
+    await store.claim_due_deliveries(_at(150), 10, 60)
+    await store.finish_delivery("job_1", "log", delivered=False, error="503", retry_at=_at(200), at=_at(151))
+    await store.claim_due_deliveries(_at(200), 10, 60)
+    await store.finish_delivery("job_1", "log", delivered=True, at=_at(201))
+
+    (delivery,) = (await _job(store)).deliveries
+    assert delivery.history == [
+        {
+            "at": "2026-01-01T12:02:31Z",
+            "status": "retrying",
+            "error": "503",
+            "next_attempt_at": "2026-01-01T12:03:20Z",
+        },
+        {"at": "2026-01-01T12:03:21Z", "status": "delivered", "error": None, "next_attempt_at": None},
+    ]
+
+
+@pytest.mark.anyio
 async def test_failed_event_type(store: Store) -> None:
     await _create(store)
     await store.record("job_1", FAILED, None, _at(3600), Routes(HandlerRoute("log", ())))

@@ -97,7 +97,8 @@ ORDER BY deadline_at LIMIT :limit
 -- Only for the event the delivery was claimed with: a job the provider ended again (after our own
 -- timeout or submit_unknown) reset its deliveries for a new event, which the old attempt must not close.
 UPDATE receiver_deliveries SET status = :status, attempts = attempts + 1, last_error = :last_error,
-    next_attempt_at = :next_attempt_at, locked_until = NULL, report = COALESCE(:report, report)
+    next_attempt_at = :next_attempt_at, locked_until = NULL, report = COALESCE(:report, report),
+    history = history || CAST(:entry AS TEXT)
 WHERE job_id = :job_id AND handler = :handler
   AND (CAST(:event_id AS TEXT) IS NULL
        OR CAST(:event_id AS TEXT) = (SELECT event_id FROM receiver_jobs WHERE id = :job_id))

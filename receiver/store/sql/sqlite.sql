@@ -217,6 +217,11 @@ CREATE INDEX receiver_budget_requests_key ON receiver_budget_requests (key);
 ALTER TABLE receiver_jobs ADD COLUMN attempts JSON TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE receiver_jobs ADD COLUMN fallbacks JSON TEXT NOT NULL DEFAULT '[]';
 
+-- name: migration_6
+-- Each finished delivery attempt, one JSON object a line (appended as text: the same statement on both
+-- databases): when, how it ended, its error and the next attempt's time, for the dashboard's timeline.
+ALTER TABLE receiver_deliveries ADD COLUMN history TEXT NOT NULL DEFAULT '';
+
 -- name: advance_job
 -- A report that does not end the job, by the rules of state.apply_update (the ranks are its _RANK):
 -- the status moves forward only, the progress only up, the provider job id is taken when none is on
