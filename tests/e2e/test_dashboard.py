@@ -21,7 +21,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parents[2]
 APIFRAME_CLOCK = VirtualClock()  # Apiframe's webhooks wait for the test to move this clock
 
 pytestmark = pytest.mark.parametrize(
@@ -51,7 +51,15 @@ def sign_in(page: Any, url: str, token: str) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
-def test_dashboard_in_a_browser(world: World, browser: Any) -> None:
+def screenshots(tmp_path: Path) -> Path:
+    """Where the screenshots go: tmp_path, or the folder RECEIVER_SCREENSHOTS names (relative to the
+    repository), e.g. `RECEIVER_SCREENSHOTS=docs/screenshots` to refresh the README's."""
+    folder = os.environ.get("RECEIVER_SCREENSHOTS")
+    return ROOT / folder if folder else tmp_path
+
+
+def test_dashboard_in_a_browser(world: World, browser: Any, tmp_path: Path) -> None:
+    shots = screenshots(tmp_path)
     url = world.serve()
     page = browser.new_page(viewport={"width": 1280, "height": 900})
 
@@ -91,7 +99,7 @@ def test_dashboard_in_a_browser(world: World, browser: Any) -> None:
     video = page.locator("video")
     expect(video).to_have_count(1)
     assert (video.get_attribute("src") or "").startswith(world.env["RUNBASE_BASE_URL"])
-    page.screenshot(path=SCREENSHOTS / "job.png", full_page=True)
+    page.screenshot(path=shots / "job.png", full_page=True)
 
     # The dead letter, replayed once the inbox answers 200 again (its queue of refusals is used up).
     assert world.inbox.answers == []
@@ -129,14 +137,14 @@ def test_dashboard_in_a_browser(world: World, browser: Any) -> None:
     assert any(hook["job_id"] for hook in world.apiframe.webhooks_sent if hook.get("status_code") == 200)
     wait_until(lambda: len(world.inbox.posts) == 3)  # its delivery settles before the screenshot
     page.reload()
-    page.screenshot(path=SCREENSHOTS / "jobs.png", full_page=True)
+    page.screenshot(path=shots / "jobs.png", full_page=True)
 
     # The same page at a phone's width still shows every job and its status.
     phone = browser.new_page(viewport={"width": 390, "height": 844})
     phone.context.add_cookies(page.context.cookies())
     phone.goto(f"{url}/ui/jobs")
     expect(phone.locator(f"#job-{job_id} .status")).to_have_text("succeeded")
-    phone.screenshot(path=SCREENSHOTS / "jobs-390.png", full_page=True)
+    phone.screenshot(path=shots / "jobs-390.png", full_page=True)
 
 
 def test_ui_without_admin_token_says_how_to_turn_it_on(world: World) -> None:

@@ -171,7 +171,7 @@ CREATE INDEX receiver_budget_requests_key ON receiver_budget_requests (key);
 ALTER TABLE receiver_jobs ADD COLUMN attempts jsonb NOT NULL DEFAULT '[]';
 ALTER TABLE receiver_jobs ADD COLUMN fallbacks jsonb NOT NULL DEFAULT '[]';
 
--- name: migration_6
+-- name: migration_7
 -- Each finished delivery attempt, one JSON object a line (appended as text: the same statement on both
 -- databases): when, how it ended, its error and the next attempt's time, for the dashboard's timeline.
 ALTER TABLE receiver_deliveries ADD COLUMN history text NOT NULL DEFAULT '';
