@@ -89,7 +89,7 @@ async def _fill(store: Store, finished: int, copy: Copy) -> None:
 
 async def _round(store: Store) -> None:
     await store.overdue_jobs(NOW, 50)
-    await store.claim_due_polls(NOW, 50, 300)
+    await store.claim_due_polls(NOW, 50, 300, due_by=NOW + timedelta(seconds=10))  # the budget's window
     await store.claim_due_deliveries(NOW, 100, 120)
     await store.next_due()
 

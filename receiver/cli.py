@@ -20,6 +20,7 @@ from rich.table import Column, Table
 
 from handlers import ConfigError
 from receiver import logs
+from receiver.completion import Lognormal
 from receiver.config import Settings, SettingsError, load_settings
 from receiver.costs import day_start, grouping, sum_costs
 from receiver.events import TERMINAL, DeliveryStatus, Job, JobStatus, iso, valid_idempotency_key
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--by", nargs="+", default=["provider"], metavar="WHAT", help="provider, model or metadata KEY"
     )
     costs.add_argument("--json", action="store_true")
+    stats = sub.add_parser("stats", help="completion times learned per kind of job (they plan the polls)")
+    stats.add_argument("--json", action="store_true")
 
     demo = sub.add_parser("demo", help="everything at once on this machine, then a summary")
     demo.add_argument("--keep", metavar="DIR", help="keep the demo's files in DIR")
@@ -510,6 +513,27 @@ async def cmd_costs(settings: Settings, args: argparse.Namespace) -> int:
     return await _with_receiver(settings, run)
 
 
+async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(receiver: Receiver) -> int:
+        models = await receiver.completion_models()
+        rows = [(kind.label, model) for kind, model in sorted(models.kinds.items())]
+        rows.append(("any other kind (prior)", Lognormal.prior(models.expected)))
+        if args.json:
+            print(
+                json.dumps({"kinds": [{"kind": label, **model.summary()} for label, model in rows]}, indent=2)
+            )
+            return 0
+        table = Table(Column("kind", no_wrap=True), "samples", "model", "p50", "p90", "p99")
+        for label, model in rows:
+            summary = model.summary()
+            seconds = [f"{summary[q]:.0f} s" for q in ("p50", "p90", "p99")]
+            table.add_row(label, str(model.samples), "learned" if model.learned else "prior", *seconds)
+        Console().print(table)
+        return 0
+
+    return await _with_receiver(settings, run)
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
     "worker": cmd_worker,
     "tick": cmd_tick,
@@ -519,4 +543,5 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = 
     "replay": cmd_replay,
     "dead": cmd_dead,
     "costs": cmd_costs,
+    "stats": cmd_stats,
 }

@@ -129,6 +129,8 @@ class Job:
     event_id: str | None = None
     deadline_at: datetime | None = None
     poll_count: int = 0
+    polled_at: datetime | None = None  # when the last status read was sent (the poll planner's history)
+    next_poll_at: datetime | None = None  # when the worker looks next
     webhook_url: str | None = None  # as first sent: a resubmit must carry the same body
     refusals: int = 0  # submits the provider refused with 429, for the backoff
     # Each provider the submit went to: {"provider", "outcome", "answer", "at"} (see `attempt`).

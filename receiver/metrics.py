@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from receiver.completion import QUANTILES, Models
 from receiver.events import parse_iso
 from receiver.providers.registry import REGISTRY
 
@@ -55,11 +56,42 @@ class StoreCounts(Collector):
             yield family
 
 
+class CompletionTimes(Collector):
+    """The completion-time model of each kind of job, as of the last `update` (receiver/completion.py)."""
+
+    def __init__(self) -> None:
+        self.models: Models | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["provider", "model", "mode", "duration", "audio"]
+        seconds = GaugeMetricFamily(
+            "receiver_completion_seconds",
+            "Seconds from submit to completion by kind of job: the model's quantiles (plan the polls)",
+            labels=[*labels, "quantile"],
+        )
+        samples = GaugeMetricFamily(
+            "receiver_completion_samples",
+            "Finished jobs the completion-time model of each kind was fit on (below 5: the prior)",
+            labels=labels,
+        )
+        for kind, model in sorted((self.models.kinds if self.models else {}).items()):
+            values = [known(kind.provider), kind.model, kind.mode, kind.duration, str(kind.audio).lower()]
+            for name, p in QUANTILES.items():
+                seconds.add_metric(
+                    [*values, name.replace("p", "0.") if p < 0.99 else "0.99"], model.quantile(p)
+                )
+            samples.add_metric(values, model.samples)
+        yield seconds
+        yield samples
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.store = StoreCounts()
         self.registry.register(self.store)
+        self.completion = CompletionTimes()
+        self.registry.register(self.completion)
         self.webhooks = Counter(
             "receiver_webhooks",
             "Webhook requests answered, by provider and HTTP status code",
@@ -133,8 +165,11 @@ class Metrics:
         deliveries: Mapping[str, int],
         costs: Mapping[tuple[str, str], float] | None = None,
         budgets: Mapping[tuple[str, str], float] | None = None,
+        models: Models | None = None,
     ) -> bytes:
-        """The Prometheus text with the store's counts (and today's costs and the budgets) as given."""
+        """The Prometheus text with the store's counts (today's costs, the budgets and the
+        completion-time models) as given."""
         self.store.jobs, self.store.deliveries = jobs, deliveries
         self.store.costs, self.store.budgets = costs or {}, budgets or {}
+        self.completion.models = models
         return generate_latest(self.registry)

@@ -1,18 +1,16 @@
-"""When to look again: poll plans and delivery backoff. Pure functions of time, unit tested."""
+"""When to look again: the webhook reconciliation offsets and delivery backoff. Pure functions of time,
+unit tested; receiver/planner.py plans polls with them."""
 
 from __future__ import annotations
 
 import math
 import random
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 MIN_GAP = 0.2
 MAX_STEP = 600.0
-
-
-PollPlan = Callable[[float], Iterator[float]]
 
 
 def webhook_plan(expected: float) -> Iterator[float]:
@@ -23,41 +21,6 @@ def webhook_plan(expected: float) -> Iterator[float]:
         yield t
         t += step
         step = min(step * 2, MAX_STEP)
-
-
-def polling_plan(expected: float) -> Iterator[float]:
-    """Seconds after submit at which a job whose provider sends no webhooks is polled: three cheap early
-    looks for fast finishes and failures, then every tenth of the expected time around it, then a
-    widening back-off, never leaving the job unlooked-at longer than MAX_STEP."""
-    last = 0.0
-    for t in _polling_offsets(expected):
-        while t - last > MAX_STEP:
-            last += MAX_STEP
-            yield last
-        yield t
-        last = t
-
-
-def _polling_offsets(expected: float) -> Iterator[float]:
-    for fraction in (0.05, 0.15, 0.3):
-        yield max(MIN_GAP, expected * fraction)
-    t, step = expected * 0.8, max(MIN_GAP, expected * 0.1)
-    while t < expected * 1.5:
-        yield t
-        t += step
-    while True:
-        step = min(step * 1.5, max(60.0, expected), MAX_STEP)
-        yield t
-        t += step
-
-
-def next_poll_at(plan: PollPlan, submitted_at: datetime, now: datetime, expected: float) -> datetime:
-    """The first poll of `plan` after `now` (at least MIN_GAP away)."""
-    elapsed = (now - submitted_at).total_seconds() + MIN_GAP
-    for offset in plan(expected):
-        if offset >= elapsed:
-            return submitted_at + timedelta(seconds=offset)
-    raise AssertionError("a poll plan never ends")
 
 
 def retry_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from receiver import logs
 from receiver.bodies import BadJSON, parse_object
 from receiver.changes import Changes
 from receiver.clock import Clock, system_clock
+from receiver.completion import Kind, Lognormal, Models
 from receiver.config import Settings, SettingsError
 from receiver.costs import BudgetExceeded, budget_events, check_budget, day_start, sum_costs
 from receiver.events import TERMINAL, Job, JobError, JobStatus, attempt, keyed_job_id, new_job_id
@@ -55,6 +57,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 STORE_PING_TIMEOUT = 3.0  # real seconds /healthz waits for the store before calling it unreachable
+
+# The completion-time models: read from the store's MODEL_HISTORY most recent successes, again at most
+# MODELS_FRESH s after a job finished here and at least every MODELS_MAX_AGE s.
+MODEL_HISTORY = 2000
+MODELS_FRESH = 5.0
+MODELS_MAX_AGE = 60.0
 
 SUBMIT_RETRY_BASE = 1.0  # backoff of a submit refused with 429 and no Retry-After
 SUBMIT_RETRY_MAX = 60.0
@@ -154,6 +162,9 @@ class Receiver:
         self.changes = Changes()  # the dashboard's live pages wait on it
         # When each provider request of this process was answered (monotonic), for the dashboard.
         self._requests: dict[str, deque[float]] = {}
+        self._models: Models | None = None
+        self._models_read_at = -math.inf  # the clock's monotonic time of the last read
+        self._models_stale = False  # a job finished since: read again once MODELS_FRESH has passed
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Receiver:
@@ -225,6 +236,7 @@ class Receiver:
         if recorded.changed:
             self.changes.bump()
         if recorded.terminal:
+            self._models_stale = True
             log.info("job.completed", job_id=job_id, status=str(update.status), via=via)
         if recorded.changed and update.cost is not None and recorded.job is not None:
             await self.announce_budget(recorded.job.provider)
@@ -244,6 +256,22 @@ class Receiver:
                         await spec.handler.handle(event)
                 except Exception as exc:  # a handler's failure must not fail the report that caused it
                     log.warning("budget.undelivered", handler=spec.name, error=logs.mask(str(exc)))
+
+    async def completion_models(self, *, fresh: bool = False) -> Models:
+        """The completion-time models learned from the store's recent successes. Read again at most
+        every MODELS_FRESH seconds after a job of this process finished, and every MODELS_MAX_AGE
+        seconds in any case (other processes finish jobs too); `fresh`: now."""
+        age = self.clock.monotonic() - self._models_read_at
+        stale = self._models_stale and age >= MODELS_FRESH
+        if fresh or self._models is None or age >= MODELS_MAX_AGE or stale:
+            self._models_stale = False
+            self._models_read_at = self.clock.monotonic()
+            samples = await self.store.completion_samples(MODEL_HISTORY)
+            self._models = Models.learn(samples, self.settings.expected_seconds)
+        return self._models
+
+    async def completion_model(self, job: Job) -> Lognormal:
+        return (await self.completion_models()).get(Kind.of(job.provider, job.model, job.request))
 
     async def submit(self, provider: Choice, request: KlingRequest) -> Job:
         job, _ = await self.submit_once(provider, request)
@@ -431,7 +459,7 @@ class Receiver:
         run exists and is paid for; a job left `pending` would be sent again or given up on)."""
         submitted = self.clock()
         spec = registry.get(job.provider)
-        first_poll = spec.next_poll_at(submitted, submitted, self.settings.expected_seconds)
+        first_poll = spec.next_poll_at(submitted, submitted, await self.completion_model(job))
         job.attempts.append(attempt(job.provider, "accepted", status.provider_job_id, submitted))
         for write in range(1, ACCEPT_WRITES + 1):
             try:
@@ -608,7 +636,9 @@ class Receiver:
         budgets = {
             (name, registry.get(name).cost_unit): limit for name, limit in self.settings.daily_budgets.items()
         }
-        return self.metrics.render(await self.store.job_counts(), counts["deliveries"], today, budgets)
+        models = await self.completion_models(fresh=True)
+        jobs = await self.store.job_counts()
+        return self.metrics.render(jobs, counts["deliveries"], today, budgets, models)
 
 
 def submit_unknown(provider: str) -> JobError:

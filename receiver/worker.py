@@ -7,16 +7,18 @@ import contextlib
 from collections import Counter
 from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
 
 import structlog
 
 from handlers import HandlerSpec, PermanentError, RetryLater
+from receiver import planner
+from receiver.completion import Kind, Lognormal
 from receiver.config import SettingsError
 from receiver.events import Job, JobStatus
 from receiver.logs import mask
 from receiver.providers import registry
 from receiver.providers.base import ProviderError
+from receiver.providers.ratelimit import BudgetBusy
 from receiver.schedule import retry_delay
 from receiver.service import Receiver, confirmed
 from receiver.store import DueDelivery
@@ -40,6 +42,9 @@ class Worker:
         self._wake = asyncio.Event()
         # When the last round finished (the receiver's monotonic clock); /healthz reads it.
         self.last_round: float | None = None
+        settings = receiver.settings
+        self._pace = planner.Pace(settings.runbase_rate_window / settings.runbase_rate_limit)
+        self._held = False  # due polls were left for the pace or the budget: look again when it frees
 
     def wake(self) -> None:
         self._wake.set()
@@ -49,12 +54,15 @@ class Worker:
         """A wake-up the loop has not taken yet (once taken, the sleep it cut short is over)."""
         return self._wake.is_set()
 
-    async def tick(self) -> dict[str, int]:
-        """One round: time out overdue jobs, poll due ones, then dispatch until nothing is due."""
+    async def tick(self, *, paced: bool = False) -> dict[str, int]:
+        """One round: time out overdue jobs, poll due ones, then dispatch until nothing is due. `paced`
+        (the `run` loop, which comes back when the pace allows): at most one budgeted poll, and none
+        that would wait for the budget; otherwise (one round from cron or a serverless schedule) every
+        due poll, each waiting for its slot."""
         counts: Counter[str] = Counter()
         await self._expire(counts)
         await self._submit(counts)
-        await self._poll(counts)
+        await self._poll(counts, paced)
         summary = _summary(counts, Counter(await self.dispatch()))
         self.last_round = self.receiver.clock.monotonic()
         if any(summary.values()):  # a poll counted, a submit sent: the dashboard's pages look again
@@ -83,7 +91,7 @@ class Worker:
             while not stop.is_set():
                 self._wake.clear()
                 try:
-                    await (self.dispatch() if woken else self.tick())
+                    await (self.dispatch() if woken else self.tick(paced=True))
                     idle = await self._idle()
                     failures = 0
                 except Exception:  # the store or a provider is down: back off and try again, never die
@@ -100,7 +108,10 @@ class Worker:
         due = await store.next_due()
         if due is None:
             return longest
-        return min(longest, max(0.0, (due - self.receiver.clock()).total_seconds()))
+        until = (due - self.receiver.clock()).total_seconds()
+        if self._held and until <= 0:  # what is due waits for the budget's pace, not a busy loop
+            until = self._pace.free_at - self.receiver.clock.monotonic()
+        return min(longest, max(0.0, until))
 
     async def _expire(self, counts: Counter[str]) -> None:
         for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):
@@ -131,37 +142,68 @@ class Worker:
         sends: list[Awaitable[None]] = [send(job, orphan=True) for job in lost]
         await _bounded(sends + [send(job, orphan=False) for job in queued])
 
-    async def _poll(self, counts: Counter[str]) -> None:
+    async def _poll(self, counts: Counter[str], paced: bool) -> None:
+        """Look at due jobs (receiver/planner.py): every one whose provider has no rate budget, and the
+        budgeted ones most likely to have finished since their last look (`paced`: one per pace step).
+        The rest stay due, released at once: no planned look is dropped."""
         receiver = self.receiver
-
-        async def poll(job: Any) -> None:
-            next_at = None
-            try:
-                client = receiver.client(job.provider)
-                status = await client.get_status(job.provider_job_id)
-            except (ProviderError, SettingsError) as exc:
-                log.warning("poll.failed", job_id=job.id, provider=job.provider, error=str(exc))
-                receiver.metrics.poll(job.provider, ok=False)
-            else:
-                counts["polled"] += 1
-                receiver.metrics.poll(job.provider, ok=True)
-                if (await receiver.record(job.id, confirmed(status), via="poll")).terminal:
-                    counts["completed"] += 1
-                    await receiver.store.schedule_poll(job.id, None)
-                    return
-            now = receiver.clock()
-            next_at = registry.get(job.provider).next_poll_at(
-                job.submitted_at or job.created_at, now, receiver.settings.expected_seconds
+        now = receiver.clock()
+        settings = receiver.settings
+        window = timedelta(seconds=settings.runbase_rate_window)
+        claimed = await receiver.store.claim_due_polls(now, POLL_BATCH, LEASE, due_by=now + window)
+        self._held = False
+        if not claimed:
+            return
+        models = await receiver.completion_models()
+        jobs = {job.id: job for job in claimed}
+        due = [
+            planner.Due(
+                job.id,
+                models.get(Kind.of(job.provider, job.model, job.request)),
+                job.submitted_at or job.created_at,
+                job.polled_at,
+                job.next_poll_at or now,
+                registry.get(job.provider).spends_budget,
             )
-            if job.deadline_at is not None:
-                next_at = min(next_at, job.deadline_at)
-            await receiver.store.schedule_poll(job.id, next_at)
+            for job in claimed
+        ]
+        moment = receiver.clock.monotonic()
+        slots = self._pace.slots(moment) if paced else POLL_BATCH
+        chosen = planner.choose(due, now, slots, settings.runbase_rate_limit)
+        if any(look.budgeted for look in chosen):
+            self._pace = self._pace.spent(moment)
+        picked = {look.id for look in chosen}
+        held = [job_id for job_id in jobs if job_id not in picked]
+        await receiver.store.release_polls(held)
+        self._held = any((jobs[job_id].next_poll_at or now) <= now for job_id in held)
+        within = 0.0 if paced else None
+        await _bounded([self._look(jobs[look.id], look.model, counts, within) for look in chosen])
 
-        for _ in range(0, POLL_BATCH, CONCURRENCY):
-            jobs = await receiver.store.claim_due_polls(receiver.clock(), CONCURRENCY, LEASE)
-            await asyncio.gather(*(poll(job) for job in jobs))
-            if len(jobs) < CONCURRENCY:
-                break
+    async def _look(self, job: Job, model: Lognormal, counts: Counter[str], within: float | None) -> None:
+        """One status read; then the next look, planned from the moment this one was sent."""
+        receiver = self.receiver
+        sent = receiver.clock()
+        try:
+            client = receiver.client(job.provider)
+            status = await client.get_status(job.provider_job_id or "", within=within)
+        except BudgetBusy as exc:  # another process took the slot: the job stays due
+            self._pace = self._pace.busy(receiver.clock.monotonic(), exc.wait)
+            self._held = True
+            await receiver.store.release_polls([job.id])
+            return
+        except (ProviderError, SettingsError) as exc:
+            log.warning("poll.failed", job_id=job.id, provider=job.provider, error=str(exc))
+            receiver.metrics.poll(job.provider, ok=False)
+        else:
+            counts["polled"] += 1
+            receiver.metrics.poll(job.provider, ok=True)
+            if (await receiver.record(job.id, confirmed(status), via="poll")).terminal:
+                counts["completed"] += 1
+                await receiver.store.schedule_poll(job.id, None, sent)
+                return
+        spec = registry.get(job.provider)
+        next_at = spec.next_poll_at(job.submitted_at or job.created_at, sent, model, job.deadline_at)
+        await receiver.store.schedule_poll(job.id, next_at, sent)
 
     async def _dispatch(self, counts: Counter[str]) -> bool:
         receiver = self.receiver

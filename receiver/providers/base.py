@@ -251,8 +251,8 @@ class ProviderClient(Protocol):
         """Create the job; `job_id` is the local id (Apiframe derives its Idempotency-Key from it). With
         `within`, raise ratelimit.BudgetBusy rather than wait longer than that for the rate budget."""
 
-    async def get_status(self, provider_job_id: str) -> ProviderStatus:
-        """Read the job's current status."""
+    async def get_status(self, provider_job_id: str, *, within: float | None = None) -> ProviderStatus:
+        """Read the job's current status; `within` as for `submit`."""
 
     async def aclose(self) -> None:
         """Release connections."""

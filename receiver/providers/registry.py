@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from receiver import schedule
+from receiver import planner
 from receiver.clock import Clock, system_clock
+from receiver.completion import Lognormal
 from receiver.providers import apiframe, runbase
 from receiver.providers.base import ProviderClient, ProviderStatus
 from receiver.providers.http import Observer
@@ -48,7 +49,7 @@ class Provider:
     client_class: Callable[..., ProviderClient]
     api_key: Callable[[Settings], str | None]
     base_url: Callable[[Settings], str]
-    poll_plan: schedule.PollPlan
+    poll_plan: planner.Plan
     cost_unit: str  # what its reported costs, and its daily budget, are counted in
     spends_budget: bool = False
     # The same submit sent twice makes one job (an idempotency key): a submit whose answer was lost
@@ -78,8 +79,11 @@ class Provider:
             **self.client_options(settings),
         )
 
-    def next_poll_at(self, submitted_at: datetime, now: datetime, expected: float) -> datetime:
-        return schedule.next_poll_at(self.poll_plan, submitted_at, now, expected)
+    def next_poll_at(
+        self, submitted_at: datetime, now: datetime, model: Lognormal, deadline: datetime | None = None
+    ) -> datetime:
+        """The look after one at `now`, planned on the job's completion model, never past `deadline`."""
+        return planner.next_look_at(self.poll_plan, model, submitted_at, now, deadline)
 
 
 REGISTRY: Mapping[str, Provider] = {
@@ -90,7 +94,7 @@ REGISTRY: Mapping[str, Provider] = {
         client_class=apiframe.ApiframeClient,
         api_key=lambda s: s.apiframe_api_key,
         base_url=lambda s: s.apiframe_base_url,
-        poll_plan=schedule.webhook_plan,
+        poll_plan=planner.webhook_plan,
         cost_unit=apiframe.COST_UNIT,
         client_options=apiframe.client_options,
         verify_webhook=apiframe.signature_ok,
@@ -104,7 +108,7 @@ REGISTRY: Mapping[str, Provider] = {
         client_class=runbase.RunbaseClient,
         api_key=lambda s: s.runbase_api_key,
         base_url=lambda s: s.runbase_base_url,
-        poll_plan=schedule.polling_plan,
+        poll_plan=planner.polling_plan,
         cost_unit=runbase.COST_UNIT,
         spends_budget=True,
     ),

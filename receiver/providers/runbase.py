@@ -191,11 +191,13 @@ class RunbaseClient:
         )
         return status
 
-    async def get_status(self, provider_job_id: str) -> ProviderStatus:
+    async def get_status(self, provider_job_id: str, *, within: float | None = None) -> ProviderStatus:
         path = f"{RUNS_PATH}/{quote(provider_job_id, safe='')}"
 
         async def call(attempt: int) -> dict[str, Any]:
-            return await self._http.request("GET", path, attempt=attempt, provider_job_id=provider_job_id)
+            return await self._http.request(
+                "GET", path, attempt=attempt, provider_job_id=provider_job_id, within=within
+            )
 
         data = await self._http.retrying(call, on=self._on_read)
         return map_status({"id": provider_job_id, **data})

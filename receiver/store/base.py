@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from receiver.completion import Finished
 from receiver.events import Job, JobError, JobStatus
 
 
@@ -161,14 +162,25 @@ class Store(Protocol):
 
     async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]: ...
 
-    async def claim_due_polls(self, now: datetime, limit: int, lease_seconds: float) -> list[Job]:
-        """Due, unlocked, non-terminal jobs with a provider job id, leased in one statement."""
+    async def claim_due_polls(
+        self, now: datetime, limit: int, lease_seconds: float, due_by: datetime | None = None
+    ) -> list[Job]:
+        """Non-terminal jobs with a provider job id, unlocked at `now` and due by `due_by` (default
+        `now`), soonest due first, leased in one statement."""
 
     async def extend_delivery_lease(self, job_id: str, handler: str, until: datetime) -> None:
         """Keep a claimed delivery leased until `until` (its attempt runs longer than the lease)."""
 
-    async def schedule_poll(self, job_id: str, next_poll_at: datetime | None) -> None:
-        """Store the next poll time, count the poll, and release the lease."""
+    async def schedule_poll(
+        self, job_id: str, next_poll_at: datetime | None, polled_at: datetime | None = None
+    ) -> None:
+        """Store the next poll time, count the poll (made at `polled_at`), and release the lease."""
+
+    async def release_polls(self, job_ids: list[str]) -> None:
+        """Release claimed polls that were not made: the jobs stay due as they were."""
+
+    async def completion_samples(self, limit: int) -> list[Finished]:
+        """The `limit` most recently completed successes: each one's kind and time from submit."""
 
     async def poll_soon(self, job_id: str, at: datetime) -> bool:
         """Bring the next poll forward (a webhook we could not use is confirmed by a status read);

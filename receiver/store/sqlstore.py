@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from receiver.completion import Finished
 from receiver.config import SettingsError
 from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus, iso
 from receiver.providers.ratelimit import slot_wait
@@ -265,16 +266,39 @@ class SQLStore:
 
         return await self.connector.run(work, write=False)
 
-    async def claim_due_polls(self, now: datetime, limit: int, lease_seconds: float) -> list[Job]:
+    async def claim_due_polls(
+        self, now: datetime, limit: int, lease_seconds: float, due_by: datetime | None = None
+    ) -> list[Job]:
         lease = now + timedelta(seconds=lease_seconds)
-        rows = await self._write(self._q("claim_polls", now=now, lease=lease, limit=limit))
+        query = self._q("claim_polls", now=now, due_by=due_by or now, lease=lease, limit=limit)
+        rows = await self._write(query)
         return [_job(row) for row in rows]
 
     async def extend_delivery_lease(self, job_id: str, handler: str, until: datetime) -> None:
         await self._execute(*self._q("extend_delivery_lease", job_id=job_id, handler=handler, lease=until))
 
-    async def schedule_poll(self, job_id: str, next_poll_at: datetime | None) -> None:
-        await self._execute(*self._q("schedule_poll", id=job_id, next_poll_at=next_poll_at))
+    async def schedule_poll(
+        self, job_id: str, next_poll_at: datetime | None, polled_at: datetime | None = None
+    ) -> None:
+        query = self._q("schedule_poll", id=job_id, next_poll_at=next_poll_at, polled_at=polled_at)
+        await self._execute(*query)
+
+    async def release_polls(self, job_ids: list[str]) -> None:
+        if job_ids:
+            await self._execute(*self._q("release_polls", job_ids=job_ids))
+
+    async def completion_samples(self, limit: int) -> list[Finished]:
+        rows = await self._read(self._q("completion_samples", limit=limit))
+        return [
+            Finished.of(
+                row["provider"],
+                row["model"],
+                _json(row["request"]),
+                _moment(row["submitted_at"]),
+                _moment(row["completed_at"]),
+            )
+            for row in rows
+        ]
 
     async def poll_soon(self, job_id: str, at: datetime) -> bool:
         async def work(tx: Transaction) -> bool:
@@ -478,6 +502,8 @@ def _job(row: Row) -> Job:
         event_id=row["event_id"],
         deadline_at=_time(row["deadline_at"]),
         poll_count=row["poll_count"],
+        polled_at=_time(row["polled_at"]),
+        next_poll_at=_time(row["next_poll_at"]),
         webhook_url=row["webhook_url"],
         refusals=row["refusals"],
         attempts=_json(row["attempts"]),

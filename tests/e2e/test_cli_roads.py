@@ -83,6 +83,16 @@ def test_submit_wait_follows_a_runbase_job_to_the_end_on_its_own(world: World) -
     assert job["completed_via"] == "poll"
     assert job["deliveries"][0]["status"] == "delivered"
     assert len(world.inbox.posts) == 1
+    # The finished job is the first sample of its kind's completion-time model (the prior until 5).
+    kinds = json.loads(world.run("stats", "--json").stdout)["kinds"]
+    assert [(k["kind"], k["samples"], k["learned"]) for k in kinds] == [
+        ("runbase kling-3.0 pro default silent", 1, False),
+        ("any other kind (prior)", 0, False),
+    ]
+    assert kinds[0]["p50"] < kinds[0]["p90"] < kinds[0]["p99"]
+    table = world.run("stats").stdout
+    assert "runbase kling-3.0 pro default silent" in table
+    assert "p99" in table
 
 
 @pytest.mark.parametrize(

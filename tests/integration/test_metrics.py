@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.stack import apiframe_body, apiframe_signature, receiver_stack
@@ -79,3 +80,26 @@ def test_metrics_parse_have_help_take_no_label_from_the_url_and_move(tmp_path: P
     assert _value(samples, "receiver_jobs", provider="apiframe", status="succeeded") == 1
     assert _value(samples, "receiver_jobs", provider="runbase", status="succeeded") == 1
     assert _value(samples, "receiver_deliveries", status="delivered") == 2
+    # Each finished job is the first sample of its kind's completion-time model: still the prior.
+    runbase = {
+        "provider": "runbase",
+        "model": "kling-3.0",
+        "mode": "pro",
+        "duration": "default",
+        "audio": "false",
+    }
+    assert _value(samples, "receiver_completion_samples", **runbase) == 1
+    medians = [
+        n
+        for (name, frozen), n in samples.items()
+        if name == "receiver_completion_seconds"
+        and (labels := dict(frozen)).pop("quantile") in ("0.5", "0.50")
+        and labels == runbase
+    ]
+    assert medians == [pytest.approx(0.3)]  # RECEIVER_EXPECTED_SECONDS of the stack
+    by_webhook_kinds = [
+        n
+        for (name, frozen), n in samples.items()
+        if name == "receiver_completion_samples" and dict(frozen)["provider"] == "apiframe"
+    ]
+    assert by_webhook_kinds == [1]

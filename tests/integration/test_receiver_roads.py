@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from receiver.completion import Lognormal
 from receiver.events import iso
-from receiver.schedule import next_poll_at, polling_plan
+from receiver.planner import next_look_at, polling_plan
 from tests.support.stack import receiver_stack, verify_forward
 
 
@@ -47,8 +48,12 @@ def test_runbase_completion_arrives_by_polling_and_is_forwarded_once(
 ) -> None:
     with receiver_stack(tmp_path, sink.url, database_url=store_url) as stack:
         start = stack.clock.start
-        first = next_poll_at(polling_plan, start, start, 0.3)  # still running (the emulator takes 0.3 s)
-        second = next_poll_at(polling_plan, start, first, 0.3)
+        model = Lognormal.prior(0.3)  # RECEIVER_EXPECTED_SECONDS: no job has finished yet
+        first = next_look_at(polling_plan, model, start, start)  # still running (the emulator takes 0.3 s)
+        # The plan's next look comes sooner than the budget's pace allows: the pace decides.
+        settings = stack.receiver.settings
+        second = first + timedelta(seconds=settings.runbase_rate_window / settings.runbase_rate_limit)
+        assert next_look_at(polling_plan, model, start, first) < second
         job = stack.submit("runbase", aspect_ratio="9:16", duration=5)
         # The submit woke the worker, which now sleeps until the first planned poll, not a fixed second.
         assert stack.clock.wait_for_sleepers(1) == [pytest.approx((first - start).total_seconds())]

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from receiver.clock import VirtualClock
+from receiver.completion import Kind
 from receiver.events import DeliveryStatus, Job, JobError, JobStatus
 from receiver.store import HandlerRoute, Store, Update, open_store
 from tests.support.pg import fresh_schema
@@ -302,6 +303,39 @@ async def test_schedule_poll_releases_the_lease_and_counts(store: Store) -> None
     assert await store.claim_due_polls(_at(39), 10, 300) == []
     (job,) = await store.claim_due_polls(_at(40), 10, 300)
     assert job.poll_count == 1
+
+
+@pytest.mark.anyio
+async def test_schedule_poll_keeps_when_the_last_look_was_sent(store: Store) -> None:
+    await _create(store)
+    await store.claim_due_polls(_at(10), 10, 300)
+    await store.schedule_poll("job_1", _at(40), _at(10))
+    (job,) = await store.claim_due_polls(_at(40), 10, 300)
+    assert (job.polled_at, job.next_poll_at) == (_at(10), _at(40))
+
+
+@pytest.mark.anyio
+async def test_released_polls_stay_due_uncounted(store: Store) -> None:
+    for n in range(3):
+        await _create(store, f"job_{n}", first_poll=10)
+    claimed = await store.claim_due_polls(_at(10), 10, 300)
+    await store.release_polls([job.id for job in claimed[:2]])
+    again = await store.claim_due_polls(_at(10), 10, 300)
+    assert sorted(j.id for j in again) == sorted(j.id for j in claimed[:2])
+    assert {(j.poll_count, j.next_poll_at) for j in again} == {(0, _at(10))}
+    await store.release_polls([])
+
+
+@pytest.mark.anyio
+async def test_completion_samples_are_the_newest_successes_with_their_time_from_submit(store: Store) -> None:
+    for n in range(4):
+        await _create(store, f"job_{n}")
+    for n, seconds in enumerate((150, 160, 170)):
+        assert (await store.record(f"job_{n}", DONE, "poll", _at(seconds), Routes())).terminal
+    assert (await store.record("job_3", FAILED, "poll", _at(100), Routes())).terminal
+    samples = await store.completion_samples(2)
+    assert [s.seconds for s in samples] == [169.0, 159.0]  # submitted at 1 s; no failure, not the oldest
+    assert samples[0].kind == Kind("runbase", "kling-3.0", "pro", "default", False)
 
 
 @pytest.mark.anyio

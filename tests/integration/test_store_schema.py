@@ -250,17 +250,29 @@ def _plan_postgres(url: str, name: str, **params: Any) -> str:
     return "\n".join(row[0] for row in rows)
 
 
-PARTIAL = {"receiver_jobs_due_poll", "receiver_jobs_deadline", "receiver_deliveries_due"}
+PARTIAL = {
+    "receiver_jobs_due_poll",
+    "receiver_jobs_deadline",
+    "receiver_deliveries_due",
+    "receiver_jobs_succeeded",
+}
 POLL_QUERIES = {
     "overdue_jobs": ({"now": "2026-01-01T12:00:00.000000Z", "limit": 10}, ["receiver_jobs_deadline"]),
     "claim_polls": (
-        {"now": "2026-01-01T12:00:00.000000Z", "lease": "2026-01-01T12:05:00.000000Z", "limit": 10},
+        {
+            "now": "2026-01-01T12:00:00.000000Z",
+            "due_by": "2026-01-01T12:00:10.000000Z",
+            "lease": "2026-01-01T12:05:00.000000Z",
+            "limit": 10,
+        },
         ["receiver_jobs_due_poll"],
     ),
     "next_due": (
         {},
         ["receiver_jobs_due_poll", "receiver_deliveries_due", "receiver_jobs_deadline"],
     ),
+    # The completion-time model's history: the newest successes, whatever the history's size.
+    "completion_samples": ({"limit": 2000}, ["receiver_jobs_succeeded"]),
 }
 
 

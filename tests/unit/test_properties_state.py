@@ -363,7 +363,7 @@ class Apiframe:
         self.submits += 1
         return ProviderStatus(provider_job_id=PROVIDER_JOB_ID, status=JobStatus.SUBMITTED)
 
-    async def get_status(self, provider_job_id: str) -> ProviderStatus:
+    async def get_status(self, provider_job_id: str, **_: Any) -> ProviderStatus:
         assert provider_job_id == PROVIDER_JOB_ID
         return apiframe.map_status(self.body)
 

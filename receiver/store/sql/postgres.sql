@@ -1,11 +1,12 @@
 -- What PostgreSQL says its own way: claims with SKIP LOCKED, the row lock of `record`, the schema.
 
 -- name: claim_polls
--- Due, unlocked, unfinished jobs with a provider job id, leased in one statement; served by the partial
--- index receiver_jobs_due_poll.
+-- Unlocked, unfinished jobs with a provider job id due by `due_by` (now, or the end of the budget's
+-- window: the worker may look early when more looks fall due than the window holds), leased in one
+-- statement; served by the partial index receiver_jobs_due_poll.
 WITH candidate AS (
     SELECT id FROM receiver_jobs
-    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL AND next_poll_at <= :now
+    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL AND next_poll_at <= :due_by
       AND provider_job_id IS NOT NULL AND (locked_until IS NULL OR locked_until <= :now)
     ORDER BY next_poll_at LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -15,6 +16,11 @@ WITH candidate AS (
     RETURNING j.*
 )
 SELECT * FROM claimed ORDER BY next_poll_at, seq
+
+-- name: release_polls
+-- Claimed polls the worker did not make this round (the budget had no slot for them): due as before.
+UPDATE receiver_jobs SET locked_until = NULL
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:job_ids))) AND completed_at IS NULL
 
 -- name: claim_submits
 -- Due jobs in `status` that have no provider job id, made `pending` again with the next look at `lease`
@@ -214,3 +220,9 @@ CREATE TABLE receiver_budget_alerts (
     sent_at timestamptz NOT NULL,
     PRIMARY KEY (provider, day, level)
 );
+
+-- name: migration_7
+-- When each job was last looked at (the poll planner's history), and the recent successes the
+-- completion-time model learns from.
+ALTER TABLE receiver_jobs ADD COLUMN polled_at timestamptz;
+CREATE INDEX receiver_jobs_succeeded ON receiver_jobs (completed_at) WHERE status = 'succeeded';

@@ -73,10 +73,18 @@ SELECT * FROM receiver_jobs WHERE status = COALESCE(:status, status)
 ORDER BY created_at DESC, seq DESC LIMIT :limit
 
 -- name: schedule_poll
+-- `polled_at`: when the look that this follows was sent (the planner measures chances from it).
 UPDATE receiver_jobs
 SET next_poll_at = CASE WHEN completed_at IS NULL THEN :next_poll_at ELSE NULLIF(next_poll_at, next_poll_at) END,
-    poll_count = poll_count + 1, locked_until = NULL
+    poll_count = poll_count + 1, locked_until = NULL, polled_at = COALESCE(:polled_at, polled_at)
 WHERE id = :id
+
+-- name: completion_samples
+-- The most recent successes, for the completion-time model; served by the partial index
+-- receiver_jobs_succeeded, so the history's size does not matter.
+SELECT provider, model, request, submitted_at, completed_at FROM receiver_jobs
+WHERE status = 'succeeded' AND submitted_at IS NOT NULL AND completed_at IS NOT NULL
+ORDER BY completed_at DESC LIMIT :limit
 
 -- name: poll_soon
 -- Only a job the provider has named: a pending job's next_poll_at is its submit's lease, and moving

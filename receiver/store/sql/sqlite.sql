@@ -2,16 +2,22 @@
 -- database's write lock, so there is nothing to skip), JSON arrays through json_each, the schema.
 
 -- name: claim_polls
--- Due, unlocked, unfinished jobs with a provider job id, leased in one statement; served by the partial
--- index receiver_jobs_due_poll.
+-- Unlocked, unfinished jobs with a provider job id due by `due_by` (now, or the end of the budget's
+-- window: the worker may look early when more looks fall due than the window holds), leased in one
+-- statement; served by the partial index receiver_jobs_due_poll.
 UPDATE receiver_jobs SET locked_until = :lease
 WHERE id IN (
     SELECT id FROM receiver_jobs
-    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL AND next_poll_at <= :now
+    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL AND next_poll_at <= :due_by
       AND provider_job_id IS NOT NULL AND (locked_until IS NULL OR locked_until <= :now)
     ORDER BY next_poll_at LIMIT :limit
 )
 RETURNING *
+
+-- name: release_polls
+-- Claimed polls the worker did not make this round (the budget had no slot for them): due as before.
+UPDATE receiver_jobs SET locked_until = NULL
+WHERE id IN (SELECT value FROM json_each(:job_ids)) AND completed_at IS NULL
 
 -- name: claim_submits
 -- Due jobs in `status` that have no provider job id, made `pending` again with the next look at `lease`
@@ -254,3 +260,9 @@ CREATE TABLE receiver_budget_alerts (
     sent_at TIMESTAMP TEXT NOT NULL,
     PRIMARY KEY (provider, day, level)
 );
+
+-- name: migration_7
+-- When each job was last looked at (the poll planner's history), and the recent successes the
+-- completion-time model learns from.
+ALTER TABLE receiver_jobs ADD COLUMN polled_at TIMESTAMP TEXT;
+CREATE INDEX receiver_jobs_succeeded ON receiver_jobs (completed_at) WHERE status = 'succeeded';

@@ -1,0 +1,144 @@
+"""How long a job takes from submit to its video, per kind of job: a lognormal learned from the store's
+finished jobs. Pure: the worker plans its looks with it (receiver/planner.py), `receiver stats` and
+/metrics show it.
+
+A kind is (provider, model, mode, duration, audio): a 10 s video in pro mode takes longer than a 5 s one
+in standard mode. The fit is robust (median and MAD of the log times: a few jobs stuck for an hour do
+not move it) and shrunk towards the prior, a lognormal whose median is RECEIVER_EXPECTED_SECONDS; a
+kind with fewer than MIN_SAMPLES finished jobs uses the prior alone.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from statistics import NormalDist
+from typing import Any
+
+MIN_SAMPLES = 5
+PRIOR_WEIGHT = 10  # the prior counts as this many samples in a fit
+# The prior's spread: Kling's generation times cluster within about a quarter of their median (log
+# scale). A narrower guess would miss late jobs by many looks; the fit replaces it after MIN_SAMPLES.
+PRIOR_SIGMA = 0.25
+SIGMA_RANGE = (0.05, 2.0)  # a fit outside this is a handful of identical or wildly spread samples
+MAD_TO_SIGMA = 1.4826  # the MAD of a normal distribution is 0.6745 sigma
+SHORTEST = 0.01  # seconds: a job ended by a webhook in the same instant still counts, as this
+MAX_SAMPLES = 200  # per kind: the most recent finished jobs, so the model follows the provider's load
+_NORMAL = NormalDist()
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+
+
+@dataclass(frozen=True, order=True)
+class Kind:
+    provider: str
+    model: str
+    mode: str
+    duration: str  # the request's duration in seconds, or "default"
+    audio: bool
+
+    @classmethod
+    def of(cls, provider: str, model: str, request: Mapping[str, Any]) -> Kind:
+        duration = request.get("duration")
+        return cls(
+            provider,
+            model,
+            str(request.get("mode") or "default"),
+            "default" if duration is None else f"{duration:g}s",
+            bool(request.get("generate_audio")),
+        )
+
+    @property
+    def label(self) -> str:
+        audio = "audio" if self.audio else "silent"
+        return f"{self.provider} {self.model} {self.mode} {self.duration} {audio}"
+
+
+@dataclass(frozen=True)
+class Lognormal:
+    """Seconds from submit to completion: log(seconds) ~ Normal(mu, sigma); `samples` it was fit on
+    (0 for the prior)."""
+
+    mu: float
+    sigma: float
+    samples: int = 0
+
+    @classmethod
+    def prior(cls, expected: float) -> Lognormal:
+        return cls(math.log(max(expected, 0.001)), PRIOR_SIGMA, 0)
+
+    @classmethod
+    def fit(cls, seconds: Iterable[float], expected: float) -> Lognormal:
+        """The median/MAD fit of `seconds`; the prior while there are fewer than MIN_SAMPLES."""
+        logs = [math.log(max(s, SHORTEST)) for s in seconds]
+        prior = cls.prior(expected)
+        n = len(logs)
+        if n < MIN_SAMPLES:
+            return cls(prior.mu, prior.sigma, n)
+        mu = statistics.median(logs)
+        mad = statistics.median(abs(x - mu) for x in logs)
+        sigma = min(max(MAD_TO_SIGMA * mad, SIGMA_RANGE[0]), SIGMA_RANGE[1])
+        # Shrunk towards the prior as if it were PRIOR_WEIGHT samples: the first jobs to finish are the
+        # fast ones, so a fit on a few of them alone would say the rest are late.
+        w = n / (n + PRIOR_WEIGHT)
+        mixed_mu = w * mu + (1 - w) * prior.mu
+        spread = w * (sigma**2 + (mu - mixed_mu) ** 2) + (1 - w) * (
+            prior.sigma**2 + (prior.mu - mixed_mu) ** 2
+        )
+        return cls(mixed_mu, math.sqrt(spread), n)
+
+    @property
+    def learned(self) -> bool:
+        return self.samples >= MIN_SAMPLES
+
+    def cdf(self, seconds: float) -> float:
+        """The chance the job has finished `seconds` after submit."""
+        if seconds <= 0:
+            return 0.0
+        return _NORMAL.cdf((math.log(seconds) - self.mu) / self.sigma)
+
+    def quantile(self, p: float) -> float:
+        """The time by which a share `p` (0 < p < 1) of such jobs has finished."""
+        return math.exp(self.mu + self.sigma * _NORMAL.inv_cdf(p))
+
+    def summary(self) -> dict[str, Any]:
+        """What `receiver stats` and /metrics show: samples, source and quantiles in seconds."""
+        quantiles = {name: round(self.quantile(p), 3) for name, p in QUANTILES.items()}
+        return {"samples": self.samples, "learned": self.learned, **quantiles}
+
+
+@dataclass(frozen=True)
+class Models:
+    """The model of every kind seen in the store's history; any other kind gets the prior."""
+
+    expected: float
+    kinds: Mapping[Kind, Lognormal]
+
+    def get(self, kind: Kind) -> Lognormal:
+        return self.kinds.get(kind) or Lognormal.prior(self.expected)
+
+    @classmethod
+    def learn(cls, finished: Iterable[Finished], expected: float) -> Models:
+        """Fit each kind on its MAX_SAMPLES most recent finished jobs (`finished` newest first)."""
+        by_kind: dict[Kind, list[float]] = {}
+        for job in finished:
+            seconds = by_kind.setdefault(job.kind, [])
+            if len(seconds) < MAX_SAMPLES:
+                seconds.append(job.seconds)
+        return cls(expected, {kind: Lognormal.fit(s, expected) for kind, s in by_kind.items()})
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job that succeeded: its kind and the seconds from submit to the recorded completion."""
+
+    kind: Kind
+    seconds: float
+
+    @classmethod
+    def of(
+        cls, provider: str, model: str, request: Mapping[str, Any], submitted: datetime, completed: datetime
+    ) -> Finished:
+        return cls(Kind.of(provider, model, request), (completed - submitted).total_seconds())

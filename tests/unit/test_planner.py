@@ -1,0 +1,258 @@
+"""The poll planner's decisions as pure functions of the completion model, the job's history (submit,
+last look) and the budget (receiver/planner.py), and the model itself (receiver/completion.py)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from datetime import UTC, datetime, timedelta
+from statistics import NormalDist
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from receiver.completion import (
+    MAX_SAMPLES,
+    MIN_SAMPLES,
+    PRIOR_SIGMA,
+    PRIOR_WEIGHT,
+    Finished,
+    Kind,
+    Lognormal,
+    Models,
+)
+from receiver.planner import (
+    TAIL_GAP,
+    THRESHOLD,
+    Due,
+    Pace,
+    chance,
+    choose,
+    next_look_at,
+    polling_plan,
+    webhook_plan,
+)
+from receiver.schedule import MAX_STEP, MIN_GAP
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+PRIOR = Lognormal.prior(150.0)
+RUNBASE = Kind("runbase", "kling-3.0", "pro", "5s", False)
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+# -- the model ---------------------------------------------------------------------------------------
+
+
+def test_the_prior_puts_the_median_at_the_expected_time() -> None:
+    assert PRIOR.quantile(0.5) == pytest.approx(150.0)
+    assert PRIOR.sigma == PRIOR_SIGMA
+    assert (PRIOR.samples, PRIOR.learned) == (0, False)
+
+
+def test_a_kind_with_fewer_than_the_minimum_samples_keeps_the_prior() -> None:
+    model = Lognormal.fit([60.0] * (MIN_SAMPLES - 1), 150.0)
+    assert (model.mu, model.sigma) == (PRIOR.mu, PRIOR.sigma)
+    assert model.samples == MIN_SAMPLES - 1
+    assert not model.learned
+
+
+def test_many_samples_outweigh_the_prior() -> None:
+    """Samples at the quantiles of a lognormal (median 100 s, sigma 0.3): the fit is that lognormal,
+    shrunk towards the prior as if the prior were PRIOR_WEIGHT more samples."""
+    n = MAX_SAMPLES
+    seconds = [100.0 * math.exp(0.3 * NormalDist().inv_cdf((i + 0.5) / n)) for i in range(n)]
+    model = Lognormal.fit(seconds, 150.0)
+    w = n / (n + PRIOR_WEIGHT)
+    assert model.learned
+    assert model.quantile(0.5) == pytest.approx(100.0 * (150.0 / 100.0) ** (1 - w), rel=1e-3)
+    assert model.sigma == pytest.approx(0.3, abs=0.02)
+
+
+def test_a_few_stuck_jobs_do_not_move_the_fit() -> None:
+    usual = [100.0 + i for i in range(40)]
+    clean, stuck = Lognormal.fit(usual, 150.0), Lognormal.fit([*usual, 3600.0, 3600.0, 3600.0], 150.0)
+    assert stuck.quantile(0.5) == pytest.approx(clean.quantile(0.5), rel=0.03)
+    assert stuck.sigma == pytest.approx(clean.sigma, rel=0.25)
+
+
+def test_the_first_jobs_to_finish_pull_the_model_only_part_of_the_way() -> None:
+    """Five fast jobs of a batch are no proof that the others are late: the prior still counts."""
+    model = Lognormal.fit([100.0] * MIN_SAMPLES, 150.0)
+    assert 100.0 < model.quantile(0.5) < 150.0
+    assert model.quantile(0.99) > 150.0
+
+
+def test_kinds_are_told_apart_by_provider_model_mode_duration_and_audio() -> None:
+    kind = Kind.of("runbase", "kling-3.0", {"prompt": "x", "mode": "pro", "duration": 5})
+    assert kind == RUNBASE
+    assert kind.label == "runbase kling-3.0 pro 5s silent"
+    assert Kind.of("apiframe", "kling-3.0", {"generate_audio": True}).label == (
+        "apiframe kling-3.0 default default audio"
+    )
+
+
+def test_models_learn_each_kind_from_its_newest_jobs_and_give_others_the_prior() -> None:
+    other = Kind("runbase", "kling-3.0", "standard", "10s", False)
+    finished = [Finished(RUNBASE, 60.0)] * MAX_SAMPLES + [Finished(RUNBASE, 600.0)] * 50
+    models = Models.learn([*finished, *[Finished(other, 300.0)] * 3], 150.0)
+    assert models.get(RUNBASE).quantile(0.5) < 100.0  # the 50 older, slow ones are past MAX_SAMPLES
+    assert models.get(RUNBASE).samples == MAX_SAMPLES
+    assert models.get(other).samples == 3
+    assert models.get(Kind("apiframe", "kling-3.0", "pro", "5s", True)) == PRIOR
+
+
+# -- when to look again ------------------------------------------------------------------------------
+
+
+def test_chance_is_the_share_of_the_jobs_alive_at_the_last_look_that_finished_since() -> None:
+    assert chance(PRIOR, 150.0, 150.0) == 0.0
+    assert chance(PRIOR, 0.0, 150.0) == pytest.approx(0.5)
+    assert chance(PRIOR, 150.0, PRIOR.quantile(0.75)) == pytest.approx(0.5)
+
+
+def test_the_first_look_comes_when_the_threshold_share_may_have_finished() -> None:
+    first = polling_plan(PRIOR, 0.0)
+    assert PRIOR.cdf(first) == pytest.approx(THRESHOLD)
+    assert first == pytest.approx(150.0 * math.exp(PRIOR_SIGMA * -1.4758), rel=1e-3)
+
+
+def test_looks_are_densest_where_the_model_puts_the_end() -> None:
+    looks = [0.0]
+    while looks[-1] < 300.0:
+        looks.append(polling_plan(PRIOR, looks[-1]))
+    gaps = {round(a): b - a for a, b in itertools.pairwise(looks)}
+    assert min(gaps.values()) < 5.0
+    assert looks[1] - looks[0] > 90.0  # nothing is expected in the first minute and a half
+    for last, after in itertools.pairwise(looks):
+        if after < PRIOR.quantile(0.99):
+            assert chance(PRIOR, last, after) == pytest.approx(THRESHOLD)
+
+
+def test_past_the_models_p99_the_gap_grows_with_the_jobs_age() -> None:
+    """A model that says the job must be done would otherwise look every MIN_GAP."""
+    late = 2 * PRIOR.quantile(0.99)
+    assert polling_plan(PRIOR, late) == pytest.approx(late * (1 + TAIL_GAP))
+
+
+def test_a_look_is_never_more_than_the_maximum_step_after_the_last() -> None:
+    slow = Lognormal.prior(20000.0)
+    assert polling_plan(slow, 0.0) == MAX_STEP
+
+
+def test_the_next_look_never_passes_the_deadline() -> None:
+    deadline = _at(60.0)
+    assert next_look_at(polling_plan, PRIOR, T0, T0, deadline) == deadline
+
+
+def test_a_webhook_job_is_reconciled_well_past_the_models_p99() -> None:
+    p99 = PRIOR.quantile(0.99)
+    assert webhook_plan(PRIOR, 0.0) == pytest.approx(1.2 * p99)
+    assert webhook_plan(PRIOR, 1.2 * p99) == pytest.approx(1.7 * p99)
+
+
+models = st.builds(
+    Lognormal,
+    mu=st.floats(min_value=math.log(5.0), max_value=math.log(7200.0)),
+    sigma=st.floats(min_value=0.05, max_value=2.0),
+)
+
+
+@given(model=models, end=st.floats(min_value=1.0, max_value=4 * 3600.0))
+def test_looks_per_job_are_bounded_by_the_threshold(model: Lognormal, end: float) -> None:
+    """Each look before the p99 leaves (1 - THRESHOLD) of the chance the job was still running: a job
+    that ends at `end` takes at most ln(1/S(end)) / -ln(1 - THRESHOLD) looks there, plus those MAX_STEP
+    forces, plus the tail's, whose gaps grow by TAIL_GAP."""
+    looks, last = 0, 0.0
+    while last < end:
+        nxt = polling_plan(model, last)
+        assert nxt - last >= MIN_GAP - 1e-9
+        assert nxt - last <= MAX_STEP + 1e-9
+        last, looks = nxt, looks + 1
+    p99 = model.quantile(0.99)
+    body = math.log(1 / max(1 - model.cdf(min(end, p99)), 0.01)) / -math.log(1 - THRESHOLD)
+    tail = math.log(max(end, p99) / p99) / math.log(1 + TAIL_GAP) if end > p99 else 0.0
+    assert looks <= body + tail + end / MAX_STEP + 3
+
+
+# -- which job gets the next request -----------------------------------------------------------------
+
+
+def _due(job_id: str, last: float, due_at: float, *, budgeted: bool = True, submitted: float = 0.0) -> Due:
+    return Due(job_id, PRIOR, _at(submitted), _at(last) if last else None, _at(due_at), budgeted)
+
+
+def test_a_slot_goes_to_the_job_most_likely_finished_since_its_last_look() -> None:
+    now = _at(160.0)
+    due = [_due("looked_now", 155.0, 158.0), _due("looked_long_ago", 110.0, 120.0), _due("mid", 140.0, 150.0)]
+    assert [d.id for d in choose(due, now, 1, capacity=20)] == ["looked_long_ago"]
+    assert [d.id for d in choose(due, now, 2, capacity=20)] == ["looked_long_ago", "mid"]
+
+
+def test_jobs_without_a_budget_are_all_looked_at_and_take_no_slot() -> None:
+    now = _at(200.0)
+    due = [_due("apiframe", 0.0, 190.0, budgeted=False), _due("runbase", 120.0, 150.0)]
+    assert [d.id for d in choose(due, now, 0, capacity=20)] == ["apiframe"]
+    assert [d.id for d in choose(due, now, 1, capacity=20)] == ["apiframe", "runbase"]
+
+
+def test_a_look_not_yet_due_waits_while_the_budget_can_make_every_planned_look() -> None:
+    now = _at(100.0)
+    soon = [_due(f"job_{i}", 0.0, 104.0) for i in range(20)]
+    assert choose(soon, now, 1, capacity=20) == []
+    assert choose([*soon, _due("apiframe", 0.0, 105.0, budgeted=False)], now, 1, capacity=20) == []
+
+
+def test_when_more_looks_fall_due_than_the_window_holds_a_free_slot_is_spent_now() -> None:
+    now = _at(100.0)
+    soon = [_due(f"job_{i}", 0.0, 104.0, submitted=i) for i in range(21)]
+    assert [d.id for d in choose(soon, now, 1, capacity=20)] == ["job_0"]  # equal chances: oldest first
+
+
+@given(
+    lasts=st.lists(st.floats(min_value=0.0, max_value=300.0), min_size=1, max_size=30),
+    slots=st.integers(min_value=0, max_value=5),
+)
+def test_chosen_budgeted_looks_fit_the_slots_and_beat_every_due_one_left(
+    lasts: list[float], slots: int
+) -> None:
+    now = _at(301.0)
+    due = [_due(f"job_{i}", last, 300.0) for i, last in enumerate(lasts)]
+    chosen = choose(due, now, slots, capacity=20)
+    assert len(chosen) == min(slots, len(due))
+    left = [d for d in due if d not in chosen]
+    if chosen and left:
+        assert min(d.chance(now) for d in chosen) >= max(d.chance(now) for d in left)
+
+
+# -- pacing ------------------------------------------------------------------------------------------
+
+
+def test_budgeted_requests_are_paced_one_per_spacing() -> None:
+    pace = Pace(0.5)
+    assert pace.slots(0.0) == 1
+    pace = pace.spent(0.0)
+    assert [pace.slots(t) for t in (0.0, 0.49, 0.5)] == [0, 0, 1]
+
+
+def test_a_busy_budget_moves_the_next_slot_to_when_it_frees() -> None:
+    assert Pace(0.5).busy(10.0, 2.5).free_at == 12.5
+    assert Pace(0.5).busy(10.0, None).free_at == 10.5
+    assert Pace(0.5).busy(10.0, 0.0).free_at == 10.0 + MIN_GAP
+
+
+@given(rounds=st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=200))
+def test_a_paced_worker_never_sends_denser_than_the_budget(rounds: list[float]) -> None:
+    """Whenever rounds come, the requests the pace lets out never exceed limit per window."""
+    limit, window = 20, 10.0
+    pace, now, sent = Pace(window / limit), 0.0, []
+    for gap in rounds:
+        now += gap
+        if pace.slots(now):
+            sent.append(now)
+            pace = pace.spent(now)
+    for i, start in enumerate(sent):
+        assert sum(1 for t in sent[i:] if t < start + window) <= limit
