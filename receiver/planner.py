@@ -92,18 +92,21 @@ class Due:
         )
 
 
-def choose(candidates: Sequence[Due], now: datetime, budget_slots: int, capacity: int) -> list[Due]:
-    """The looks to make now, from the jobs due now or within the budget's window: every unbudgeted one
-    due now, and the `budget_slots` budgeted ones most likely to have finished since their last look
-    (ties: the earliest submitted). Those are taken from the jobs due now, or, when more budgeted looks
-    fall due within the window than its `capacity`, from all of them: the budget cannot make every
-    planned look on time, so a free slot now goes to the likeliest one rather than unused."""
+def choose(
+    candidates: Sequence[Due], now: datetime, budget_slots: int, capacity: int, most: int
+) -> list[Due]:
+    """The looks to make now (at most `most`), from the jobs due now or within the budget's window: the
+    `budget_slots` budgeted ones most likely to have finished since their last look (ties: the earliest
+    submitted), then the unbudgeted ones due now. Budgeted ones are taken from the jobs due now, or,
+    when more budgeted looks fall due within the window than its `capacity`, from all of them: the
+    budget cannot make every planned look on time, so a free slot now goes to the likeliest one rather
+    than unused."""
     ranked = sorted(candidates, key=lambda d: (-d.chance(now), d.submitted_at, d.id))
     budgeted = [d for d in ranked if d.budgeted]
     if len(budgeted) <= capacity:
         budgeted = [d for d in budgeted if d.due_at <= now]
     free = [d for d in ranked if not d.budgeted and d.due_at <= now]
-    return free + budgeted[: max(0, budget_slots)]
+    return (budgeted[: max(0, budget_slots)] + free)[: max(0, most)]
 
 
 @dataclass(frozen=True)

@@ -168,8 +168,9 @@ class Worker:
             for job in claimed
         ]
         moment = receiver.clock.monotonic()
-        slots = self._pace.slots(moment) if paced else POLL_BATCH
-        chosen = planner.choose(due, now, slots, settings.runbase_rate_limit)
+        # All of a round's looks start at once, inside their lease (a one-shot round's wait for slots too).
+        slots = self._pace.slots(moment) if paced else CONCURRENCY
+        chosen = planner.choose(due, now, slots, settings.runbase_rate_limit, CONCURRENCY)
         if any(look.budgeted for look in chosen):
             self._pace = self._pace.spent(moment)
         picked = {look.id for look in chosen}

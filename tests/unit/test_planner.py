@@ -188,28 +188,31 @@ def _due(job_id: str, last: float, due_at: float, *, budgeted: bool = True, subm
 def test_a_slot_goes_to_the_job_most_likely_finished_since_its_last_look() -> None:
     now = _at(160.0)
     due = [_due("looked_now", 155.0, 158.0), _due("looked_long_ago", 110.0, 120.0), _due("mid", 140.0, 150.0)]
-    assert [d.id for d in choose(due, now, 1, capacity=20)] == ["looked_long_ago"]
-    assert [d.id for d in choose(due, now, 2, capacity=20)] == ["looked_long_ago", "mid"]
+    assert [d.id for d in choose(due, now, 1, capacity=20, most=16)] == ["looked_long_ago"]
+    assert [d.id for d in choose(due, now, 2, capacity=20, most=16)] == ["looked_long_ago", "mid"]
 
 
 def test_jobs_without_a_budget_are_all_looked_at_and_take_no_slot() -> None:
     now = _at(200.0)
     due = [_due("apiframe", 0.0, 190.0, budgeted=False), _due("runbase", 120.0, 150.0)]
-    assert [d.id for d in choose(due, now, 0, capacity=20)] == ["apiframe"]
-    assert [d.id for d in choose(due, now, 1, capacity=20)] == ["apiframe", "runbase"]
+    assert [d.id for d in choose(due, now, 0, capacity=20, most=16)] == ["apiframe"]
+    assert [d.id for d in choose(due, now, 1, capacity=20, most=16)] == ["runbase", "apiframe"]
+    assert [d.id for d in choose(due, now, 1, capacity=20, most=1)] == ["runbase"]
 
 
 def test_a_look_not_yet_due_waits_while_the_budget_can_make_every_planned_look() -> None:
     now = _at(100.0)
     soon = [_due(f"job_{i}", 0.0, 104.0) for i in range(20)]
-    assert choose(soon, now, 1, capacity=20) == []
-    assert choose([*soon, _due("apiframe", 0.0, 105.0, budgeted=False)], now, 1, capacity=20) == []
+    assert choose(soon, now, 1, capacity=20, most=16) == []
+    assert choose([*soon, _due("apiframe", 0.0, 105.0, budgeted=False)], now, 1, capacity=20, most=16) == []
 
 
 def test_when_more_looks_fall_due_than_the_window_holds_a_free_slot_is_spent_now() -> None:
     now = _at(100.0)
     soon = [_due(f"job_{i}", 0.0, 104.0, submitted=i) for i in range(21)]
-    assert [d.id for d in choose(soon, now, 1, capacity=20)] == ["job_0"]  # equal chances: oldest first
+    assert [d.id for d in choose(soon, now, 1, capacity=20, most=16)] == [
+        "job_0"
+    ]  # equal chances: oldest first
 
 
 @given(
@@ -221,7 +224,7 @@ def test_chosen_budgeted_looks_fit_the_slots_and_beat_every_due_one_left(
 ) -> None:
     now = _at(301.0)
     due = [_due(f"job_{i}", last, 300.0) for i, last in enumerate(lasts)]
-    chosen = choose(due, now, slots, capacity=20)
+    chosen = choose(due, now, slots, capacity=20, most=16)
     assert len(chosen) == min(slots, len(due))
     left = [d for d in due if d not in chosen]
     if chosen and left:
