@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 
 import structlog
@@ -55,10 +55,10 @@ class Worker:
         return self._wake.is_set()
 
     async def tick(self, *, paced: bool = False) -> dict[str, int]:
-        """One round: time out overdue jobs, poll due ones, then dispatch until nothing is due. `paced`
-        (the `run` loop, which comes back when the pace allows): at most one budgeted poll, and none
-        that would wait for the budget; otherwise (one round from cron or a serverless schedule) every
-        due poll, each waiting for its slot."""
+        """One round: time out overdue jobs, poll due ones, then dispatch until nothing is due. A poll
+        never waits for the rate budget: what it cannot take now stays due. `paced` (the `run` loop,
+        which comes back when the pace allows): at most one budgeted poll; otherwise (one round from
+        cron or a serverless schedule) as many as the budget takes now, up to CONCURRENCY."""
         counts: Counter[str] = Counter()
         await self._expire(counts)
         await self._submit(counts)
@@ -144,12 +144,14 @@ class Worker:
 
     async def _poll(self, counts: Counter[str], paced: bool) -> None:
         """Look at due jobs (receiver/planner.py): every one whose provider has no rate budget, and the
-        budgeted ones most likely to have finished since their last look (`paced`: one per pace step).
-        The rest stay due, released at once: no planned look is dropped."""
+        budgeted ones most likely to have finished since their last look (`paced`: one per pace step),
+        all inside their lease. The rest stay due, released at once: no planned look is dropped."""
         receiver = self.receiver
         now = receiver.clock()
         settings = receiver.settings
-        window = timedelta(seconds=settings.runbase_rate_window)
+        # The loop may spend a free slot on a look due within the budget's window (planner.choose); a
+        # one-shot round takes only what is due.
+        window = timedelta(seconds=settings.runbase_rate_window if paced else 0.0)
         claimed = await receiver.store.claim_due_polls(now, POLL_BATCH, LEASE, due_by=now + window)
         self._held = False
         if not claimed:
@@ -168,7 +170,6 @@ class Worker:
             for job in claimed
         ]
         moment = receiver.clock.monotonic()
-        # All of a round's looks start at once, inside their lease (a one-shot round's wait for slots too).
         slots = self._pace.slots(moment) if paced else CONCURRENCY
         chosen = planner.choose(due, now, slots, settings.runbase_rate_limit, CONCURRENCY)
         if any(look.budgeted for look in chosen):
@@ -177,21 +178,33 @@ class Worker:
         held = [job_id for job_id in jobs if job_id not in picked]
         await receiver.store.release_polls(held)
         self._held = any((jobs[job_id].next_poll_at or now) <= now for job_id in held)
-        within = 0.0 if paced else None
-        await _bounded([self._look(jobs[look.id], look.model, counts, within) for look in chosen])
+        budgeted = [jobs[look.id] for look in chosen if look.budgeted]
+        models_of = {look.id: look.model for look in chosen}
 
-    async def _look(self, job: Job, model: Lognormal, counts: Counter[str], within: float | None) -> None:
-        """One status read; then the next look, planned from the moment this one was sent."""
+        async def in_turn() -> None:
+            """Budgeted looks one after another, each only if the budget has a slot now: the first it
+            refuses leaves the rest due (no round waits for the budget)."""
+            for n, job in enumerate(budgeted):
+                if not await self._look(job, models_of[job.id], counts):
+                    await receiver.store.release_polls([j.id for j in budgeted[n + 1 :]])
+                    return
+
+        free = [self._look(jobs[look.id], look.model, counts) for look in chosen if not look.budgeted]
+        await asyncio.gather(in_turn(), _bounded(free))
+
+    async def _look(self, job: Job, model: Lognormal, counts: Counter[str]) -> bool:
+        """One status read, then the next look planned from the moment this one was sent; False when
+        the budget had no slot now (the job stays due)."""
         receiver = self.receiver
         sent = receiver.clock()
         try:
             client = receiver.client(job.provider)
-            status = await client.get_status(job.provider_job_id or "", within=within)
-        except BudgetBusy as exc:  # another process took the slot: the job stays due
+            status = await client.get_status(job.provider_job_id or "", within=0.0)
+        except BudgetBusy as exc:  # the budget is spent (by this process or another one) for now
             self._pace = self._pace.busy(receiver.clock.monotonic(), exc.wait)
             self._held = True
             await receiver.store.release_polls([job.id])
-            return
+            return False
         except (ProviderError, SettingsError) as exc:
             log.warning("poll.failed", job_id=job.id, provider=job.provider, error=str(exc))
             receiver.metrics.poll(job.provider, ok=False)
@@ -201,10 +214,11 @@ class Worker:
             if (await receiver.record(job.id, confirmed(status), via="poll")).terminal:
                 counts["completed"] += 1
                 await receiver.store.schedule_poll(job.id, None, sent)
-                return
+                return True
         spec = registry.get(job.provider)
         next_at = spec.next_poll_at(job.submitted_at or job.created_at, sent, model, job.deadline_at)
         await receiver.store.schedule_poll(job.id, next_at, sent)
+        return True
 
     async def _dispatch(self, counts: Counter[str]) -> bool:
         receiver = self.receiver
@@ -285,10 +299,10 @@ async def _first(wake: asyncio.Event, stop: asyncio.Event, sleep: Awaitable[None
     return wake.is_set()
 
 
-async def _bounded(coros: list[Awaitable[None]]) -> None:
+async def _bounded(coros: Sequence[Awaitable[object]]) -> None:
     semaphore = asyncio.Semaphore(CONCURRENCY)
 
-    async def run(coro: Awaitable[None]) -> None:
+    async def run(coro: Awaitable[object]) -> None:
         async with semaphore:
             await coro
 
