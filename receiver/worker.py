@@ -7,6 +7,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import structlog
 

@@ -261,7 +261,7 @@ CREATE TABLE receiver_budget_alerts (
     PRIMARY KEY (provider, day, level)
 );
 
--- name: migration_7
+-- name: migration_8
 -- When each job was last looked at (the poll planner's history), and the recent successes the
 -- completion-time model learns from.
 ALTER TABLE receiver_jobs ADD COLUMN polled_at TIMESTAMP TEXT;
