@@ -100,9 +100,11 @@ def _field(label: str, value: str) -> dict[str, str]:
 def _request_fields(job: dict[str, Any]) -> list[dict[str, str]]:
     request = job.get("request") or {}
     fields = [_field("Provider", str(job.get("provider") or "unknown"))]
-    cost = job.get("cost")
-    if isinstance(cost, int | float) and not isinstance(cost, bool):
-        fields.append(_field("Cost", cost_text(cost, job.get("cost_unit"))))
+    cost: dict[str, Any] = job["cost"] if isinstance(job.get("cost"), dict) else {}
+    amount = cost.get("amount")
+    if isinstance(amount, int | float) and not isinstance(amount, bool):
+        estimate = " (estimate)" if cost.get("source") == "estimate" else ""
+        fields.append(_field("Cost", cost_text(amount, cost.get("unit")) + estimate))
     if request.get("mode"):
         fields.append(_field("Mode", str(request["mode"])))
     if request.get("duration"):

@@ -415,7 +415,7 @@ def job_table(job: Job) -> Table:
         if data[key] is not None:  # not known yet (no progress report, not finished): left out
             table.add_row(key, str(data[key]))
     if job.cost is not None:
-        table.add_row("cost", f"{job.cost:g} {data['cost_unit']}")
+        table.add_row("cost", f"{job.cost:g} {data['cost']['unit']}")
     table.add_row("prompt", str(job.request.get("prompt", "")))
     table.add_row("output_urls", "\n".join(job.output_urls))
     if job.error:

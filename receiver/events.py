@@ -138,6 +138,13 @@ class Job:
     fallbacks: list[str] = field(default_factory=list)  # providers still to try, in order
     cost: float | None = None  # as the provider last reported it, net of refunds, in its cost unit
 
+    def cost_json(self) -> dict[str, Any] | None:
+        """`{"amount", "unit", "source": "provider"}`: the provider's own figure (net of refunds) in its
+        unit; None while no report has named one."""
+        if self.cost is None:
+            return None
+        return {"amount": self.cost, "unit": cost_unit(self.provider), "source": "provider"}
+
     def to_json(self, *, deliveries: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": self.id,
@@ -155,8 +162,7 @@ class Job:
             "completed_at": iso(self.completed_at),
             "completed_via": self.completed_via,
             "attempts": [dict(a) for a in self.attempts],
-            "cost": self.cost,
-            "cost_unit": cost_unit(self.provider),
+            "cost": self.cost_json(),
         }
         if deliveries:
             data["deliveries"] = [d.to_json() for d in self.deliveries]

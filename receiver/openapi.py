@@ -159,13 +159,18 @@ SCHEMAS: dict[str, Any] = {
             "completed_at": _NULLABLE_TIME,
             "completed_via": {"type": ["string", "null"]},
             "attempts": {"type": "array", "items": _ref("Attempt")},
-            "cost": {
-                "type": ["number", "null"],
-                "minimum": 0,
-                "description": "What the provider reported the job cost, net of refunds, in cost_unit.",
-            },
-            "cost_unit": {"type": ["string", "null"], "description": "credits (Apiframe) or usd (Runbase)."},
+            "cost": {"oneOf": [_ref("Cost"), {"type": "null"}]},
             "deliveries": {"type": "array", "items": _ref("Delivery")},
+        },
+    },
+    "Cost": {
+        "type": "object",
+        "description": "What the job cost, net of refunds: the provider's figure, or an estimate.",
+        "required": ["amount", "unit", "source"],
+        "properties": {
+            "amount": {"type": "number", "minimum": 0},
+            "unit": {"type": ["string", "null"], "description": "credits (Apiframe) or usd (Runbase)."},
+            "source": {"enum": ["provider", "estimate"]},
         },
     },
     "JobList": {

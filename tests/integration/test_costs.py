@@ -73,17 +73,20 @@ def test_the_costs_of_a_mixed_run_sum_to_what_the_emulators_charged_refunds_incl
     }
     assert failed["apiframe"], "the seed makes Apiframe jobs fail"
     assert failed["runbase"], "the seed makes Runbase jobs fail"
-    assert all(j["cost"] == 0 for j in failed["apiframe"])  # refunded
-    assert all(j["cost"] == 0.5 for j in failed["runbase"])  # no refund documented
+    assert all(j["cost"]["amount"] == 0 for j in failed["apiframe"])  # refunded
+    assert all(j["cost"]["amount"] == 0.5 for j in failed["runbase"])  # no refund documented
     assert stack.apiframe.credits == 1000 - apiframe_charged
     assert apiframe_charged == 10 * (10 - len(failed["apiframe"]))
 
     def total(provider: str) -> float:
-        return sum(j["cost"] for j in done if j["provider"] == provider)
+        return sum(j["cost"]["amount"] for j in done if j["provider"] == provider)
 
     assert total("apiframe") == apiframe_charged
     assert total("runbase") == runbase_charged == 5.0
-    assert {j["cost_unit"] for j in done} == {"credits", "usd"}
+    assert {(j["provider"], j["cost"]["unit"], j["cost"]["source"]) for j in done} == {
+        ("apiframe", "credits", "provider"),
+        ("runbase", "usd", "provider"),
+    }
     sent = {e["job"]["id"]: e["job"]["cost"] for e in events(sink)}
     assert sent == {j["id"]: j["cost"] for j in done}
 

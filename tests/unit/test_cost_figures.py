@@ -63,8 +63,8 @@ def test_the_budget_day_starts_at_midnight_utc() -> None:
 def test_slack_shows_the_cost_of_a_job_and_the_budget_events() -> None:
     from handlers.slack import build_message
 
-    job = {"id": "job_1", "provider": "runbase", "model": "kling-3.0", "status": "failed", "cost": 0.5,
-           "cost_unit": "usd", "request": {"prompt": "a fox"}, "error": {"code": "provider_failed", "message": "x"}}  # fmt: skip
+    job = {"id": "job_1", "provider": "runbase", "model": "kling-3.0", "status": "failed", "cost": {"amount": 0.5,
+           "unit": "usd", "source": "provider"}, "request": {"prompt": "a fox"}, "error": {"code": "provider_failed", "message": "x"}}  # fmt: skip
     message = build_message({"id": "evt_1", "type": "job.failed", "job": job})
     fields = [f["text"] for b in message["blocks"] if b["type"] == "section" for f in b.get("fields", [])]
     assert "*Cost*\n$0.50" in fields

@@ -42,7 +42,6 @@ JOB_KEYS = {
     "completed_via",
     "attempts",
     "cost",
-    "cost_unit",
     "deliveries",
 }
 REQUEST_KEYS = {
@@ -106,8 +105,7 @@ def test_job_json_values() -> None:
         "attempts": [
             {"provider": "apiframe", "outcome": "accepted", "answer": "af_123", "at": "2026-01-01T12:00:01Z"}
         ],
-        "cost": 10.0,
-        "cost_unit": "credits",
+        "cost": {"amount": 10.0, "unit": "credits", "source": "provider"},
         "deliveries": [{"handler": "slack", "status": "retrying", "attempts": 2, "last_error": "503"}],
     }
 
@@ -125,7 +123,6 @@ def test_job_json_of_a_fresh_job_has_nulls_not_missing_keys() -> None:
     assert data["output_urls"] == []
     assert data["attempts"] == []
     assert data["cost"] is None
-    assert data["cost_unit"] == "usd"
     assert data["deliveries"] == []
 
 
