@@ -30,8 +30,8 @@ def test_a_short_fault_run_loses_nothing_and_leaks_no_secret():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "tests.faults.driver", "--stores", "sqlite", "--jobs", "40", "--kills", "3",
-         "--window", "12", "--drain", "90", "--seed", "7"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+         "--window", "12", "--drain", "300", "--seed", "7"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     lines = done.stdout.strip().splitlines()
     assert lines, done.stderr
