@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from receiver.background import BackgroundServer
+from receiver.store import Store, open_store
 from tests.support.inbox import Inbox, running_inbox
 from tests.support.pg import fresh_schema
 from tests.support.waiting import wait_until
@@ -47,3 +49,27 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
         return
     with fresh_schema() as url:
         yield url
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A store URL for an empty database; the SQLite file sits in a folder the store must create."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/data/jobs.db"
+        return
+    with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """An opened store on `database_url`, closed after the test."""
+    store = open_store(database_url)
+    await store.open()
+    yield store
+    await store.close()

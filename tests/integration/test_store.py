@@ -3,9 +3,7 @@ once per lease, in `after` order."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,35 +13,11 @@ from receiver.clock import VirtualClock
 from receiver.completion import Kind
 from receiver.events import DeliveryStatus, Job, JobError, JobStatus
 from receiver.store import HandlerRoute, Store, Update, open_store
-from tests.support.pg import fresh_schema
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 TIMEOUT = timedelta(hours=1)
 DONE = Update(JobStatus.SUCCEEDED, output_urls=("https://cdn.example.com/v.mp4",))
 FAILED = Update(JobStatus.FAILED, error=JobError("content_policy", "refused by the provider"))
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A store URL for an empty database; the SQLite file sits in a folder the store must create."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/data/jobs.db"
-        return
-    with fresh_schema() as url:
-        yield url
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = open_store(database_url)
-    await store.open()
-    yield store
-    await store.close()
 
 
 class Routes:

@@ -24,11 +24,6 @@ TIMEOUT = 30.0
 RESOLUTION = 1e-5  # the stores keep microseconds; the test's own times are floats
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Watched:
     """A store whose budget calls in progress are counted: the driver knows when no task is in one."""
 

@@ -29,11 +29,6 @@ URL_WITH_PASSWORD = "postgresql://receiver:s3cr%40t-pw@127.0.0.1:1/jobs"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def pg_url() -> Iterator[str]:
     with fresh_schema() as url:
         yield url

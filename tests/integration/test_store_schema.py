@@ -54,11 +54,6 @@ class Schema:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def sqlite_path(tmp_path: Path) -> Path:
     path = tmp_path / "jobs.db"
     await _opened(f"sqlite:///{path}")

@@ -123,11 +123,6 @@ def test_a_worker_whose_listen_connection_is_killed_goes_on_and_listens_again(
     assert len(sink.posts) == 1
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def sleeps_until(due_in: float, bound: float) -> list[float]:
     """The deadlines of the worker's sleeps: the safety net again and again, then the due time itself."""
     return [bound * n for n in range(1, int(due_in // bound) + 1) if bound * n < due_in] + [due_in]
