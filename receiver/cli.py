@@ -175,7 +175,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     worker = "no worker (run `receiver worker`)" if args.no_worker else "worker in this process"
     print(start_line(settings, f"serving on {where}", worker), flush=True)
-    config = server_config(app, log_level="warning", access_log=False)
+    # log_config=None: uvicorn's loggers reach the root handler logs.configure set (JSON, masked).
+    config = server_config(app, log_level="warning", access_log=False, log_config=None)
     server = Server(config, on_stop=receiver.changes.close)
     try:
         server.run(sockets=[sock])

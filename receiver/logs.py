@@ -55,21 +55,49 @@ class _Stderr:
         sys.stderr.flush()
 
 
+class _StdlibLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler `configure` installs, told apart from handlers it did not install."""
+
+
 def configure(level: str = "info", *, json: bool | None = None) -> None:
-    """Call once at start-up. `json=None` picks JSON unless stderr is a terminal."""
+    """Call once at start-up. `json=None` picks JSON unless stderr is a terminal.
+
+    The standard library's loggers (uvicorn's, psycopg's pool, any library's) go the same way: one
+    line each, in the same format, with the same masking, instead of their own plain text."""
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    stamped: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamped,
             structlog.processors.format_exc_info,
             scrub_secrets,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=False,
     )
+    handler = _StdlibLines(cast(TextIO, _Stderr()))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamped],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                scrub_secrets,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibLines)]:
+        root.removeHandler(old)  # configured again (tests do): one line per record, not two
+    root.addHandler(handler)
+    root.setLevel(threshold)

@@ -4,6 +4,9 @@ Apiframe's webhooks cannot reach RECEIVER_PUBLIC_URL."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import signal
+import socket
 import subprocess
 import sys
 
@@ -71,3 +74,18 @@ def test_submit_wait_says_at_once_when_the_public_url_does_not_answer(world: Wor
     line = next((line for line in lines if "RECEIVER_PUBLIC_URL" in line), "\n".join(lines))
     assert "does not answer /healthz" in line
     assert "apiframe's webhooks cannot reach this receiver" in line
+
+
+def test_serve_writes_uvicorns_own_warnings_as_json_lines_like_its_own(world: World) -> None:
+    url = world.serve()
+    proc = world.procs[-1]
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")  # uvicorn answers 400 and logs a warning of its own
+        assert conn.recv(1024).startswith(b"HTTP/1.1 400")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # each line one JSON object
+    warning = next(line for line in lines if line.get("logger") == "uvicorn.error")
+    assert warning["level"] == "warning"
+    assert "Invalid HTTP request" in warning["event"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -18,8 +19,11 @@ TOKEN = "eyJqIjoiam9iXzEiLCJwIjoiYXBpZnJhbWUifQ.aZ1x2Q.p9Fh3k-Wq_2c"
 def _fresh_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test registers its own secrets and configures structlog; neither leaks to other tests."""
     monkeypatch.setattr(logs, "_secrets", set())
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     yield
     structlog.reset_defaults()
+    root.handlers, root.level = handlers, level
 
 
 def _lines(err: str) -> list[dict[str, object]]:
@@ -154,3 +158,28 @@ def test_a_log_line_goes_above_a_progress_bar_not_into_it(capsys: pytest.Capture
         structlog.get_logger().info("poll_done", job_id="job_1")
     assert capsys.readouterr().err == ""  # nothing went around rich to the real stderr
     assert '"event": "poll_done"' in screen.getvalue()
+
+
+def test_standard_library_records_are_json_lines_masked_too(capsys: pytest.CaptureFixture[str]) -> None:
+    # uvicorn's and psycopg's pool's loggers are the standard library's: the same format and masking.
+    logs.register_secrets([SECRET])
+    logs.configure("info", json=True)
+    logging.getLogger("psycopg.pool").warning(
+        "error connecting with key %s to /hooks/apiframe/%s", SECRET, TOKEN
+    )
+    logging.getLogger("uvicorn.error").debug("below the level")
+    err = capsys.readouterr().err
+    assert SECRET not in err
+    assert TOKEN not in err
+    (line,) = _lines(err)
+    assert line["event"] == "error connecting with key *** to /hooks/apiframe/***"
+    assert line["logger"] == "psycopg.pool"
+    assert line["level"] == "warning"
+    assert "timestamp" in line
+
+
+def test_configured_twice_a_standard_library_record_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("info", json=True)
+    logs.configure("info", json=True)
+    logging.getLogger("any.library").error("once")
+    assert [line["event"] for line in _lines(capsys.readouterr().err)] == ["once"]
