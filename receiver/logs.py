@@ -63,7 +63,8 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
     """Call once at start-up. `json=None` picks JSON unless stderr is a terminal.
 
     The standard library's loggers (uvicorn's, psycopg's pool, any library's) go the same way: one
-    line each, in the same format, with the same masking, instead of their own plain text."""
+    line each, in the same format, with the same masking, instead of their own plain text; unless the
+    root logger already has a handler of someone else's, which then keeps them."""
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
@@ -97,7 +98,9 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         )
     )
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _StdlibLines)]:
+    if any(not isinstance(h, _StdlibLines) for h in root.handlers):
+        return  # the host owns the standard library's logging (Lambda's runtime, an embedding app)
+    for old in root.handlers[:]:
         root.removeHandler(old)  # configured again (tests do): one line per record, not two
     root.addHandler(handler)
     root.setLevel(threshold)

@@ -160,8 +160,15 @@ def test_a_log_line_goes_above_a_progress_bar_not_into_it(capsys: pytest.Capture
     assert '"event": "poll_done"' in screen.getvalue()
 
 
+def _fresh_root() -> None:
+    """The root logger as a fresh process has it: pytest's capture handlers (added for the test's
+    body, removed after it) are not a host's."""
+    logging.getLogger().handlers.clear()
+
+
 def test_standard_library_records_are_json_lines_masked_too(capsys: pytest.CaptureFixture[str]) -> None:
     # uvicorn's and psycopg's pool's loggers are the standard library's: the same format and masking.
+    _fresh_root()
     logs.register_secrets([SECRET])
     logs.configure("info", json=True)
     logging.getLogger("psycopg.pool").warning(
@@ -179,7 +186,17 @@ def test_standard_library_records_are_json_lines_masked_too(capsys: pytest.Captu
 
 
 def test_configured_twice_a_standard_library_record_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    _fresh_root()
     logs.configure("info", json=True)
     logs.configure("info", json=True)
     logging.getLogger("any.library").error("once")
     assert [line["event"] for line in _lines(capsys.readouterr().err)] == ["once"]
+
+
+def test_a_host_that_owns_the_standard_librarys_logging_keeps_it(capsys: pytest.CaptureFixture[str]) -> None:
+    # Lambda's runtime installs its own root handler before our code runs: no second line per record.
+    _fresh_root()
+    hosts = logging.StreamHandler()
+    logging.getLogger().addHandler(hosts)
+    logs.configure("info", json=True)
+    assert logging.getLogger().handlers == [hosts]
