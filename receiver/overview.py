@@ -51,8 +51,24 @@ class BudgetUse:
 
 
 @dataclass(frozen=True)
+class Spend:
+    """What a provider's jobs created today (UTC) cost, in its unit, against its daily budget if set."""
+
+    provider: str
+    spent: float
+    unit: str | None
+    budget: float | None
+    open_jobs: int  # jobs of today with no cost reported yet
+
+    @property
+    def share(self) -> float | None:
+        return self.spent / self.budget if self.budget else None
+
+
+@dataclass(frozen=True)
 class Health:
     budgets: list[BudgetUse]
+    spending: list[Spend]
     queued_submits: int
     polling: int  # jobs submitted or running: the worker polls them when due
     next_due: datetime | None  # the earliest stored poll or delivery time

@@ -27,7 +27,7 @@ from receiver.events import TERMINAL, Job, JobError, JobStatus, attempt, keyed_j
 from receiver.failover import Choice, may_fail_over, parse_choice, providers_of
 from receiver.generation import KlingRequest, ValidationError
 from receiver.metrics import Metrics
-from receiver.overview import BudgetUse, DeadLetter, Health, JobsPage, handler_rates
+from receiver.overview import BudgetUse, DeadLetter, Health, JobsPage, Spend, handler_rates
 from receiver.providers import registry
 from receiver.providers.base import (
     ProviderClient,
@@ -597,6 +597,7 @@ class Receiver:
                 for name in registry.NAMES
                 if registry.get(name).spends_budget
             ],
+            spending=await self._spending(),
             queued_submits=jobs.get(str(JobStatus.QUEUED), 0),
             polling=jobs.get(str(JobStatus.SUBMITTED), 0) + jobs.get(str(JobStatus.RUNNING), 0),
             next_due=await self.store.next_due(),
@@ -605,6 +606,17 @@ class Receiver:
             dead=deliveries.get("dead", 0),
             handlers=handler_rates(await self.store.list_jobs(None, MAX_LISTED), list(self.by_name)),
         )
+
+    async def _spending(self) -> list[Spend]:
+        """Today's cost per provider that has a daily budget or spent something today."""
+        today = day_start(self.clock())
+        spending = []
+        for name in registry.NAMES:
+            spent, open_jobs = await self.store.spent_since(name, today)
+            budget = self.settings.daily_budgets.get(name)
+            if spent or open_jobs or budget is not None:
+                spending.append(Spend(name, spent, registry.cost_unit(name), budget, open_jobs))
+        return spending
 
     async def tick(self) -> dict[str, int]:
         """One round of polling and dispatch."""

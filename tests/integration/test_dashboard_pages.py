@@ -146,3 +146,22 @@ def test_event_stream_sends_a_change(tmp_path: Path, sink) -> None:
     assert events.headers["content-type"].startswith("text/event-stream")
     assert int(data.removeprefix("data: ")) >= 1
     assert anonymous.status_code == 303
+
+
+def test_job_page_shows_its_cost_and_health_today_spend_against_the_budget(tmp_path: Path, sink) -> None:
+    with receiver_stack(tmp_path, sink.url, daily_budgets={"runbase": 10.0}) as stack:
+        job_id = stack.submit("runbase")["id"]
+        stack.run_until(lambda: stack.settled(job_id))
+        cost = stack.job(job_id)["cost"]
+        with signed_in(stack) as (client, _):
+            job = client.get(f"/ui/jobs/{job_id}").text
+            health = client.get("/ui/health").text
+
+    assert cost["unit"] == "usd"
+    assert cost["amount"] > 0
+    assert f'<dd id="job-cost">{cost["amount"]:g} usd</dd>' in job
+    spend = re.search(r'<p id="spend-runbase">([^<]*)', health)
+    assert spend is not None, health
+    assert f"Runbase: {cost['amount']:g} usd of a daily budget of 10" in spend.group(1)
+    assert f'max="10.0" high="8.0" value="{cost["amount"]}"' in health
+    assert 'id="spend-apiframe"' not in health  # no budget, nothing spent today
