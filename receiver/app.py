@@ -5,19 +5,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import admin, openapi, ui
-from receiver.hooks import hook
+from receiver.hooks import HookRoad, hook_path
 from receiver.service import Receiver, StoreUnavailable
+from receiver.serving import BodyDeadline, ServerLimits
 
 
-def create_app(receiver: Receiver, *, run_worker: bool = True) -> Starlette:
+class ReceiverApp(Starlette):
+    """The Starlette app with the webhook road in front: `POST /hooks/{provider}/{token}` goes straight
+    to `hooks` (most requests are webhooks, and Starlette's routing and middleware cost as much as the
+    road's own work); everything else, and any path the route would not match, goes to Starlette,
+    which also answers 405 and 404 around the road. Under `serving.server_config` only the rest of the
+    app is wrapped in BodyDeadline: the road bounds its own body reads (`bound_bodies`)."""
+
+    def __init__(self, hooks: HookRoad, **options: Any) -> None:
+        super().__init__(**options)
+        self.hooks = hooks
+        self.rest: ASGIApp = partial(Starlette.__call__, self)
+
+    def bound_bodies(self, timeout: float) -> ASGIApp:
+        """This app with every request body read within `timeout` seconds (see serving.bound_bodies)."""
+        self.hooks.reads.timeout = timeout
+        self.rest = BodyDeadline(partial(Starlette.__call__, self), timeout)
+        return self
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            found = hook_path(scope["path"])
+            if found is not None:
+                await self.hooks.serve(*found, scope, receive, send)
+                return
+        await self.rest(scope, receive, send)
+
+
+def create_app(receiver: Receiver, *, run_worker: bool = True) -> ReceiverApp:
     """The web app; with `run_worker` its lifespan also runs the polling and dispatch loop."""
     worker = receiver.worker
 
@@ -34,9 +65,11 @@ def create_app(receiver: Receiver, *, run_worker: bool = True) -> Starlette:
                 await task
             await receiver.close()
 
-    app = Starlette(
+    hooks = HookRoad(receiver, ServerLimits().body_timeout)
+    app = ReceiverApp(
+        hooks,
         routes=[
-            Route("/hooks/{provider}/{token}", hook, methods=["POST"]),
+            Route("/hooks/{provider}/{token}", hooks, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_document, methods=["GET"]),

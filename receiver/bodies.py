@@ -7,12 +7,15 @@ then fail later in a store or a handler. They are refused here, with a 400 namin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
 from typing import Any
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 MAX_BODY = 1024 * 1024
 MAX_DEPTH = 32  # objects and arrays within each other; a job's metadata needs a few
@@ -23,21 +26,94 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTooSlow(Exception):
+    """The body did not arrive within the deadline: 408."""
+
+
 class BadJSON(ValueError):
     """A body that is not JSON the receiver can store; the message says why, for a 400."""
 
 
 async def read_body(request: Request) -> bytes:
     """The body, refused with BodyTooLarge past MAX_BODY bytes without reading more than that."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isascii() and length.isdigit() and int(length) > MAX_BODY:
-        raise BodyTooLarge
+    _check_length(request.headers)
     chunks = bytearray()
     async for chunk in request.stream():
         chunks += chunk
         if len(chunks) > MAX_BODY:
             raise BodyTooLarge
     return bytes(chunks)
+
+
+def _check_length(headers: Headers) -> None:
+    length = headers.get("content-length")
+    if length is not None and length.isascii() and length.isdigit() and int(length) > MAX_BODY:
+        raise BodyTooLarge
+
+
+class BodyReads:
+    """Bodies read straight from ASGI `receive`, each within `timeout` seconds, without a timer per
+    read: a body that has arrived whole is handed over without waiting, and a timer per request
+    (anyio's or asyncio's) cost more than the rest of the read. Open reads are noted instead, and one
+    loop timer, armed while any is open, sweeps them every `timeout / SWEEPS` seconds and cancels those
+    past their deadline: a slow body gets BodyTooSlow within 1 + 1 / SWEEPS times `timeout`."""
+
+    SWEEPS = 4
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._open: dict[asyncio.Task[Any], float] = {}  # reading task -> its deadline (loop time)
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+
+    async def read(self, receive: Receive, headers: Headers) -> bytes:
+        """The body, refused with BodyTooLarge past MAX_BODY bytes (not reading more than that) or
+        BodyTooSlow past the deadline; ClientDisconnect when the client went away (as Request.stream)."""
+        _check_length(headers)
+        task = asyncio.current_task()
+        assert task is not None  # called from a request's task
+        loop = asyncio.get_running_loop()
+        self._open[task] = loop.time() + self.timeout
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.timeout / self.SWEEPS, self._cancel_late)
+        try:
+            return await _receive_body(receive)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            task.uncancel()  # the cancel was this deadline's own, delivered here: not the caller's
+            raise BodyTooSlow from None
+        finally:
+            del self._open[task]
+            self._expired.discard(task)
+
+    def _cancel_late(self) -> None:
+        """The sweep. A task noted here is suspended inside `read` (it runs no other code while noted),
+        so its cancel is delivered there and nowhere else."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in self._open.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._sweep = loop.call_later(self.timeout / self.SWEEPS, self._cancel_late) if self._open else None
+
+
+async def _receive_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_object(body: bytes) -> dict[str, Any]:

@@ -6,48 +6,86 @@ import json
 from typing import Any
 
 import structlog
-from starlette.requests import Request
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from receiver.bodies import MAX_BODY, BodyTooLarge, read_body
-from receiver.service import Receiver, WebhookRefused
+from receiver.bodies import MAX_BODY, BodyReads, BodyTooLarge, BodyTooSlow
+from receiver.service import Receiver, StoreUnavailable, WebhookRefused
 
 log = structlog.get_logger()
+
+PREFIX = "/hooks/"
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+RETRY_AFTER = b"5"  # seconds, on a 503 while the store is unavailable (as every route answers it)
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-class HookEndpoint:
-    """The webhook route as a bare ASGI endpoint: providers send it more requests than everything else
-    together, so its answer is written as two ASGI messages instead of through a Response object (the
-    same bytes JSONResponse writes), and nothing is logged or built per request beyond that. Errors the
-    app renders (StoreUnavailable: 503; a slow body: 408) are raised to it as from any route."""
+def hook_path(path: str) -> tuple[str, str] | None:
+    """(provider, token) of a path the route /hooks/{provider}/{token} matches, else None."""
+    if not path.startswith(PREFIX):
+        return None
+    provider, _, token = path[len(PREFIX) :].partition("/")
+    if not provider or not token or "/" in token:
+        return None
+    return provider, token
+
+
+def dumps(answer: dict[str, Any]) -> bytes:
+    """The bytes JSONResponse writes for `answer`."""
+    return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class HookRoad:
+    """The webhook road as a bare ASGI app. Providers send it more requests than everything else
+    together, so `ReceiverApp` serves it in front of Starlette: no routing, middleware, Request or
+    Response objects, and bodies read within `BodyReads`' deadline instead of a timer per request. It
+    answers what the app would (the same bytes JSONResponse writes; 503 with Retry-After while the store
+    is unavailable; 408 for a slow body), and logs nothing per request beyond refusals."""
+
+    def __init__(self, receiver: Receiver, body_timeout: float) -> None:
+        self.receiver = receiver
+        self.reads = BodyReads(body_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        receiver: Receiver = scope["app"].state.receiver
-        provider: str = scope["path_params"]["provider"]
-        request = Request(scope, receive)
+        """As a Starlette endpoint: the route, for requests the front leaves to the app."""
+        params = scope["path_params"]
+        await self.serve(params["provider"], params["token"], scope, receive, send)
+
+    async def serve(self, provider: str, token: str, scope: Scope, receive: Receive, send: Send) -> None:
+        receiver = self.receiver
+        headers = Headers(scope=scope)
         reason: str | None = None
         try:
             answer = await receiver.accept_webhook(
-                provider, scope["path_params"]["token"], request.headers, lambda: read_body(request)
+                provider, token, headers, lambda: self.reads.read(receive, headers)
             )
             status = 200
         except WebhookRefused as exc:
             status, reason = exc.status, exc.message
         except BodyTooLarge:
             status, reason = 413, f"body is over {MAX_BODY} bytes"
+        except BodyTooSlow:
+            await respond(send, 408, b"request body too slow", TEXT, [(b"connection", b"close")])
+            return
+        except StoreUnavailable as exc:
+            await respond(send, 503, dumps({"error": str(exc)}), JSON, [(b"retry-after", RETRY_AFTER)])
+            return
         if reason is not None:
             answer = {"error": reason}
             log.warning("webhook.refused", provider=provider, status_code=status, reason=reason)
         receiver.metrics.webhook(provider, status)
-        body = json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-        headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, status, dumps(answer), JSON)
 
 
-hook = HookEndpoint()
+async def respond(
+    send: Send, status: int, body: bytes, kind: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """An answer as two ASGI messages, with the headers Starlette's responses write."""
+    headers = [*(extra or ()), (b"content-length", b"%d" % len(body)), (b"content-type", kind)]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

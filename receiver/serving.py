@@ -39,7 +39,7 @@ class LimitedConfig(uvicorn.Config):
     def __init__(self, app: Any, limits: ServerLimits, **options: Any) -> None:
         self.limits = limits
         super().__init__(
-            BodyDeadline(app, limits.body_timeout),
+            bound_bodies(app, limits.body_timeout),
             http=_protocol_class(),
             timeout_keep_alive=limits.keep_alive,
             limit_concurrency=limits.max_connections,
@@ -47,6 +47,17 @@ class LimitedConfig(uvicorn.Config):
             h11_max_incomplete_event_size=limits.max_header_bytes + 1024 * 1024,
             **options,
         )
+
+
+def bound_bodies(app: Any, timeout: float) -> ASGIApp:
+    """`app` with every request body read within `timeout` seconds: an app that bounds its own (a
+    `bound_bodies` method: the receiver's, whose webhook road does it cheaper) is asked to, any other
+    is wrapped in BodyDeadline."""
+    own = getattr(app, "bound_bodies", None)
+    if own is not None:
+        bounded: ASGIApp = own(timeout)
+        return bounded
+    return BodyDeadline(app, timeout)
 
 
 def server_config(app: Any, limits: ServerLimits | None = None, **options: Any) -> LimitedConfig:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from receiver.bodies import BodyReads
 from receiver.clock import VirtualClock
+from receiver.serving import ServerLimits
 from receiver.signing import WebhookSigner
-from tests.support.stack import SECRET, apiframe_body, apiframe_signature, receiver_stack
+from tests.support.stack import ADMIN, SECRET, apiframe_body, apiframe_signature, receiver_stack
 
 QUIET = {"apiframe": {"webhook": "drop", "delay": 600}, "expected_seconds": 600}
 
@@ -178,4 +182,67 @@ def test_a_progress_webhook_whose_commit_fails_is_answered_503_and_can_be_sent_a
     assert unchanged["progress"] is None
     assert again.status_code == 200
     assert again.json() == {"ok": True, "status": "running", "duplicate": False}
+    assert after["progress"] == 40
+
+
+def test_around_the_webhook_road_the_app_answers_as_before(tmp_path: Path, sink) -> None:
+    """The road is served in front of Starlette; paths and methods it does not take still get the app's
+    answers (405 for another method on a webhook path, 404 for a path the route would not match)."""
+    with receiver_stack(tmp_path, sink.url, **QUIET) as stack:
+        job = stack.submit("apiframe")
+        url = stack.hook_url(job["id"])
+        answers = {
+            "GET": httpx.get(url).status_code,
+            "PUT": httpx.put(url, content=b"{}").status_code,
+            "no token": httpx.post(f"{stack.url}/hooks/apiframe", content=b"{}").status_code,
+            "empty provider": httpx.post(f"{stack.url}/hooks//token", content=b"{}").status_code,
+            "one segment more": httpx.post(f"{url}/more", content=b"{}").status_code,
+        }
+        health = httpx.get(f"{stack.url}/healthz")
+
+    assert answers == {
+        "GET": 405,
+        "PUT": 405,
+        "no token": 404,
+        "empty provider": 404,
+        "one segment more": 404,
+    }
+    assert health.status_code == 200
+
+
+def raw_exchange(url: str, request: bytes) -> tuple[bytes, float]:
+    """Send `request` on a fresh connection; everything answered until the server closes, and the
+    seconds that took."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data, time.monotonic() - started
+
+
+def test_a_slow_webhook_body_gets_408_and_the_next_webhooks_are_recorded(tmp_path: Path, sink) -> None:
+    limits = ServerLimits(body_timeout=0.3)
+    with receiver_stack(tmp_path, sink.url, limits=limits, **QUIET) as stack:
+        job = stack.submit("apiframe")
+        path = stack.hook_url(job["id"]).removeprefix(stack.url)
+        head = f"POST {path} HTTP/1.1\r\nHost: receiver\r\nContent-Length: 100\r\n\r\n".encode()
+        slow, elapsed = raw_exchange(stack.url, head + b'{"event": ')
+        admin_slow, _ = raw_exchange(
+            stack.url,
+            f"POST /jobs HTTP/1.1\r\nHost: receiver\r\nAuthorization: Bearer {ADMIN}\r\n"
+            "Content-Length: 100\r\n\r\n{".encode(),
+        )
+        body = apiframe_body(job["provider_job_id"], event="progress")
+        answers = [httpx.post(stack.hook_url(job["id"]), content=body) for _ in range(3)]
+        after = stack.job(job["id"])
+
+    assert slow.startswith(b"HTTP/1.1 408 "), slow
+    assert slow.endswith(b"\r\n\r\nrequest body too slow")
+    assert b"connection: close" in slow.lower()
+    assert 0.3 <= elapsed < 0.3 * (1 + 1 / BodyReads.SWEEPS) + 1.0  # the bound, and a second of slack
+    assert admin_slow.startswith(b"HTTP/1.1 408 ")  # the rest of the app: BodyDeadline
+    assert [a.status_code for a in answers] == [200, 200, 200]
     assert after["progress"] == 40

@@ -124,6 +124,7 @@ def receiver_stack(
     run_worker: bool = True,
     handlers: list[dict[str, Any]] | None = None,
     clock: VirtualClock | None = None,
+    limits: ServerLimits | None = None,
     **settings: Any,
 ) -> Iterator[Stack]:
     """Emulator jobs take 0.3 s and the receiver expects 0.3 s, on a virtual clock that starts at the
@@ -142,7 +143,7 @@ def receiver_stack(
     with ExitStack() as stack:
         apiframe_server = BackgroundServer(apiframe_emulator.app).start()
         runbase_server = BackgroundServer(runbase_emulator.app).start()
-        server = BackgroundServer(limits=ServerLimits())  # as `receiver serve` runs
+        server = BackgroundServer(limits=limits or ServerLimits())  # as `receiver serve` runs
         stack.callback(stop_together, server, apiframe_server, runbase_server)
         config = replace(
             Settings(),
