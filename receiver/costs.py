@@ -2,8 +2,9 @@
 
 Costs are the providers' own figures (Apiframe's `creditCost` in credits, refunded on FAILED; Runbase's
 `costUsd` in US dollars, paid at submit, no refund documented), stored per job. A day is a UTC day and
-counts the jobs created in it. The budget check is made before a submit is sent; processes that submit
-at the same moment may each pass it, so a budget can be crossed by the jobs in flight at that moment.
+counts the jobs created in it. The budget check is made before a submit is sent, and made again in the
+transaction that records the job, one process after another (`Store.create_job` with a SpendLimit):
+jobs submitted at the same moment by several processes cannot together cross it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from handlers import BUDGET_EVENT
 from receiver.config import Settings
 from receiver.events import cost_unit, iso, new_event_id
 from receiver.providers.base import ProviderError
-from receiver.store import JobCost, Store
+from receiver.store import JobCost, SpendLimit, Store
 
 BUDGET_LEVELS = (80, 100)  # percent of a daily budget at which a `budget` event is sent, once each
 GROUPINGS = ("provider", "model", "metadata")
@@ -48,17 +49,28 @@ async def estimate(store: Store, settings: Settings, provider: str) -> float:
     return await store.last_cost(provider) or 0.0
 
 
-async def check_budget(store: Store, settings: Settings, provider: str, now: datetime) -> None:
-    """Raise BudgetExceeded when a new job would take `provider` past its daily budget: what today's jobs
-    cost, the open ones without a cost yet counted at the estimate, plus this one's estimate."""
+async def spend_limit(store: Store, settings: Settings, provider: str, now: datetime) -> SpendLimit | None:
+    """Today's budget for `provider` and what one more job on it is taken to cost; None: no budget."""
     budget = settings.daily_budgets.get(provider)
     if budget is None:
-        return
-    spent, open_jobs = await store.spent_since(provider, day_start(now))
-    cost = await estimate(store, settings, provider)
-    committed = spent + open_jobs * cost
-    if committed + cost > budget or committed >= budget:
-        raise BudgetExceeded(provider, committed, cost, budget)
+        return None
+    return SpendLimit(budget, await estimate(store, settings, provider), day_start(now))
+
+
+def over(provider: str, limit: SpendLimit, committed: float) -> BudgetExceeded:
+    return BudgetExceeded(provider, committed, limit.estimate, limit.limit)
+
+
+async def check_budget(store: Store, settings: Settings, provider: str, now: datetime) -> SpendLimit | None:
+    """Raise BudgetExceeded when a new job would take `provider` past its daily budget: what today's jobs
+    cost, the open ones without a cost yet counted at the estimate, plus this one's estimate. Returns the
+    limit, for `Store.create_job` to check again as it records the job."""
+    limit = await spend_limit(store, settings, provider, now)
+    if limit is not None:
+        committed = limit.committed(*await store.spent_since(provider, limit.since))
+        if not limit.fits(committed):
+            raise over(provider, limit, committed)
+    return limit
 
 
 async def budget_events(

@@ -22,7 +22,7 @@ from receiver.changes import Changes
 from receiver.clock import Clock, system_clock
 from receiver.completion import Kind, Lognormal, Models
 from receiver.config import Settings, SettingsError
-from receiver.costs import BudgetExceeded, budget_events, check_budget, day_start, sum_costs
+from receiver.costs import BudgetExceeded, budget_events, check_budget, day_start, over, sum_costs
 from receiver.events import TERMINAL, Job, JobError, JobStatus, attempt, keyed_job_id, new_job_id
 from receiver.failover import Choice, may_fail_over, parse_choice, providers_of
 from receiver.generation import KlingRequest, ValidationError
@@ -44,8 +44,10 @@ from receiver.schedule import retry_delay
 from receiver.signing import TokenError, WebhookSigner
 from receiver.store import (
     HandlerRoute,
+    OverBudget,
     Progressed,
     Recorded,
+    SpendLimit,
     Store,
     StoreUnavailable,
     Update,
@@ -306,36 +308,44 @@ class Receiver:
         now = self.clock()
         names = providers_of(provider, self.settings)
         skipped: list[dict[str, Any]] = []
-        usable: list[str] = []
+        usable: list[tuple[str, SpendLimit | None]] = []
         refusal: UnsupportedParameter | BudgetExceeded | None = None
         for name in names:
             try:
                 self.client(name).check(request)
-                await check_budget(self.store, self.settings, name, now)
+                usable.append((name, await check_budget(self.store, self.settings, name, now)))
             except (UnsupportedParameter, BudgetExceeded) as exc:
                 refusal = refusal or exc
                 skipped.append(attempt(name, "not_sent", str(exc), now))
+        deadline = now + timedelta(seconds=self.settings.job_timeout)
+        for index, (name, limit) in enumerate(usable):
+            job = Job(
+                id=job_id,
+                provider=name,
+                status=JobStatus.PENDING,
+                request=request.params(),
+                metadata=request.metadata,
+                created_at=now,
+                webhook_url=self._webhook_url(job_id, name),
+                attempts=skipped,
+                fallbacks=[later for later, _ in usable[index + 1 :]],
+            )
+            try:
+                created = await self.store.create_job(
+                    job, deadline, now + timedelta(seconds=self.settings.submit_lease), limit
+                )
+            except OverBudget as exc:  # another process's job took the room since the check above
+                assert limit is not None
+                exceeded = over(name, limit, exc.committed)
+                refusal = refusal or exceeded
+                skipped.append(attempt(name, "not_sent", str(exceeded), now))
                 continue
-            usable.append(name)
-        if not usable:
+            if not created:
+                raise _Taken(job_id)  # the same Idempotency-Key, sent twice at once: the other sends it
+            break
+        else:
             assert refusal is not None  # every name was checked, and each refused
             raise refusal
-        job = Job(
-            id=job_id,
-            provider=usable[0],
-            status=JobStatus.PENDING,
-            request=request.params(),
-            metadata=request.metadata,
-            created_at=now,
-            webhook_url=self._webhook_url(job_id, usable[0]),
-            attempts=skipped,
-            fallbacks=usable[1:],
-        )
-        deadline = now + timedelta(seconds=self.settings.job_timeout)
-        if not await self.store.create_job(
-            job, deadline, now + timedelta(seconds=self.settings.submit_lease)
-        ):
-            raise _Taken(job_id)  # the same Idempotency-Key, sent twice at once: the other call sends it
         try:
             await self.send(job)
         finally:

@@ -74,6 +74,30 @@ class JobCost:
 
 
 @dataclass(frozen=True)
+class SpendLimit:
+    """A provider's daily budget a new job must fit in: what its jobs created since `since` cost, the
+    open ones with no cost yet counted at `estimate`, plus this one at `estimate`, at most `limit`."""
+
+    limit: float
+    estimate: float
+    since: datetime
+
+    def committed(self, spent: float, open_jobs: int) -> float:
+        return spent + open_jobs * self.estimate
+
+    def fits(self, committed: float) -> bool:
+        return committed < self.limit and committed + self.estimate <= self.limit
+
+
+class OverBudget(Exception):
+    """`create_job` found the job's provider at its daily budget; nothing was written."""
+
+    def __init__(self, committed: float) -> None:
+        super().__init__(f"{committed:g} spent or committed today")
+        self.committed = committed
+
+
+@dataclass(frozen=True)
 class HandlerRoute:
     """A handler the store makes a delivery row for when a job ends with a matching event."""
 
@@ -103,9 +127,13 @@ class Store(Protocol):
         brought forward, a replay): at once for this store's own writes, and with `notices` on PostgreSQL
         (LISTEN/NOTIFY) for every process's. `sleep` paces reconnecting a lost listen connection."""
 
-    async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> bool:
+    async def create_job(
+        self, job: Job, deadline: datetime, look_at: datetime | None = None, spend: SpendLimit | None = None
+    ) -> bool:
         """Insert a new job; one without a provider job id is looked at again at `look_at`. False when a
-        job with its id exists already (nothing is written)."""
+        job with its id exists already (nothing is written). With `spend`, the job must fit its
+        provider's daily budget, checked and recorded in one transaction that every process's
+        `create_job` for that provider waits its turn for; else OverBudget (nothing is written)."""
 
     async def queue_job(
         self, job_id: str, at: datetime, refusals: int, status: JobStatus = JobStatus.QUEUED

@@ -15,7 +15,17 @@ from receiver.completion import Finished
 from receiver.config import SettingsError
 from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus, iso
 from receiver.providers.ratelimit import slot_wait
-from receiver.store.base import Admission, DueDelivery, JobCost, Matcher, Progressed, Recorded, Update
+from receiver.store.base import (
+    Admission,
+    DueDelivery,
+    JobCost,
+    Matcher,
+    OverBudget,
+    Progressed,
+    Recorded,
+    SpendLimit,
+    Update,
+)
 from receiver.store.connector import Connector, Row, Sleep, Transaction
 from receiver.store.queries import load
 from receiver.store.state import apply_update, finished_status, rank, replay_targets
@@ -97,8 +107,12 @@ class SQLStore:
         if self.connector.notifies:
             await tx.execute(*self._q("notify_wake", origin=self.origin))
 
-    async def create_job(self, job: Job, deadline: datetime, look_at: datetime | None = None) -> bool:
+    async def create_job(
+        self, job: Job, deadline: datetime, look_at: datetime | None = None, spend: SpendLimit | None = None
+    ) -> bool:
         async def work(tx: Transaction) -> bool:
+            if spend is not None:
+                await self._within(tx, job.provider, spend)
             inserted = await tx.fetch(
                 *self._q(
                     "insert_job",
@@ -120,6 +134,18 @@ class SQLStore:
             return bool(inserted)
 
         return await self.connector.run(work)
+
+    async def _within(self, tx: Transaction, provider: str, spend: SpendLimit) -> None:
+        """Hold the provider's spend key (a row of the rate budget's key table, so no other process's
+        check runs until this transaction ends), then check the budget; OverBudget when the job would
+        not fit."""
+        key = f"spend:{provider}"
+        await tx.execute(*self._q("budget_key", key=key))
+        await tx.fetch(*self._q("lock_budget_key", key=key))
+        (row,) = await tx.fetch(*self._q("spent_since", provider=provider, since=spend.since))
+        committed = spend.committed(float(row["spent"]), int(row["open"]))
+        if not spend.fits(committed):
+            raise OverBudget(committed)
 
     async def mark_submitted(
         self,

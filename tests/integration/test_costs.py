@@ -9,9 +9,11 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from receiver.events import Job, JobStatus, new_job_id
 from receiver.service import Receiver
 from tests.integration.test_unknown_submits import events
 from tests.support.inbox import Inbox
@@ -154,3 +156,34 @@ def test_the_daily_budget_refuses_the_job_that_would_cross_it_and_announces_80_a
     assert cli_code == 1
     assert cli_err.count("\n") == 1
     assert "daily budget exceeded" in cli_err
+
+
+def test_a_job_recorded_by_another_process_after_the_check_sends_the_submit_on_to_the_next_provider(
+    tmp_path: Path, sink: Inbox, store_url: str
+) -> None:
+    """The budget is checked again where the job is recorded: another process's job that took the last
+    room after this submit's first check sends it on to the next provider, and Apiframe never sees it."""
+    options: dict[str, Any] = {"daily_budgets": {"apiframe": 20.0}, "cost_estimates": {"apiframe": 10.0}}
+    with receiver_stack(tmp_path, sink.url, database_url=store_url, **options) as stack:
+        store = stack.receiver.store
+        create_job = store.create_job
+        competitor = Job(id=new_job_id(), provider="apiframe", status=JobStatus.PENDING, request={},
+                         created_at=stack.clock())  # fmt: skip
+
+        async def after_another_process(job: Job, *args: Any, **kwargs: Any) -> bool:
+            if job.provider == "apiframe":  # the other process records its job first, within budget
+                assert await create_job(competitor, *args, **kwargs)
+                assert await create_job(replace(competitor, id=new_job_id()), *args, **kwargs)
+            return await create_job(job, *args, **kwargs)
+
+        store.create_job = after_another_process  # type: ignore[method-assign]
+        job = stack.admin.post("/jobs", json={"provider": ["apiframe", "runbase"], "prompt": "a fox"})
+
+    assert job.status_code == 202, job.text
+    assert job.json()["provider"] == "runbase"
+    (skipped, sent) = job.json()["attempts"]
+    assert skipped["provider"] == "apiframe"
+    assert skipped["outcome"] == "not_sent"
+    assert "daily budget exceeded" in skipped["answer"]
+    assert sent["provider"] == "runbase"
+    assert stack.apiframe.jobs == {}
