@@ -99,6 +99,13 @@ class Lognormal:
             return 0.0
         return _NORMAL.cdf((math.log(seconds) - self.mu) / self.sigma)
 
+    def survival(self, seconds: float) -> float:
+        """The chance the job is still running `seconds` after submit: 1 - cdf, computed as the upper
+        tail itself, so it stays exact far past the p99 where 1 - cdf would round to 0."""
+        if seconds <= 0:
+            return 1.0
+        return 0.5 * math.erfc((math.log(seconds) - self.mu) / (self.sigma * math.sqrt(2.0)))
+
     def quantile(self, p: float) -> float:
         """The time by which a share `p` (0 < p < 1) of such jobs has finished."""
         return math.exp(self.mu + self.sigma * _NORMAL.inv_cdf(p))

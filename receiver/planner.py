@@ -7,9 +7,18 @@ completion model (receiver/completion.py), its history (submit, last look) and t
   MAX_STEP apart.
 - A job whose provider sends webhooks is looked at only well past the model's p99 (the webhook is
   missing), then at widening gaps.
-- When more looks are due than the budget has slots, each slot goes to the due job most likely to
-  have finished since its last look; budgeted looks go out one per `spacing` (window / limit), so the
-  budget is spread across its window instead of spent in a burst that then stalls every look.
+- Jobs that share a rate budget pool their chances. THRESHOLD is the price of a request, counted in
+  videos found: a request is worth sending once the expected number of budgeted jobs that finished
+  since their last look (`pool`; the worker pools the jobs due within the budget's window) reaches
+  it, and it goes to the job most likely to be one of them.
+  A lone job's pool is its own chance, so it is looked at exactly when its own plan says (about
+  1/THRESHOLD looks); k jobs in flight fill the pool about k times as fast, so the budget that a lone
+  job would leave idle is spent on whichever of them most likely finished, up to the whole budget
+  when many are near their end. Jobs past their model's p99 stay out of the pool: the model is wrong
+  for them, and their widening plan bounds what they cost.
+- Each slot goes to the job most likely finished since its last look (ties: the one looked at
+  longest ago); budgeted looks go out one per `spacing` (window / limit), so the budget is spread
+  across its window instead of spent in a burst that then stalls every look.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ RECONCILE_QUANTILE = 0.99
 # every MIN_GAP at a job it says must be done, the gap grows with the job's age.
 TAIL_QUANTILE = 0.99
 TAIL_GAP = 0.1
+POOL_STEPS = 20  # pool_fills looks for the moment the pool fills on this many steps, then bisects
 
 # Seconds after submit of the next look, given the model and the seconds after submit of the last one.
 Plan = Callable[[Lognormal, float], float]
@@ -38,10 +48,10 @@ def chance(model: Lognormal, last: float, now: float) -> float:
     """The chance that a job not finished at `last` (seconds after submit) has finished by `now`."""
     if now <= last:
         return 0.0
-    alive = 1.0 - model.cdf(last)
+    alive = model.survival(last)
     if alive <= 0.0:
         return 1.0
-    return min(1.0, (model.cdf(now) - model.cdf(last)) / alive)
+    return min(1.0, max(0.0, 1.0 - model.survival(now) / alive))
 
 
 def polling_plan(model: Lognormal, last: float, threshold: float = THRESHOLD) -> float:
@@ -85,28 +95,67 @@ class Due:
     due_at: datetime
     budgeted: bool  # its requests spend the rate budget
 
+    @property
+    def last(self) -> datetime:
+        return self.last_look or self.submitted_at
+
     def chance(self, now: datetime) -> float:
-        last = self.last_look or self.submitted_at
         return chance(
-            self.model, (last - self.submitted_at).total_seconds(), (now - self.submitted_at).total_seconds()
+            self.model,
+            (self.last - self.submitted_at).total_seconds(),
+            (now - self.submitted_at).total_seconds(),
         )
 
+    def pooled(self, now: datetime) -> float:
+        """What it adds to the pool: its chance, while it is budgeted and younger than the model's
+        TAIL_QUANTILE (past it the model is wrong for this job, which keeps its own widening plan)."""
+        young = (now - self.submitted_at).total_seconds() < self.model.quantile(TAIL_QUANTILE)
+        return self.chance(now) if self.budgeted and young else 0.0
 
-def choose(
-    candidates: Sequence[Due], now: datetime, budget_slots: int, capacity: int, most: int
-) -> list[Due]:
-    """The looks to make now (at most `most`), from the jobs due now or within the budget's window: the
-    `budget_slots` budgeted ones most likely to have finished since their last look (ties: the earliest
-    submitted), then the unbudgeted ones due now. Budgeted ones are taken from the jobs due now, or,
-    when more budgeted looks fall due within the window than its `capacity`, from all of them: the
-    budget cannot make every planned look on time, so a free slot now goes to the likeliest one rather
-    than unused."""
-    ranked = sorted(candidates, key=lambda d: (-d.chance(now), d.submitted_at, d.id))
-    budgeted = [d for d in ranked if d.budgeted]
-    if len(budgeted) <= capacity:
-        budgeted = [d for d in budgeted if d.due_at <= now]
+
+def pool(candidates: Sequence[Due], now: datetime) -> float:
+    """The expected number of budgeted jobs that finished since their last look, of those not past
+    their model's tail: how much there is to find with the next request."""
+    return math.fsum(d.pooled(now) for d in candidates)
+
+
+def choose(candidates: Sequence[Due], now: datetime, budget_slots: int, most: int) -> list[Due]:
+    """The looks to make now (at most `most`): the `budget_slots` budgeted ones most likely to have
+    finished since their last look (ties: the longest since looked at, then the earliest submitted),
+    then the unbudgeted ones due now. Budgeted ones are taken from the jobs due now, and, once the
+    pool (`pool`) reaches THRESHOLD, from every job in it: the request is worth its price somewhere,
+    and goes where the chance is highest."""
+    ranked = sorted(candidates, key=lambda d: (-d.chance(now), d.last, d.submitted_at, d.id))
+    pooling = pool(candidates, now) >= THRESHOLD
+    budgeted = [d for d in ranked if d.budgeted and (d.due_at <= now or (pooling and d.pooled(now) > 0))]
     free = [d for d in ranked if not d.budgeted and d.due_at <= now]
     return (budgeted[: max(0, budget_slots)] + free)[: max(0, most)]
+
+
+def pool_fills(candidates: Sequence[Due], now: datetime, until: datetime) -> datetime | None:
+    """The first moment in [now, until] at which `pool(candidates)` reaches THRESHOLD (to within
+    POOL_STEPS of the span and then MIN_GAP), None when it does not: when the next request is worth
+    sending although no job is due by its own plan."""
+    span = (until - now).total_seconds()
+    if span <= 0 or not any(d.budgeted for d in candidates):
+        return None
+    low = now
+    for step in range(POOL_STEPS + 1):
+        at = now + timedelta(seconds=span * step / POOL_STEPS)
+        if pool(candidates, at) >= THRESHOLD:
+            break
+        low = at
+    else:
+        return None
+    if at == now:
+        return now
+    while (at - low).total_seconds() > MIN_GAP:
+        middle = low + (at - low) / 2
+        if pool(candidates, middle) >= THRESHOLD:
+            at = middle
+        else:
+            low = middle
+    return at
 
 
 @dataclass(frozen=True)

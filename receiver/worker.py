@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -46,6 +46,9 @@ class Worker:
         settings = receiver.settings
         self._pace = planner.Pace(settings.runbase_rate_window / settings.runbase_rate_limit)
         self._held = False  # due polls were left for the pace or the budget: look again when it frees
+        # When the pool of jobs sharing the budget is next worth a request (planner.pool_fills), though
+        # none is due by its own plan: the loop comes back then, or when the pace frees if later.
+        self._pool_at: datetime | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -102,16 +105,18 @@ class Worker:
                 woken = await _first(self._wake, stop, receiver.clock.sleep(idle))
 
     async def _idle(self) -> float:
-        """Seconds until the next stored due time, within the safety net: MAX_IDLE_LISTENING while notices
-        arrive (they wake the worker for anything new), MAX_IDLE when only looking finds other work."""
-        store = self.receiver.store
+        """Seconds until the next stored due time or the pool's (`_pool_at`, no sooner than the pace
+        allows), within the safety net: MAX_IDLE_LISTENING while notices arrive (they wake the worker
+        for anything new), MAX_IDLE when only looking finds other work."""
+        store, clock = self.receiver.store, self.receiver.clock
         longest = MAX_IDLE_LISTENING if store.listening else MAX_IDLE
         due = await store.next_due()
-        if due is None:
-            return longest
-        until = (due - self.receiver.clock()).total_seconds()
+        until = longest if due is None else (due - clock()).total_seconds()
+        pace = self._pace.free_at - clock.monotonic()
         if self._held and until <= 0:  # what is due waits for the budget's pace, not a busy loop
-            until = self._pace.free_at - self.receiver.clock.monotonic()
+            until = pace
+        if self._pool_at is not None:
+            until = min(until, max((self._pool_at - clock()).total_seconds(), pace))
         return min(longest, max(0.0, until))
 
     async def _expire(self, counts: Counter[str]) -> None:
@@ -154,7 +159,7 @@ class Worker:
         # one-shot round takes only what is due.
         window = timedelta(seconds=settings.runbase_rate_window if paced else 0.0)
         claimed = await receiver.store.claim_due_polls(now, POLL_BATCH, LEASE, due_by=now + window)
-        self._held = False
+        self._held, self._pool_at = False, None
         if not claimed:
             return
         models = await receiver.completion_models()
@@ -172,10 +177,12 @@ class Worker:
         ]
         moment = receiver.clock.monotonic()
         slots = self._pace.slots(moment) if paced else CONCURRENCY
-        chosen = planner.choose(due, now, slots, settings.runbase_rate_limit, CONCURRENCY)
+        chosen = planner.choose(due, now, slots, CONCURRENCY)
         if any(look.budgeted for look in chosen):
             self._pace = self._pace.spent(moment)
         picked = {look.id for look in chosen}
+        left = [look for look in due if look.id not in picked]
+        self._pool_at = planner.pool_fills(left, now, now + window)
         held = [job_id for job_id in jobs if job_id not in picked]
         await receiver.store.release_polls(held)
         self._held = any((jobs[job_id].next_poll_at or now) <= now for job_id in held)

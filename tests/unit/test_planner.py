@@ -31,6 +31,8 @@ from receiver.planner import (
     choose,
     next_look_at,
     polling_plan,
+    pool,
+    pool_fills,
     webhook_plan,
 )
 from receiver.schedule import MAX_STEP, MIN_GAP
@@ -188,31 +190,75 @@ def _due(job_id: str, last: float, due_at: float, *, budgeted: bool = True, subm
 def test_a_slot_goes_to_the_job_most_likely_finished_since_its_last_look() -> None:
     now = _at(160.0)
     due = [_due("looked_now", 155.0, 158.0), _due("looked_long_ago", 110.0, 120.0), _due("mid", 140.0, 150.0)]
-    assert [d.id for d in choose(due, now, 1, capacity=20, most=16)] == ["looked_long_ago"]
-    assert [d.id for d in choose(due, now, 2, capacity=20, most=16)] == ["looked_long_ago", "mid"]
+    assert [d.id for d in choose(due, now, 1, most=16)] == ["looked_long_ago"]
+    assert [d.id for d in choose(due, now, 2, most=16)] == ["looked_long_ago", "mid"]
 
 
 def test_jobs_without_a_budget_are_all_looked_at_and_take_no_slot() -> None:
     now = _at(200.0)
     due = [_due("apiframe", 0.0, 190.0, budgeted=False), _due("runbase", 120.0, 150.0)]
-    assert [d.id for d in choose(due, now, 0, capacity=20, most=16)] == ["apiframe"]
-    assert [d.id for d in choose(due, now, 1, capacity=20, most=16)] == ["runbase", "apiframe"]
-    assert [d.id for d in choose(due, now, 1, capacity=20, most=1)] == ["runbase"]
+    assert [d.id for d in choose(due, now, 0, most=16)] == ["apiframe"]
+    assert [d.id for d in choose(due, now, 1, most=16)] == ["runbase", "apiframe"]
+    assert [d.id for d in choose(due, now, 1, most=1)] == ["runbase"]
 
 
-def test_a_look_not_yet_due_waits_while_the_budget_can_make_every_planned_look() -> None:
+def test_a_lone_job_not_yet_due_waits_for_its_own_plan() -> None:
+    """Alone, the pool is the job's own chance: it fills when the job's plan says the look is due."""
+    job = _due("alone", 120.0, polling_plan(PRIOR, 120.0))
+    assert choose([job], _at(121.0), 1, most=16) == []
+    fills = pool_fills([job], _at(121.0), _at(400.0))
+    assert fills is not None
+    assert abs((fills - job.due_at).total_seconds()) <= MIN_GAP
+
+
+def test_jobs_sharing_the_budget_pool_their_chances_and_the_likeliest_gets_the_slot() -> None:
+    """Ten jobs, none due by its own plan, each with a few percent of chance: together a request is
+    worth sending, to the one looked at longest ago."""
+    now = _at(130.0)
+    jobs = [_due(f"job_{i}", 129.5 - 0.25 * i, 140.0) for i in range(10)]
+    assert all(d.chance(now) < THRESHOLD for d in jobs)
+    assert pool(jobs, now) >= THRESHOLD
+    assert [d.id for d in choose(jobs, now, 1, most=16)] == ["job_9"]
+    assert choose(jobs[:1], now, 1, most=16) == []
+
+
+def test_equal_chances_go_to_the_job_looked_at_longest_ago() -> None:
     now = _at(100.0)
-    soon = [_due(f"job_{i}", 0.0, 104.0) for i in range(20)]
-    assert choose(soon, now, 1, capacity=20, most=16) == []
-    assert choose([*soon, _due("apiframe", 0.0, 105.0, budgeted=False)], now, 1, capacity=20, most=16) == []
+    jobs = [_due("recent", 80.0 + 1e-6, 90.0), _due("waiting", 80.0, 90.0)]
+    assert [d.id for d in choose(jobs, now, 1, most=16)] == ["waiting"]
 
 
-def test_when_more_looks_fall_due_than_the_window_holds_a_free_slot_is_spent_now() -> None:
-    now = _at(100.0)
-    soon = [_due(f"job_{i}", 0.0, 104.0, submitted=i) for i in range(21)]
-    assert [d.id for d in choose(soon, now, 1, capacity=20, most=16)] == [
-        "job_0"
-    ]  # equal chances: oldest first
+def test_a_job_past_its_models_tail_adds_nothing_to_the_pool_and_waits_for_its_own_plan() -> None:
+    now = _at(PRIOR.quantile(0.999))
+    late = [_due(f"late_{i}", now.timestamp() - T0.timestamp() - 5.0, 10**5) for i in range(20)]
+    assert pool(late, now) == 0.0
+    assert choose(late, now, 1, most=16) == []
+    assert pool_fills(late, now, now + timedelta(seconds=10)) is None
+
+
+def test_far_past_the_p99_the_chance_is_still_a_share_of_the_jobs_alive() -> None:
+    """1 - cdf rounds to 0 there: the chance comes from the upper tail itself, so late jobs are told
+    apart by how long ago they were looked at instead of all counting as certain."""
+    model = Lognormal(math.log(150.0), 0.1)
+    assert 0.0 < chance(model, 400.0, 401.0) < chance(model, 400.0, 402.0) < 1.0
+
+
+LASTS = st.lists(st.floats(min_value=0.0, max_value=200.0), min_size=1, max_size=20)
+
+
+@given(LASTS, st.floats(min_value=201.0, max_value=260.0))
+def test_the_pool_fills_where_the_pooled_chance_first_reaches_the_threshold(
+    lasts: list[float], now: float
+) -> None:
+    """Below the model's p99 (268 s) the pool only grows: the moment found is the first it is full."""
+    jobs = [_due(f"job_{i}", last, 10**5) for i, last in enumerate(lasts)]
+    start, until = _at(now - 60.0), _at(now)
+    fills = pool_fills(jobs, start, until)
+    if fills is None:
+        assert pool(jobs, until) < THRESHOLD
+    elif fills > start:
+        assert pool(jobs, fills) >= THRESHOLD
+        assert pool(jobs, fills - timedelta(seconds=MIN_GAP)) < THRESHOLD
 
 
 @given(
@@ -224,7 +270,7 @@ def test_chosen_budgeted_looks_fit_the_slots_and_beat_every_due_one_left(
 ) -> None:
     now = _at(301.0)
     due = [_due(f"job_{i}", last, 300.0) for i, last in enumerate(lasts)]
-    chosen = choose(due, now, slots, capacity=20, most=16)
+    chosen = choose(due, now, slots, most=16)
     assert len(chosen) == min(slots, len(due))
     left = [d for d in due if d not in chosen]
     if chosen and left:
