@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -119,7 +120,7 @@ async def _receive_body(receive: Receive) -> bytes:
 def parse_object(body: bytes) -> dict[str, Any]:
     """A JSON object, or BadJSON."""
     try:
-        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+        data = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))  # as json.loads
     except RecursionError:
         raise BadJSON(f"body is nested more than {MAX_DEPTH} levels deep") from None
     except ValueError:
@@ -141,21 +142,29 @@ def _finite(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)  # json.loads makes one a call
+_CONTAINERS = (dict, list)
+
+
 def _check(data: dict[str, Any]) -> None:
     """Depth and strings, walked without recursion (the point is not to recurse on input)."""
-    pending: list[tuple[Any, int]] = [(data, 1)]
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
     while pending:
-        value, depth = pending.pop()
-        if isinstance(value, str):
-            if _UNSTORABLE.search(value):
-                raise BadJSON("body holds a string with a NUL character or an unpaired surrogate")
-            continue
-        if not isinstance(value, dict | list):
-            continue
+        container, depth = pending.pop()
         if depth > MAX_DEPTH:
             raise BadJSON(f"body is nested more than {MAX_DEPTH} levels deep")
-        items = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value]
-        for key, item in items:
-            if key is not None:
-                pending.append((key, depth))
-            pending.append((item, depth + 1))
+        values: Iterable[Any] = container
+        if isinstance(container, dict):
+            for key in container:
+                _check_string(key)
+            values = container.values()
+        for value in values:
+            if isinstance(value, str):
+                _check_string(value)
+            elif isinstance(value, _CONTAINERS):
+                pending.append((value, depth + 1))
+
+
+def _check_string(text: str) -> None:
+    if _UNSTORABLE.search(text):
+        raise BadJSON("body holds a string with a NUL character or an unpaired surrogate")

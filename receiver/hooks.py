@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -40,6 +41,13 @@ def dumps(answer: dict[str, Any]) -> bytes:
     return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+@lru_cache(maxsize=64)
+def accepted(items: tuple[tuple[str, Any], ...]) -> bytes:
+    """A 200's body, by its items: accepted webhooks get a few answers (status, duplicate), over and
+    over, and encoding each again was a tenth of the road's own work."""
+    return dumps(dict(items))
+
+
 class HookRoad:
     """The webhook road as a bare ASGI app. Providers send it more requests than everything else
     together, so `ReceiverApp` serves it in front of Starlette: no routing, middleware, Request or
@@ -75,11 +83,13 @@ class HookRoad:
         except StoreUnavailable as exc:
             await respond(send, 503, dumps({"error": str(exc)}), JSON, [(b"retry-after", RETRY_AFTER)])
             return
-        if reason is not None:
-            answer = {"error": reason}
+        if reason is None:
+            body = accepted(tuple(answer.items()))
+        else:
+            body = dumps({"error": reason})
             log.warning("webhook.refused", provider=provider, status_code=status, reason=reason)
         receiver.metrics.webhook(provider, status)
-        await respond(send, status, dumps(answer), JSON)
+        await respond(send, status, body, JSON)
 
 
 async def respond(

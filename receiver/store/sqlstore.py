@@ -260,14 +260,16 @@ class SQLStore:
             progress=update.progress,
             provider_job_id=update.provider_job_id,
         )
-        brief = self._q("job_brief", id=job_id)
 
         async def work(tx: Transaction) -> Progressed:
-            rows = await tx.fetch(*advance) or await tx.fetch(*brief)
+            rows = await tx.fetch(*advance) or await tx.fetch(*self._q("job_brief", id=job_id))
             if not rows:
                 return Progressed(None, changed=False)
             row = rows[0]
             on_record, reported = row["provider_job_id"], update.provider_job_id
+            if row["changed"] and on_record is None and reported is not None:  # none on record yet
+                await tx.execute(*self._q("adopt_provider_job_id", id=job_id, provider_job_id=reported))
+                return Progressed(JobStatus(row["status"]), changed=True)
             conflict = bool(on_record and reported and on_record != reported)
             return Progressed(JobStatus(row["status"]), changed=bool(row["changed"]), conflict=conflict)
 

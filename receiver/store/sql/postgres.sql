@@ -186,7 +186,7 @@ ALTER TABLE receiver_deliveries ADD COLUMN history text NOT NULL DEFAULT '';
 -- A report that does not end the job, by the rules of state.apply_update (the ranks are its _RANK):
 -- the status moves forward only, the progress only up, the provider job id is taken when none is on
 -- record; a finished job, another provider job id, or a report that changes nothing matches no row,
--- so nothing is written. Columns: the status after, the provider job id on record, changed.
+-- so nothing is written. Columns: the status after, the provider job id on record after, changed.
 -- One statement, so one round trip whether or not it changes the job.
 WITH advanced AS (
     UPDATE receiver_jobs SET
@@ -202,9 +202,10 @@ WITH advanced AS (
         AND (CAST(:rank AS INTEGER) > (CASE status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
             OR (CAST(:progress AS INTEGER) IS NOT NULL AND (progress IS NULL OR progress < CAST(:progress AS INTEGER)))
             OR (provider_job_id IS NULL AND CAST(:provider_job_id AS TEXT) IS NOT NULL))
-    RETURNING status
+    RETURNING status, provider_job_id
 )
-SELECT COALESCE((SELECT status FROM advanced), j.status) AS status, j.provider_job_id,
+SELECT COALESCE((SELECT status FROM advanced), j.status) AS status,
+    COALESCE((SELECT provider_job_id FROM advanced), j.provider_job_id) AS provider_job_id,
     EXISTS (SELECT 1 FROM advanced) AS changed
 FROM receiver_jobs AS j WHERE j.id = :id
 

@@ -42,6 +42,10 @@ UPDATE receiver_jobs SET status = :status, progress = :progress, provider_job_id
     cost = :cost
 WHERE id = :id
 
+-- name: adopt_provider_job_id
+-- A report's provider job id for a job that has none on record yet (see advance_job).
+UPDATE receiver_jobs SET provider_job_id = :provider_job_id WHERE id = :id AND provider_job_id IS NULL
+
 -- name: job_brief
 -- What answers a report that changed nothing (see advance_job).
 SELECT status, provider_job_id, 0 AS changed FROM receiver_jobs WHERE id = :id

@@ -230,16 +230,17 @@ ALTER TABLE receiver_deliveries ADD COLUMN history TEXT NOT NULL DEFAULT '';
 
 -- name: advance_job
 -- A report that does not end the job, by the rules of state.apply_update (the ranks are its _RANK):
--- the status moves forward only, the progress only up, the provider job id is taken when none is on
--- record; a finished job, another provider job id, or a report that changes nothing matches no row,
--- so nothing is written. Columns: the status after, the provider job id on record, changed.
+-- the status moves forward only, the progress only up; a finished job, another provider job id, or a
+-- report that changes nothing matches no row, so nothing is written. Columns: the status after, the
+-- provider job id on record after, changed. The provider job id is not set here but by
+-- adopt_provider_job_id when this returns none: SQLite rewrites the entries of every index on a
+-- column the SET names, changed or not, and (provider, provider_job_id) made each report a third dearer.
 UPDATE receiver_jobs SET
     status = CASE WHEN CAST(:rank AS INTEGER) > (CASE status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
         THEN CAST(:status AS TEXT) ELSE status END,
     progress = CASE WHEN CAST(:progress AS INTEGER) IS NULL THEN progress
         WHEN progress IS NULL OR progress < CAST(:progress AS INTEGER) THEN CAST(:progress AS INTEGER)
-        ELSE progress END,
-    provider_job_id = COALESCE(provider_job_id, CAST(:provider_job_id AS TEXT))
+        ELSE progress END
 WHERE id = :id AND status NOT IN ('succeeded', 'failed', 'canceled')
     AND (provider_job_id IS NULL OR CAST(:provider_job_id AS TEXT) IS NULL
         OR provider_job_id = CAST(:provider_job_id AS TEXT))
