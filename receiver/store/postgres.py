@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from contextvars import ContextVar
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -97,8 +98,8 @@ class PostgresConnector:
             open=False,
             name="receiver-store",
             # A connection is checked before it is lent: after a server restart every pooled one is
-            # dead, and without the check each would fail one call.
-            check=AsyncConnectionPool.check_connection,
+            # dead, and without the check each would fail one call. run_grouped lends unchecked.
+            check=_check_unless_grouped,
         )
         try:
             await self._first_connection(options)
@@ -172,14 +173,37 @@ class PostgresConnector:
             raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
 
     async def run_grouped(self, work: Work[T]) -> T:
-        """Each statement of `work` commits on its own (the connection is in autocommit)."""
-        if self._pool is None:
+        """Each statement of `work` commits on its own (the connection is in autocommit). The
+        connection is lent without the pool's check, whose round trip doubled a record's; should it
+        fail (a server restart since it was last used), the work runs once more on a checked one.
+        Grouped work is a report, which applied twice has the effect of once."""
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("store is not open")
+        lent = _GROUPED.set(True)
         try:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
+                return await work(PostgresTransaction(conn))
+        except psycopg.OperationalError:
+            pass
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+        finally:
+            _GROUPED.reset(lent)
+        try:
+            async with pool.connection() as conn:
                 return await work(PostgresTransaction(conn))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+
+
+_GROUPED: ContextVar[bool] = ContextVar("grouped", default=False)  # a lend for run_grouped: unchecked
+
+
+async def _check_unless_grouped(conn: Connection) -> None:
+    """The pool's check before lending (an empty statement), except for run_grouped's lends."""
+    if not _GROUPED.get():
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def _connect_options(url: str) -> dict[str, Any]:

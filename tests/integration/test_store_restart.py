@@ -1,5 +1,6 @@
-"""A PostgreSQL restart costs the store no failed call: the pool checks a connection before lending it,
-and a store opened while the server restarts waits for it."""
+"""A PostgreSQL restart costs the store no failed call: the pool checks a connection before lending it
+(a progress record, lent one unchecked, runs again on a checked one when it fails), and a store opened
+while the server restarts waits for it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +16,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from receiver.config import SettingsError
-from receiver.store import open_store
+from receiver.events import Job, JobStatus, new_job_id
+from receiver.store import Progressed, Update, open_store
 from tests.support.pgcluster import private_cluster
 from tests.support.waiting import wait_until_async
 
@@ -45,6 +48,31 @@ async def test_every_call_after_a_restart_succeeds() -> None:
             assert await store.next_due() is None
         finally:
             await store.close()
+
+
+async def test_every_progress_record_after_a_restart_succeeds() -> None:
+    with private_cluster() as cluster:
+        store = open_store(cluster.url)
+        await store.open()
+        try:
+            now = datetime.now(UTC)
+            job = Job(
+                id=new_job_id(), provider="apiframe", status=JobStatus.PENDING, request={}, created_at=now
+            )
+            await store.create_job(job, now + timedelta(hours=1))
+            first = await store.record_progress(job.id, Update(JobStatus.RUNNING, progress=1))
+            cluster.restart()  # every pooled connection is now dead
+            after = [  # more records than the pool holds connections
+                await store.record_progress(job.id, Update(JobStatus.RUNNING, progress=p))
+                for p in range(2, 14)
+            ]
+            stored = await store.get_job(job.id)
+        finally:
+            await store.close()
+    assert first == Progressed(JobStatus.RUNNING, changed=True)
+    assert after == [Progressed(JobStatus.RUNNING, changed=True)] * 12
+    assert stored is not None
+    assert stored.progress == 13
 
 
 async def test_a_store_opened_while_the_server_is_down_waits_for_it() -> None:
