@@ -16,7 +16,8 @@ class Transaction(Protocol):
     """Statements inside one transaction. Parameters are Python values (str, int, None, datetime, and
     dict or list for JSON); the connector stores them in its database's types."""
 
-    async def execute(self, sql: str, params: dict[str, Any]) -> None: ...
+    async def execute(self, sql: str, params: dict[str, Any]) -> int:
+        """Run a statement; how many rows it changed."""
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[Row]: ...
 
@@ -33,6 +34,7 @@ class StoreUnavailable(Exception):
 class Connector(Protocol):
     dialect: Dialect
     notifies: bool  # the database passes notices between processes (`listen`)
+    in_process: bool  # statements run in this process: one more costs microseconds, not a round trip
 
     async def open(self) -> None:
         """Connect; a database that cannot be used is a one-line SettingsError."""
@@ -44,10 +46,10 @@ class Connector(Protocol):
         connector may run it again from the start (SQLite does when another process holds the lock)."""
 
     async def run_grouped(self, work: Work[T]) -> T:
-        """Run `work`, whose first statement is its only write (later ones only read), committed when
+        """Run `work`, whose statements each have the same effect when applied twice, committed when
         this returns. SQLite runs the calls made at the same moment in one transaction (group commit;
         when it fails, every call in it raises StoreUnavailable); PostgreSQL runs each statement on
-        its own, one round trip."""
+        its own, one round trip, and may run the work again when its connection was lost."""
 
     async def listen(
         self, statement: str, notice: Callable[[str], None], live: Callable[[bool], None], sleep: Sleep

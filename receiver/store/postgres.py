@@ -54,8 +54,9 @@ class PostgresTransaction:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def execute(self, sql: str, params: dict[str, Any]) -> None:
-        await self._conn.execute(sql, {k: _value(v) for k, v in params.items()})
+    async def execute(self, sql: str, params: dict[str, Any]) -> int:
+        cursor = await self._conn.execute(sql, {k: _value(v) for k, v in params.items()})
+        return cursor.rowcount
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[Row]:
         cursor = await self._conn.execute(sql, {k: _value(v) for k, v in params.items()})
@@ -65,6 +66,7 @@ class PostgresTransaction:
 class PostgresConnector:
     dialect: Dialect = "postgres"
     notifies = True
+    in_process = False
 
     def __init__(self, url: str, *, timeout: float = 5.0, pool_size: int = POOL_SIZE) -> None:
         self.url = url

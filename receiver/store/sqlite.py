@@ -59,8 +59,8 @@ class SQLiteTransaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    async def execute(self, sql: str, params: dict[str, Any]) -> None:
-        self._conn.execute(sql, {k: _value(v) for k, v in params.items()})
+    async def execute(self, sql: str, params: dict[str, Any]) -> int:
+        return self._conn.execute(sql, {k: _value(v) for k, v in params.items()}).rowcount
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[Row]:
         rows: list[Row] = self._conn.execute(sql, {k: _value(v) for k, v in params.items()}).fetchall()
@@ -101,6 +101,7 @@ def _fail(group: list[tuple[Work[Any], asyncio.Future[Any]]], exc: BaseException
 class SQLiteConnector:
     dialect: Dialect = "sqlite"
     notifies = False
+    in_process = True
 
     def __init__(self, path: str) -> None:
         self.path = path

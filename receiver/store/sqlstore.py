@@ -35,6 +35,7 @@ class SQLStore:
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
         self.queries = load(connector.dialect)
+        self._advance_running = connector.in_process  # see advance_running in sql/queries.sql
         self.origin = uuid.uuid4().hex  # signs this store's notices: its own process was woken already
         self.listening = False
         self._wakers: list[Callable[[], None]] = []
@@ -260,8 +261,11 @@ class SQLStore:
             progress=update.progress,
             provider_job_id=update.provider_job_id,
         )
+        running = self._advance_running_query(job_id, update)
 
         async def work(tx: Transaction) -> Progressed:
+            if running is not None and await tx.execute(*running):
+                return Progressed(JobStatus.RUNNING, changed=True)
             rows = await tx.fetch(*advance) or await tx.fetch(*self._q("job_brief", id=job_id))
             if not rows:
                 return Progressed(None, changed=False)
@@ -274,6 +278,15 @@ class SQLStore:
             return Progressed(JobStatus(row["status"]), changed=bool(row["changed"]), conflict=conflict)
 
         return await self.connector.run_grouped(work)
+
+    def _advance_running_query(self, job_id: str, update: Update) -> tuple[str, dict[str, Any]] | None:
+        """advance_running for `update`, when the store tries it first and the report is of its kind."""
+        reported, progress = update.provider_job_id, update.progress
+        if not self._advance_running or update.status is not JobStatus.RUNNING:
+            return None
+        if not reported or progress is None:
+            return None
+        return self._q("advance_running", id=job_id, progress=progress, provider_job_id=reported)
 
     async def get_job(self, job_id: str) -> Job | None:
         async def work(tx: Transaction) -> Job | None:
