@@ -1,4 +1,4 @@
-"""When to look at a job again, and which due job gets the next request: pure functions of the job's
+"""When to look at a job again, and which job gets the next request: pure functions of the job's
 completion model (receiver/completion.py), its history (submit, last look) and the rate budget.
 
 - A job that sends no webhooks is looked at again once the chance that it finished since the last
@@ -8,17 +8,18 @@ completion model (receiver/completion.py), its history (submit, last look) and t
 - A job whose provider sends webhooks is looked at only well past the model's p99 (the webhook is
   missing), then at widening gaps.
 - Jobs that share a rate budget pool their chances. THRESHOLD is the price of a request, counted in
-  videos found: a request is worth sending once the expected number of budgeted jobs that finished
-  since their last look (`pool`; the worker pools the jobs due within the budget's window) reaches
-  it, and it goes to the job most likely to be one of them.
-  A lone job's pool is its own chance, so it is looked at exactly when its own plan says (about
-  1/THRESHOLD looks); k jobs in flight fill the pool about k times as fast, so the budget that a lone
-  job would leave idle is spent on whichever of them most likely finished, up to the whole budget
-  when many are near their end. Jobs past their model's p99 stay out of the pool: the model is wrong
-  for them, and their widening plan bounds what they cost.
-- Each slot goes to the job most likely finished since its last look (ties: the one looked at
-  longest ago); budgeted looks go out one per `spacing` (window / limit), so the budget is spread
-  across its window instead of spent in a burst that then stalls every look.
+  videos found: a request is worth sending once the expected number of jobs that finished since
+  their last look (`pool`, over the budgeted jobs due within the budget's window) reaches it. A lone
+  job's pool is its own chance, so it is looked at when its own plan says (about 1/THRESHOLD looks);
+  k jobs in flight fill the pool about k times as fast, so budget that would sit idle is spent on
+  them, up to all of it when many are near their end. Jobs past their model's p99 stay out of the
+  pool: the model is wrong for them, and their widening plan bounds what they cost.
+- Each request goes to the job whose video, if finished, has likely waited longest unseen (`waited`:
+  the integral of its chance since the last look; ties: the one looked at longest ago). Ranking by
+  chance alone looks at jobs near their end every few seconds and starves younger ones; by the
+  expected wait, each job's gaps go as 1 / sqrt(its hazard), the least mean delay for the requests.
+- Budgeted requests go out one per `spacing` (window / limit): the budget is spread across its
+  window instead of spent in a burst that then stalls every look.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ RECONCILE_QUANTILE = 0.99
 # every MIN_GAP at a job it says must be done, the gap grows with the job's age.
 TAIL_QUANTILE = 0.99
 TAIL_GAP = 0.1
+WAIT_STEPS = 8
 POOL_STEPS = 20  # pool_fills looks for the moment the pool fills on this many steps, then bisects
 
 # Seconds after submit of the next look, given the model and the seconds after submit of the last one.
@@ -106,6 +108,15 @@ class Due:
             (now - self.submitted_at).total_seconds(),
         )
 
+    def waited(self, now: datetime) -> float:
+        """The expected seconds its video has waited unseen: the integral of `chance` since the last
+        look (trapezoids, WAIT_STEPS of them)."""
+        last, span = (self.last - self.submitted_at).total_seconds(), (now - self.last).total_seconds()
+        if span <= 0:
+            return 0.0
+        marks = [chance(self.model, last, last + span * i / WAIT_STEPS) for i in range(WAIT_STEPS + 1)]
+        return span / WAIT_STEPS * (math.fsum(marks) - (marks[0] + marks[-1]) / 2)
+
     def pooled(self, now: datetime) -> float:
         """What it adds to the pool: its chance, while it is budgeted and younger than the model's
         TAIL_QUANTILE (past it the model is wrong for this job, which keeps its own widening plan)."""
@@ -120,12 +131,12 @@ def pool(candidates: Sequence[Due], now: datetime) -> float:
 
 
 def choose(candidates: Sequence[Due], now: datetime, budget_slots: int, most: int) -> list[Due]:
-    """The looks to make now (at most `most`): the `budget_slots` budgeted ones most likely to have
-    finished since their last look (ties: the longest since looked at, then the earliest submitted),
-    then the unbudgeted ones due now. Budgeted ones are taken from the jobs due now, and, once the
+    """The looks to make now (at most `most`): the `budget_slots` budgeted ones whose videos have
+    likely waited longest unseen (`Due.waited`; ties: the longest since looked at, then the earliest
+    submitted), then the unbudgeted ones due now. Budgeted ones are taken from the jobs due now, and, once the
     pool (`pool`) reaches THRESHOLD, from every job in it: the request is worth its price somewhere,
-    and goes where the chance is highest."""
-    ranked = sorted(candidates, key=lambda d: (-d.chance(now), d.last, d.submitted_at, d.id))
+    and goes where a finished video has likely waited longest."""
+    ranked = sorted(candidates, key=lambda d: (-d.waited(now), d.last, d.submitted_at, d.id))
     pooling = pool(candidates, now) >= THRESHOLD
     budgeted = [d for d in ranked if d.budgeted and (d.due_at <= now or (pooling and d.pooled(now) > 0))]
     free = [d for d in ranked if not d.budgeted and d.due_at <= now]

@@ -150,13 +150,15 @@ class Worker:
 
     async def _poll(self, counts: Counter[str], paced: bool) -> None:
         """Look at due jobs (receiver/planner.py): every one whose provider has no rate budget, and the
-        budgeted ones most likely to have finished since their last look (`paced`: one per pace step),
-        all inside their lease. The rest stay due, released at once: no planned look is dropped."""
+        budgeted ones whose videos have likely waited longest unseen (`paced`: one per pace step, also
+        from jobs not due yet once their pooled chance reaches the threshold), all inside their lease.
+        The rest stay due, released at once: no planned look is dropped."""
         receiver = self.receiver
         now = receiver.clock()
         settings = receiver.settings
-        # The loop may spend a free slot on a look due within the budget's window (planner.choose); a
-        # one-shot round takes only what is due.
+        # The loop pools the chances of the jobs due within the budget's window, and may spend a free
+        # slot on one of them before its planned time (planner.choose); a one-shot round takes only
+        # what is due.
         window = timedelta(seconds=settings.runbase_rate_window if paced else 0.0)
         claimed = await receiver.store.claim_due_polls(now, POLL_BATCH, LEASE, due_by=now + window)
         self._held, self._pool_at = False, None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from receiver.completion import Finished
+from receiver.completion import Finished, Running
 from receiver.events import Job, JobError, JobStatus
 
 
@@ -209,6 +209,9 @@ class Store(Protocol):
 
     async def completion_samples(self, limit: int) -> list[Finished]:
         """The `limit` most recently completed successes: each one's kind and time from submit."""
+
+    async def running_samples(self, now: datetime, limit: int) -> list[Running]:
+        """Up to `limit` jobs submitted and not finished: each one's kind and age at `now`."""
 
     async def poll_soon(self, job_id: str, at: datetime) -> bool:
         """Bring the next poll forward (a webhook we could not use is confirmed by a status read);

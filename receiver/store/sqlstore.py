@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from receiver.completion import Finished
+from receiver.completion import Finished, Kind, Running
 from receiver.config import SettingsError
 from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus, iso
 from receiver.providers.ratelimit import slot_wait
@@ -337,6 +337,16 @@ class SQLStore:
                 _json(row["request"]),
                 _moment(row["submitted_at"]),
                 _moment(row["completed_at"]),
+            )
+            for row in rows
+        ]
+
+    async def running_samples(self, now: datetime, limit: int) -> list[Running]:
+        rows = await self._read(self._q("running_samples", limit=limit))
+        return [
+            Running(
+                Kind.of(row["provider"], row["model"], _json(row["request"])),
+                (now - _moment(row["submitted_at"])).total_seconds(),
             )
             for row in rows
         ]

@@ -313,6 +313,18 @@ async def test_completion_samples_are_the_newest_successes_with_their_time_from_
 
 
 @pytest.mark.anyio
+async def test_running_samples_are_the_submitted_unfinished_jobs_with_their_age(store: Store) -> None:
+    for n in range(3):
+        await _create(store, f"job_{n}", submit=f"rb_{n}")
+    await _create(store, "job_queued", submit=None)
+    assert (await store.record("job_0", DONE, "poll", _at(150), Routes())).terminal
+    running = await store.running_samples(_at(101), 10)
+    assert sorted(r.seconds for r in running) == [100.0, 100.0]  # submitted at 1 s; not the finished one
+    assert running[0].kind == Kind("runbase", "kling-3.0", "pro", "default", False)
+    assert len(await store.running_samples(_at(101), 1)) == 1
+
+
+@pytest.mark.anyio
 async def test_poll_soon_only_brings_the_poll_forward(store: Store) -> None:
     await _create(store, first_poll=100)
     await store.poll_soon("job_1", _at(200))

@@ -268,6 +268,8 @@ POLL_QUERIES = {
     ),
     # The completion-time model's history: the newest successes, whatever the history's size.
     "completion_samples": ({"limit": 2000}, ["receiver_jobs_succeeded"]),
+    # Its censored samples: the jobs still running, whatever the history's size.
+    "running_samples": ({"limit": 2000}, ["receiver_jobs_due_poll"]),
 }
 
 

@@ -21,6 +21,7 @@ from receiver.completion import (
     Kind,
     Lognormal,
     Models,
+    Running,
 )
 from receiver.planner import (
     TAIL_GAP,
@@ -40,6 +41,7 @@ from receiver.schedule import MAX_STEP, MIN_GAP
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 PRIOR = Lognormal.prior(150.0)
 RUNBASE = Kind("runbase", "kling-3.0", "pro", "5s", False)
+OTHER = Kind("runbase", "kling-3.0", "standard", "10s", False)
 
 
 def _at(seconds: float) -> datetime:
@@ -88,6 +90,41 @@ def test_the_first_jobs_to_finish_pull_the_model_only_part_of_the_way() -> None:
     assert model.quantile(0.99) > 150.0
 
 
+def _batch(
+    age: float, n: int = 50, median: float = 150.0, sigma: float = 0.25
+) -> tuple[list[float], list[float]]:
+    """A batch of `n` jobs submitted together, `age` seconds ago, whose times sit at the quantiles of a
+    lognormal: the times of those finished, and the ages of those still running."""
+    times = [median * math.exp(sigma * NormalDist().inv_cdf((i + 0.5) / n)) for i in range(n)]
+    return [t for t in times if t <= age], [age for t in times if t > age]
+
+
+@pytest.mark.parametrize("age", [135.0, 150.0, 170.0])
+def test_running_jobs_keep_the_first_to_finish_from_pulling_the_model_short(age: float) -> None:
+    """A third to two thirds of a batch done: on the finished alone the model says the rest are late;
+    with the running ones counted as "at least their age" it stays near the truth (median 150 s)."""
+    finished, running = _batch(age)
+    alone, censored = Lognormal.fit(finished, 150.0), Lognormal.fit(finished, 150.0, running)
+    assert alone.quantile(0.99) < 240.0  # the truth's p99 is 268 s
+    assert censored.quantile(0.5) == pytest.approx(150.0, rel=0.05)
+    assert censored.quantile(0.99) == pytest.approx(PRIOR.quantile(0.99), rel=0.08)
+    assert censored.samples == alone.samples == len(finished)
+
+
+def test_jobs_just_submitted_barely_move_the_model() -> None:
+    """A running job younger than any finished one is redistributed over the model itself."""
+    finished, _ = _batch(10**4, n=40, median=100.0)
+    clean, young = Lognormal.fit(finished, 150.0), Lognormal.fit(finished, 150.0, [1.0] * 20)
+    assert young.quantile(0.5) == pytest.approx(clean.quantile(0.5), rel=0.03)
+    assert young.sigma == pytest.approx(clean.sigma, rel=0.1)
+
+
+def test_running_jobs_of_a_kind_never_finished_leave_it_the_prior() -> None:
+    models = Models.learn([Finished(RUNBASE, 100.0)] * 20, 150.0, [Running(OTHER, 400.0)] * 20)
+    assert models.get(OTHER) == PRIOR
+    assert models.get(RUNBASE) == Lognormal.fit([100.0] * 20, 150.0)
+
+
 def test_kinds_are_told_apart_by_provider_model_mode_duration_and_audio() -> None:
     kind = Kind.of("runbase", "kling-3.0", {"prompt": "x", "mode": "pro", "duration": 5})
     assert kind == RUNBASE
@@ -98,7 +135,7 @@ def test_kinds_are_told_apart_by_provider_model_mode_duration_and_audio() -> Non
 
 
 def test_models_learn_each_kind_from_its_newest_jobs_and_give_others_the_prior() -> None:
-    other = Kind("runbase", "kling-3.0", "standard", "10s", False)
+    other = OTHER
     finished = [Finished(RUNBASE, 60.0)] * MAX_SAMPLES + [Finished(RUNBASE, 600.0)] * 50
     models = Models.learn([*finished, *[Finished(other, 300.0)] * 3], 150.0)
     assert models.get(RUNBASE).quantile(0.5) < 100.0  # the 50 older, slow ones are past MAX_SAMPLES
@@ -220,6 +257,18 @@ def test_jobs_sharing_the_budget_pool_their_chances_and_the_likeliest_gets_the_s
     assert pool(jobs, now) >= THRESHOLD
     assert [d.id for d in choose(jobs, now, 1, most=16)] == ["job_9"]
     assert choose(jobs[:1], now, 1, most=16) == []
+
+
+def test_a_slot_goes_to_the_video_that_has_likely_waited_longest_unseen() -> None:
+    """`older`, near its end, looked at 4 s ago, is likelier finished than `younger`, looked at 12 s
+    ago; but `younger`'s video, if there, has likely waited longer. Ranking by chance would look at
+    `older` every few seconds and leave `younger` waiting; ranking by the expected wait gives each
+    job gaps in 1 / sqrt(hazard), which makes the mean delay the least for the requests spent."""
+    now = _at(200.0)
+    older, younger = _due("older", 196.0, 197.0), _due("younger", 188.0, 189.0, submitted=80.0)
+    assert older.chance(now) > younger.chance(now)
+    assert older.waited(now) < younger.waited(now)
+    assert [d.id for d in choose([older, younger], now, 1, most=16)] == ["younger"]
 
 
 def test_equal_chances_go_to_the_job_looked_at_longest_ago() -> None:

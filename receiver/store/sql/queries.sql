@@ -99,6 +99,13 @@ SELECT provider, model, request, submitted_at, completed_at FROM receiver_jobs
 WHERE status = 'succeeded' AND submitted_at IS NOT NULL AND completed_at IS NOT NULL
 ORDER BY completed_at DESC LIMIT :limit
 
+-- name: running_samples
+-- Jobs submitted and not finished, for the completion-time model (each took at least its age so far);
+-- served by the partial index receiver_jobs_due_poll.
+SELECT provider, model, request, submitted_at FROM receiver_jobs
+WHERE completed_at IS NULL AND next_poll_at IS NOT NULL AND submitted_at IS NOT NULL
+ORDER BY next_poll_at LIMIT :limit
+
 -- name: poll_soon
 -- Only a job the provider has named: a pending job's next_poll_at is its submit's lease, and moving
 -- it would make the worker resubmit while the first submit still waits for its answer.

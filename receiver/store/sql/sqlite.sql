@@ -3,7 +3,7 @@
 
 -- name: claim_polls
 -- Unlocked, unfinished jobs with a provider job id due by `due_by` (now, or the end of the budget's
--- window: the worker may look early when more looks fall due than the window holds), leased in one
+-- window: the worker pools the chances of the jobs due within it, receiver/planner.py), leased in one
 -- statement; served by the partial index receiver_jobs_due_poll.
 UPDATE receiver_jobs SET locked_until = :lease
 WHERE id IN (
