@@ -151,6 +151,8 @@ class Sender(asyncio.Protocol):
 
     def _next(self) -> None:
         state = self.state
+        if state["next"] >= len(self.shots) and state["cycle"]:  # a load that runs until it is stopped
+            state["next"] = 0
         if state["next"] >= len(self.shots):
             state["open"] -= 1
             if state["open"] == 0 and not self.done.done():
@@ -181,8 +183,9 @@ class Sender(asyncio.Protocol):
             self.done.set_exception(ConnectionError(f"server closed a connection ({exc})"))
 
 
-def generate(port: int, shots_file: str, connections: int) -> None:
-    """Child process: connect, print `ready`, wait for a line on stdin, send everything, print figures."""
+def generate(port: int, shots_file: str, connections: int, *, cycle: bool = False) -> None:
+    """Child process: connect, print `ready`, wait for a line on stdin, send everything, print figures.
+    `cycle`: send the shots over and over until a second line on stdin, then stop."""
     _use_uvloop()
     shots: list[bytes] = pickle.loads(Path(shots_file).read_bytes())
 
@@ -190,6 +193,7 @@ def generate(port: int, shots_file: str, connections: int) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         state: dict[str, Any] = {"next": 0, "open": connections, "latencies": [], "non_200": {}}
+        state["cycle"] = cycle
         senders = []
         for _ in range(connections):
             _, sender = await loop.create_connection(lambda: Sender(shots, state, done), HOST, port)
@@ -199,6 +203,9 @@ def generate(port: int, shots_file: str, connections: int) -> None:
         cpu, start = time.process_time(), time.time()
         for sender in senders:
             sender.start()
+        if cycle:
+            await loop.run_in_executor(None, sys.stdin.readline)
+            state["cycle"], state["next"] = False, len(shots)
         await done
         end = time.time()
         for sender in senders:
@@ -544,6 +551,6 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "--serve-floor":
         serve_floor(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--generate":
-        generate(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        generate(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), cycle="--cycle" in sys.argv[5:])
     else:
         sys.exit(main())

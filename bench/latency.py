@@ -1,16 +1,18 @@
 """Webhook arrival to handler call, under the ingest load of bench/ingest.py.
 
-    .venv/bin/python bench/latency.py [--completions 300] [--rate 20] [--load 60000] [--pg URL]
+    .venv/bin/python bench/latency.py [--completions 300] [--rate 20] [--pg URL]
 
 `python -m receiver serve` (worker in the same process, as deployed by default) on SQLite in a temp
 folder (`--pg [URL]`: on PostgreSQL in a fresh schema instead), with one handler, `Stamp` (below),
 which sends the time it is called to this script in a UDP datagram. The ingest load runs throughout:
 `--generators` processes send Apiframe progress webhooks for 300 jobs on 32 keep-alive connections
-as fast as they are answered (bench/ingest.py's generators). Meanwhile this script sends completion
-webhooks for other jobs, open loop at `--rate` per second, each on its own connection; a completion's
-latency runs from writing its request to its handler's call: token, record, commit, wake-up, the
-worker's claim (wall clock, one machine). The load must outlast the completions (checked), and every
-answer must be 200.
+as fast as they are answered (bench/ingest.py's generators), over and over until the last completion's
+handler was called. Meanwhile this script sends completion webhooks for other jobs, open loop at
+`--rate` per second, each on its own connection; a completion's latency runs from writing its request
+to its handler's call (wall clock, one machine), in two parts: to the moment the receiver began to
+record it (the event's `completed_at`: the request's turn, token, body, parsing) and from there to the
+call (commit, hand-off to the worker, its claim). Every generator must still be sending when the last
+handler is called, and every answer must be 200; otherwise the run fails.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ingest import (
     start_receiver,
 )
 
+from receiver.events import parse_iso
 from receiver.signing import WebhookSigner
 
 ARRIVAL_TIMEOUT = 30.0
@@ -50,24 +53,31 @@ ARRIVAL_TIMEOUT = 30.0
 
 class Stamp:
     """The handler, loaded by the receiver as `latency:Stamp` (bench/ on its PYTHONPATH): when it is
-    called with an event, it sends the job id and the wall-clock time in one UDP datagram to `port`."""
+    called with an event, it sends the job id, the wall-clock time and the event's `completed_at` (when
+    the receiver began to record the completion) in one UDP datagram to `port`."""
 
     def __init__(self, port: int) -> None:
         self.address = (HOST, port)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     async def handle(self, event: dict[str, Any]) -> None:
-        self.socket.sendto(f"{event['job']['id']} {time.time()!r}".encode(), self.address)
+        job = event["job"]
+        self.socket.sendto(f"{job['id']} {time.time()!r} {job['completed_at']}".encode(), self.address)
 
 
 class Calls(asyncio.DatagramProtocol):
-    """This script's side of Stamp: job id -> when its handler was called (wall clock)."""
+    """This script's side of Stamp: job id -> when its handler was called and when the receiver began
+    to record its completion (wall clock)."""
 
     called: dict[str, float] = {}
+    recorded: dict[str, float] = {}
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        job_id, _, at = data.decode().partition(" ")
+        job_id, at, completed_at = data.decode().split(" ")
         self.called.setdefault(job_id, float(at))
+        moment = parse_iso(completed_at)
+        assert moment is not None
+        self.recorded.setdefault(job_id, moment.timestamp())
 
 
 def completion(port: int, token: str, provider_job_id: str) -> bytes:
@@ -111,13 +121,13 @@ async def send_completions(port: int, shots: list[tuple[str, bytes]], rate: floa
     return sent
 
 
-def start_load(
-    port: int, tokens: list[tuple[str, str]], requests: int, generators: int, folder: Path
-) -> list[Any]:
+def start_load(port: int, tokens: list[tuple[str, str]], generators: int, folder: Path) -> list[Any]:
+    """The generators, sending each job's progress 1, 2, ... 99 (then the same reports again, which
+    change nothing) until each is told to stop by a line on its stdin."""
     import pickle
 
     shares: list[list[bytes]] = [[] for _ in range(generators)]
-    for i in range(requests):
+    for i in range(len(tokens) * 99):
         token, provider_job_id = tokens[i % len(tokens)]
         percent = min(99, i // len(tokens) + 1)
         shares[i % generators].append(_request(port, token, provider_job_id, percent))
@@ -126,7 +136,8 @@ def start_load(
     for g, shots in enumerate(shares):
         path = folder / f"load-{g}.pickle"
         path.write_bytes(pickle.dumps(shots))
-        command = [sys.executable, str(ingest), "--generate", str(port), str(path), str(32 // generators)]
+        connections = str(32 // generators)
+        command = [sys.executable, str(ingest), "--generate", str(port), str(path), connections, "--cycle"]
         processes.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for process in processes:
         if process.stdout.readline().strip() != "ready":
@@ -158,11 +169,11 @@ async def run(args: argparse.Namespace, url: str, folder: Path) -> None:
         shots = [(j, completion(target.port, signer.token(j, "apiframe"), p)) for j, p in done_jobs[20:]]
         await send_completions(target.port, warm, args.rate)  # warm-up: the worker is up and delivers
         await wait_for(lambda: all(j in Calls.called for j, _ in warm))
-        loads = start_load(target.port, load_tokens, args.load, args.generators, folder)
+        loads = start_load(target.port, load_tokens, args.generators, folder)
         sent = await send_completions(target.port, shots, args.rate)
         await wait_for(lambda: all(j in Calls.called for j in sent))
         still_loaded = [p.poll() is None for p in loads]
-        results = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in loads]
+        results = [stop_load(p) for p in loads]
     finally:
         target.process.terminate()
         target.process.wait(timeout=10)
@@ -170,16 +181,34 @@ async def run(args: argparse.Namespace, url: str, folder: Path) -> None:
     non_200 = {code: n for r in results for code, n in r["non_200"].items()}
     n = sum(r["n"] for r in results)
     seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
-    latencies = [(Calls.called[j] - sent[j]) * 1000 for j in sent]
     print(f"ingest load: {n} progress webhooks at {n / seconds:.0f} req/s, non-200: {non_200 or 0}")
     print(f"load still running when the last handler was called: {all(still_loaded)}")
-    print(
-        f"webhook to handler, {len(latencies)} completions at {args.rate:g}/s under that load:"
-        f" p50 {pct(latencies, 50):.1f} ms, p90 {pct(latencies, 90):.1f} ms,"
-        f" p99 {pct(latencies, 99):.1f} ms, max {max(latencies):.1f} ms"
-    )
+    print(f"{len(sent)} completions at {args.rate:g}/s under that load:")
+    parts = {
+        "webhook to handler call": {j: Calls.called[j] - sent[j] for j in sent},
+        "  request written to record begun": {j: Calls.recorded[j] - sent[j] for j in sent},
+        "  record begun to handler call": {j: Calls.called[j] - Calls.recorded[j] for j in sent},
+    }
+    for name, seconds_of in parts.items():
+        ms = [s * 1000 for s in seconds_of.values()]
+        print(
+            f"{name + ':':36} p50 {pct(ms, 50):5.1f} ms, p90 {pct(ms, 90):5.1f} ms,"
+            f" p99 {pct(ms, 99):5.1f} ms, max {max(ms):5.1f} ms"
+        )
     if non_200 or not all(still_loaded):
-        raise SystemExit("the load failed or ended before the completions: raise --load")
+        raise SystemExit("FAILED: the load answered other than 200, or a generator stopped before the end")
+
+
+def stop_load(process: Any) -> dict[str, Any]:
+    """Tell a cycling generator to stop; its figures. A generator that died fails the run here."""
+    if process.poll() is None:
+        process.stdin.write("stop\n")
+        process.stdin.flush()
+    out, _ = process.communicate(timeout=60)
+    if process.returncode != 0 or not out.strip():
+        raise SystemExit(f"FAILED: a load generator exited with {process.returncode}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 async def wait_for(predicate: Any) -> None:
@@ -194,7 +223,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--completions", type=int, default=300)
     parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--load", type=int, default=60000, help="progress webhooks the load sends")
     parser.add_argument("--generators", type=int, default=2)
     parser.add_argument("--pg", nargs="?", const=PG_URL, help="on PostgreSQL (default URL: ingest.PG_URL)")
     args = parser.parse_args()

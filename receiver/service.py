@@ -238,6 +238,8 @@ class Receiver:
         if recorded.changed:
             self.changes.bump()
         if recorded.terminal:
+            if self._worker is not None:
+                self._worker.hand_off(job_id)
             self._models_stale = True
             log.info("job.completed", job_id=job_id, status=str(update.status), via=via)
         if recorded.changed and update.cost is not None and recorded.job is not None:

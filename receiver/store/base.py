@@ -221,9 +221,10 @@ class Store(Protocol):
         """Ids of non-terminal jobs past their deadline."""
 
     async def claim_due_deliveries(
-        self, now: datetime, limit: int, lease_seconds: float
+        self, now: datetime, limit: int, lease_seconds: float, job_id: str | None = None
     ) -> list[DueDelivery]:
-        """Due deliveries whose `after` handlers have finished, leased in one statement."""
+        """Due deliveries whose `after` handlers have finished (only `job_id`'s, when given), leased in
+        one statement."""
 
     async def finish_delivery(
         self,

@@ -369,10 +369,11 @@ class SQLStore:
         return [str(row["id"]) for row in rows]
 
     async def claim_due_deliveries(
-        self, now: datetime, limit: int, lease_seconds: float
+        self, now: datetime, limit: int, lease_seconds: float, job_id: str | None = None
     ) -> list[DueDelivery]:
         lease = now + timedelta(seconds=lease_seconds)
-        rows = await self._write(self._q("claim_deliveries", now=now, lease=lease, limit=limit))
+        query = self._q("claim_deliveries", now=now, lease=lease, limit=limit, job_id=job_id)
+        rows = await self._write(query)
         return [
             DueDelivery(
                 job_id=row["job_id"],

@@ -1,0 +1,150 @@
+"""The hand-off: a job this process ends is delivered by its worker at once, without a round of the loop,
+claimed in the store like any delivery, so neither the loop nor another worker runs it again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio.to_thread
+import pytest
+
+from handlers import HandlerSpec
+from receiver.clock import VirtualClock
+from receiver.config import Settings
+from receiver.events import Job, JobStatus
+from receiver.service import Receiver
+from receiver.store import Update
+from receiver.worker import CONCURRENCY
+from tests.support.waiting import wait_until_async
+
+pytestmark = pytest.mark.anyio
+
+
+class Broken:
+    """A handler whose first call fails."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("first attempt fails")
+
+
+class Gate:
+    """A handler that counts its calls per job, and holds the calls of the jobs in `held` until opened."""
+
+    def __init__(self, held: frozenset[str] = frozenset()) -> None:
+        self.calls: Counter[str] = Counter()
+        self.held = held
+        self.open = asyncio.Event()
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        job_id = event["job"]["id"]
+        self.calls[job_id] += 1
+        if job_id in self.held:
+            await self.open.wait()
+
+
+@pytest.fixture
+async def receiver(store_url: str) -> AsyncIterator[Receiver]:
+    """A receiver on a clock that never moves: only a wake-up or a hand-off can deliver anything."""
+    clock = VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    settings = replace(Settings(), database_url=store_url, handlers=[{"name": "gate", "type": "log"}])
+    receiver = Receiver.from_settings(settings, clock=clock)
+    await receiver.open()
+    yield receiver
+    await receiver.close()
+
+
+def use(receiver: Receiver, handler: Gate) -> None:
+    spec = replace(receiver.specs[0], handler=handler)
+    receiver.specs, receiver.by_name = [spec], {spec.name: spec}
+
+
+async def end(receiver: Receiver, job_id: str) -> None:
+    clock = receiver.clock
+    job = Job(
+        id=job_id, provider="runbase", status=JobStatus.PENDING, request={"prompt": "x"}, created_at=clock()
+    )
+    await receiver.store.create_job(job, clock() + timedelta(hours=1))
+    await receiver.record(job_id, Update(JobStatus.SUCCEEDED, provider_job_id=f"rb_{job_id}"), via="poll")
+
+
+async def started(receiver: Receiver, stop: asyncio.Event) -> asyncio.Task[None]:
+    """The worker loop, once its first round is over and it sleeps."""
+    task = asyncio.create_task(receiver.worker.run(stop))
+    clock = receiver.clock
+    assert isinstance(clock, VirtualClock)
+    await anyio.to_thread.run_sync(clock.wait_for_sleepers, 1)
+    return task
+
+
+async def test_a_job_ended_while_the_loop_is_busy_is_delivered_without_it(receiver: Receiver) -> None:
+    gate = Gate(held=frozenset({"job_busy"}))
+    use(receiver, gate)
+    await end(receiver, "job_busy")  # before the loop runs: its first round delivers it, and waits
+    stop = asyncio.Event()
+    loop = asyncio.create_task(receiver.worker.run(stop))
+    try:
+        await wait_until_async(lambda: gate.calls["job_busy"] == 1)
+        await end(receiver, "job_quick")
+        await wait_until_async(lambda: gate.calls["job_quick"] == 1)
+        quick = await receiver.get_job("job_quick")
+        busy = await receiver.get_job("job_busy")
+    finally:
+        gate.open.set()
+        stop.set()
+        await loop
+
+    assert quick.deliveries[0].status == "delivered"
+    assert busy.deliveries[0].status == "pending"  # the loop's round was still inside its handler
+    assert (await receiver.get_job("job_busy")).deliveries[0].status == "delivered"
+
+
+async def test_many_jobs_ended_at_once_are_each_delivered_once(receiver: Receiver) -> None:
+    gate = Gate()
+    use(receiver, gate)
+    stop = asyncio.Event()
+    loop = await started(receiver, stop)
+    job_ids = [f"job_{n}" for n in range(3 * CONCURRENCY)]  # more than are handed off at once
+    try:
+        await asyncio.gather(*(end(receiver, job_id) for job_id in job_ids))
+        await wait_until_async(lambda: sum(gate.calls.values()) >= len(job_ids))
+    finally:
+        stop.set()
+        await loop
+    jobs = [await receiver.get_job(job_id) for job_id in job_ids]
+
+    assert gate.calls == Counter(job_ids)
+    assert all(job.deliveries[0].status == "delivered" for job in jobs)
+    assert all(job.deliveries[0].attempts == 1 for job in jobs)
+    assert receiver.clock.monotonic() == 0  # no sleep ran out: nothing waited for the loop's next round
+
+
+async def test_a_handed_off_delivery_that_fails_is_retried_when_due(receiver: Receiver) -> None:
+    failing = HandlerSpec("gate", "log", Broken(), retry_base=0.5, retry_max=0.5)
+    receiver.specs, receiver.by_name = [failing], {"gate": failing}
+    clock = receiver.clock
+    assert isinstance(clock, VirtualClock)
+    stop = asyncio.Event()
+    loop = await started(receiver, stop)
+    try:
+        await end(receiver, "job_1")
+        # The loop, asleep for its safety net, plans its sleep again: until the retry is due.
+        await wait_until_async(lambda: clock.sleepers == [0.5])
+        clock.advance_to(0.5)
+        await wait_until_async(lambda: failing.handler.calls == 2)  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        await loop
+    job = await receiver.get_job("job_1")
+
+    assert job.deliveries[0].status == "delivered"
+    assert job.deliveries[0].attempts == 2
