@@ -1,6 +1,6 @@
 """Webhook arrival to handler call, under the ingest load of bench/ingest.py.
 
-    .venv/bin/python bench/latency.py [--completions 300] [--rate 20] [--pg URL]
+    .venv/bin/python bench/latency.py [--completions 300] [--unloaded 100] [--rate 20] [--pg URL]
 
 `python -m receiver serve` (worker in the same process, as deployed by default) on SQLite in a temp
 folder (`--pg [URL]`: on PostgreSQL in a fresh schema instead), with one handler, `Stamp` (below),
@@ -12,7 +12,8 @@ handler was called. Meanwhile this script sends completion webhooks for other jo
 to its handler's call (wall clock, one machine), in two parts: to the moment the receiver began to
 record it (the event's `completed_at`: the request's turn, token, body, parsing) and from there to the
 call (commit, hand-off to the worker, its claim). Every generator must still be sending when the last
-handler is called, and every answer must be 200; otherwise the run fails.
+handler is called, and every answer must be 200; otherwise the run fails. The baseline, in the same
+run: `--unloaded` completions sent the same way before the load starts.
 """
 
 from __future__ import annotations
@@ -163,12 +164,14 @@ async def run(args: argparse.Namespace, url: str, folder: Path) -> None:
     try:
         signer = WebhookSigner(SECRET)
         load_jobs = await make_jobs(url, 300)
-        done_jobs = await make_jobs(url, args.completions + 20)
+        done_jobs = await make_jobs(url, 20 + args.unloaded + args.completions)
         load_tokens = [(signer.token(j, "apiframe"), p) for j, p in load_jobs]
-        warm = [(j, completion(target.port, signer.token(j, "apiframe"), p)) for j, p in done_jobs[:20]]
-        shots = [(j, completion(target.port, signer.token(j, "apiframe"), p)) for j, p in done_jobs[20:]]
+        shots = [(j, completion(target.port, signer.token(j, "apiframe"), p)) for j, p in done_jobs]
+        warm, quiet, shots = shots[:20], shots[20 : 20 + args.unloaded], shots[20 + args.unloaded :]
         await send_completions(target.port, warm, args.rate)  # warm-up: the worker is up and delivers
         await wait_for(lambda: all(j in Calls.called for j, _ in warm))
+        unloaded = await send_completions(target.port, quiet, args.rate)  # the baseline: no load
+        await wait_for(lambda: all(j in Calls.called for j in unloaded))
         loads = start_load(target.port, load_tokens, args.generators, folder)
         sent = await send_completions(target.port, shots, args.rate)
         await wait_for(lambda: all(j in Calls.called for j in sent))
@@ -183,20 +186,34 @@ async def run(args: argparse.Namespace, url: str, folder: Path) -> None:
     seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
     print(f"ingest load: {n} progress webhooks at {n / seconds:.0f} req/s, non-200: {non_200 or 0}")
     print(f"load still running when the last handler was called: {all(still_loaded)}")
+    print(f"{len(unloaded)} completions at {args.rate:g}/s without the load (the baseline):")
+    quiet_p = report(unloaded)
     print(f"{len(sent)} completions at {args.rate:g}/s under that load:")
+    loaded_p = report(sent)
+    print(
+        f"under the load / without: p50 {loaded_p[0] / quiet_p[0]:.1f}x, p99 {loaded_p[1] / quiet_p[1]:.1f}x"
+        f" (goal: p99 under 50 ms under the load)"
+    )
+    if non_200 or not all(still_loaded):
+        raise SystemExit("FAILED: the load answered other than 200, or a generator stopped before the end")
+
+
+def report(sent: dict[str, float]) -> tuple[float, float]:
+    """Print the completions' latency and its two parts; p50 and p99 of the whole, in ms."""
     parts = {
         "webhook to handler call": {j: Calls.called[j] - sent[j] for j in sent},
         "  request written to record begun": {j: Calls.recorded[j] - sent[j] for j in sent},
         "  record begun to handler call": {j: Calls.called[j] - Calls.recorded[j] for j in sent},
     }
+    figures = []
     for name, seconds_of in parts.items():
         ms = [s * 1000 for s in seconds_of.values()]
+        figures.append((pct(ms, 50), pct(ms, 99)))
         print(
-            f"{name + ':':36} p50 {pct(ms, 50):5.1f} ms, p90 {pct(ms, 90):5.1f} ms,"
+            f"  {name + ':':36} p50 {pct(ms, 50):5.1f} ms, p90 {pct(ms, 90):5.1f} ms,"
             f" p99 {pct(ms, 99):5.1f} ms, max {max(ms):5.1f} ms"
         )
-    if non_200 or not all(still_loaded):
-        raise SystemExit("FAILED: the load answered other than 200, or a generator stopped before the end")
+    return figures[0]
 
 
 def stop_load(process: Any) -> dict[str, Any]:
@@ -221,7 +238,8 @@ async def wait_for(predicate: Any) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--completions", type=int, default=300)
+    parser.add_argument("--completions", type=int, default=300, help="completions sent under the load")
+    parser.add_argument("--unloaded", type=int, default=100, help="completions sent before it, the baseline")
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--generators", type=int, default=2)
     parser.add_argument("--pg", nargs="?", const=PG_URL, help="on PostgreSQL (default URL: ingest.PG_URL)")

@@ -63,7 +63,8 @@ class Worker:
         and the handler's call waits one pass of a busy event loop (wake, the loop's waiters, the claim,
         the delivery tasks: 15-20 ms at 4000 webhooks/s); this is one. The claim is the loop's own
         (leased in the store, so no other round or process runs it too). Only while `run` loops here,
-        and at most CONCURRENCY jobs at once: beyond, and on any failure, the loop's wake-up takes them."""
+        and at most CONCURRENCY jobs at once: beyond, and on any failure, the loop (woken by the record,
+        and planning its sleep only once the deliveries handed off have ended) takes them."""
         handed = self._handed
         if handed is None or len(handed) >= CONCURRENCY:
             return
@@ -78,11 +79,14 @@ class Worker:
                 pass
         except Exception:  # the store failed: what was not claimed stays due, a claim's lease runs out
             log.exception("delivery.hand_off_failed", job_id=job_id)
-            self.wake()
         if counts:
             self.receiver.changes.bump()
-        if counts["retried"]:  # the loop may be asleep past the retry's time: it plans its sleep again
-            self.wake()
+
+    async def _handed_off(self) -> None:
+        """Wait for the deliveries handed off so far to end: the loop plans its sleep after them (a retry
+        they stored may be due before it), and it is never asleep while one runs, as when it ran them."""
+        if self._handed:
+            await asyncio.wait(list(self._handed))
 
     @property
     def wake_pending(self) -> bool:
@@ -137,6 +141,7 @@ class Worker:
                 self._wake.clear()
                 try:
                     await (self.dispatch() if woken else self.tick(paced=True))
+                    await self._handed_off()
                     idle = await self._idle()
                     failures = 0
                 except Exception:  # the store or a provider is down: back off and try again, never die
