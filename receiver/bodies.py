@@ -80,9 +80,9 @@ class BodyReads:
         try:
             return await _receive_body(receive)
         except asyncio.CancelledError:
-            if task not in self._expired:
+            # This deadline's own cancel becomes BodyTooSlow; one from anyone else as well stands.
+            if task not in self._expired or task.uncancel() > 0:
                 raise
-            task.uncancel()  # the cancel was this deadline's own, delivered here: not the caller's
             raise BodyTooSlow from None
         finally:
             del self._open[task]
