@@ -49,8 +49,10 @@ class Worker:
         # When the pool of jobs sharing the budget is next worth a request (planner.pool_fills), though
         # none is due by its own plan: the loop comes back then, or when the pace frees if later.
         self._pool_at: datetime | None = None
-        # While `run` loops: the deliveries handed to it by this process's records, each in its own task.
+        # While `run` loops: the deliveries handed to it by this process's records, in tasks of their own,
+        # one for the jobs ended in one pass of the event loop (`_batch`, until that task claims them).
         self._handed: set[asyncio.Task[None]] | None = None
+        self._batch: list[str] | None = None
         # A delivery may free another one of its job (`after`): a job's claim is repeated until empty.
         self._ordered = any(spec.after for spec in receiver.specs)
 
@@ -63,22 +65,34 @@ class Worker:
         and the handler's call waits one pass of a busy event loop (wake, the loop's waiters, the claim,
         the delivery tasks: 15-20 ms at 4000 webhooks/s); this is one. The claim is the loop's own
         (leased in the store, so no other round or process runs it too). Only while `run` loops here,
-        and at most CONCURRENCY jobs at once: beyond, and on any failure, the loop (woken by the record,
-        and planning its sleep only once the deliveries handed off have ended) takes them."""
+        and at most CONCURRENCY claims at once: beyond, and on any failure, the loop (woken by the record,
+        and planning its sleep only once the deliveries handed off have ended) takes them. The jobs
+        ended in one pass share one claim (a burst of completions costs one claim a pass, as in the
+        loop)."""
         handed = self._handed
-        if handed is None or len(handed) >= CONCURRENCY:
+        if handed is None:
             return
-        task = asyncio.get_running_loop().create_task(self._deliver_job(job_id))
+        if self._batch is not None:
+            self._batch.append(job_id)
+            return
+        if len(handed) >= CONCURRENCY:
+            return
+        self._batch = [job_id]
+        task = asyncio.get_running_loop().create_task(self._deliver_batch())
         handed.add(task)
         task.add_done_callback(handed.discard)
 
-    async def _deliver_job(self, job_id: str) -> None:
+    async def _deliver_batch(self) -> None:
+        job_ids, self._batch = self._batch or [], None
         counts: Counter[str] = Counter()
         try:
-            while await self._dispatch(counts, job_id) and self._ordered:
+            # Again while a claim was full, or a delivery may have freed another (`after`).
+            while (claimed := await self._dispatch(counts, job_ids)) and (
+                self._ordered or claimed == CONCURRENCY
+            ):
                 pass
         except Exception:  # the store failed: what was not claimed stays due, a claim's lease runs out
-            log.exception("delivery.hand_off_failed", job_id=job_id)
+            log.exception("delivery.hand_off_failed", job_ids=job_ids)
         if counts:
             self.receiver.changes.bump()
 
@@ -124,11 +138,11 @@ class Worker:
         those started are finished before this returns."""
         receiver = self.receiver
         notices = receiver.settings.listen
-        self._handed = set()
+        self._handed, self._batch = set(), None
         try:
             await self._loop(stop, notices)
         finally:
-            handed, self._handed = self._handed, None
+            handed, self._handed, self._batch = self._handed, None, None
             await asyncio.gather(*handed, return_exceptions=True)  # started deliveries end, as a round's do
 
     async def _loop(self, stop: asyncio.Event, notices: bool) -> None:
@@ -276,18 +290,19 @@ class Worker:
         await receiver.store.schedule_poll(job.id, next_at, sent)
         return True
 
-    async def _dispatch(self, counts: Counter[str], job_id: str | None = None) -> bool:
+    async def _dispatch(self, counts: Counter[str], job_ids: list[str] | None = None) -> int:
+        """Claim due deliveries (of `job_ids`, when given) and run them; how many."""
         receiver = self.receiver
-        due = await receiver.store.claim_due_deliveries(receiver.clock(), CONCURRENCY, LEASE, job_id)
+        due = await receiver.store.claim_due_deliveries(receiver.clock(), CONCURRENCY, LEASE, job_ids)
         if not due:
-            return False
+            return 0
         # The first in this task, now; the others in tasks of their own, which start one pass later.
         others = [asyncio.ensure_future(self._deliver(d, counts)) for d in due[1:]]
         try:
             await self._deliver(due[0], counts)
         finally:
             await asyncio.gather(*others)
-        return True
+        return len(due)
 
     async def _deliver(self, due: DueDelivery, counts: Counter[str]) -> None:
         receiver = self.receiver

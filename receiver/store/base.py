@@ -221,10 +221,10 @@ class Store(Protocol):
         """Ids of non-terminal jobs past their deadline."""
 
     async def claim_due_deliveries(
-        self, now: datetime, limit: int, lease_seconds: float, job_id: str | None = None
+        self, now: datetime, limit: int, lease_seconds: float, job_ids: list[str] | None = None
     ) -> list[DueDelivery]:
-        """Due deliveries whose `after` handlers have finished (only `job_id`'s, when given), leased in
-        one statement."""
+        """Due deliveries whose `after` handlers have finished (only those of `job_ids`, when given),
+        leased in one statement."""
 
     async def finish_delivery(
         self,

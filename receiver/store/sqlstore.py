@@ -369,10 +369,10 @@ class SQLStore:
         return [str(row["id"]) for row in rows]
 
     async def claim_due_deliveries(
-        self, now: datetime, limit: int, lease_seconds: float, job_id: str | None = None
+        self, now: datetime, limit: int, lease_seconds: float, job_ids: list[str] | None = None
     ) -> list[DueDelivery]:
         lease = now + timedelta(seconds=lease_seconds)
-        query = self._q("claim_deliveries", now=now, lease=lease, limit=limit, job_id=job_id)
+        query = self._q("claim_deliveries", now=now, lease=lease, limit=limit, job_ids=job_ids)
         rows = await self._write(query)
         return [
             DueDelivery(

@@ -42,11 +42,11 @@ SELECT * FROM claimed ORDER BY created_at, seq
 -- name: claim_deliveries
 -- Due deliveries whose `after` handlers have finished, leased in one statement, with the job's event and
 -- the reports of those handlers (read from the statement's snapshot: it changes only leases); of every
--- job, or (`job_id`) of one. `after ? handler`: the JSON array holds the handler's name.
+-- job, or (`job_ids`, a JSON array) of those. `after ? handler`: the JSON array holds the handler's name.
 WITH candidate AS (
     SELECT d.job_id, d.handler FROM receiver_deliveries AS d
     WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= :now
-      AND (CAST(:job_id AS TEXT) IS NULL OR d.job_id = :job_id)
+      AND (CAST(:job_ids AS jsonb) IS NULL OR d.job_id = ANY (ARRAY(SELECT jsonb_array_elements_text(:job_ids))))
       AND (d.locked_until IS NULL OR d.locked_until <= :now)
       AND NOT EXISTS (
           SELECT 1 FROM receiver_deliveries AS p

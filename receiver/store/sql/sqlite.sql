@@ -34,12 +34,12 @@ RETURNING *
 
 -- name: claim_deliveries
 -- Due deliveries whose `after` handlers have finished, leased in one statement, with the job's event and
--- the reports of those handlers; of every job, or (`job_id`) of one.
+-- the reports of those handlers; of every job, or (`job_ids`, a JSON array) of those.
 UPDATE receiver_deliveries SET locked_until = :lease
 WHERE rowid IN (
     SELECT c.rowid FROM receiver_deliveries AS c
     WHERE c.status IN ('pending', 'retrying') AND c.next_attempt_at <= :now
-      AND (:job_id IS NULL OR c.job_id = :job_id)
+      AND (:job_ids IS NULL OR c.job_id IN (SELECT value FROM json_each(:job_ids)))
       AND (c.locked_until IS NULL OR c.locked_until <= :now)
       AND NOT EXISTS (
           SELECT 1 FROM receiver_deliveries AS p, json_each(c.after) AS a
