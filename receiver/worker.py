@@ -134,8 +134,9 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick, then sleep until the next stored due time, `stop`, or a wake-up. A wake-up (work became
         due: recorded by this process, or by another one on PostgreSQL) only dispatches; the full round
-        comes when the sleep runs out. Meanwhile jobs this process ends are delivered by `hand_off`;
-        those started are finished before this returns."""
+        comes when the sleep runs out, or at the first wake-up past that time (wake-ups that keep coming,
+        a steady stream of completions, never hold back the polls). Meanwhile jobs this process ends
+        are delivered by `hand_off`; those started are finished before this returns."""
         receiver = self.receiver
         notices = receiver.settings.listen
         self._handed, self._batch = set(), None
@@ -148,13 +149,15 @@ class Worker:
     async def _loop(self, stop: asyncio.Event, notices: bool) -> None:
         receiver = self.receiver
         async with receiver.store.listen(self.wake, receiver.clock.sleep, notices=notices):
-            woken = False
-            self.last_round = receiver.clock.monotonic()  # the first round is due within the bound too
+            clock = receiver.clock
+            woken, round_at = False, clock.monotonic()  # round_at: when the next full round is due
+            self.last_round = round_at  # the first round is due within the bound too
             failures = 0
             while not stop.is_set():
                 self._wake.clear()
+                full = not woken or clock.monotonic() >= round_at
                 try:
-                    await (self.dispatch() if woken else self.tick(paced=True))
+                    await (self.tick(paced=True) if full else self.dispatch())
                     await self._handed_off()
                     idle = await self._idle()
                     failures = 0
@@ -162,7 +165,9 @@ class Worker:
                     failures += 1
                     idle = retry_delay(failures, 1.0, MAX_BACKOFF)
                     log.exception("worker.round_failed", failures=failures, retry_in=round(idle, 1))
-                woken = await _first(self._wake, stop, receiver.clock.sleep(idle))
+                # A round that only dispatched never puts the full round off.
+                round_at = clock.monotonic() + idle if full else min(round_at, clock.monotonic() + idle)
+                woken = await _first(self._wake, stop, clock.sleep(idle))
 
     async def _idle(self) -> float:
         """Seconds until the next stored due time or the pool's (`_pool_at`, no sooner than the pace

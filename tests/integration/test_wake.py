@@ -196,3 +196,43 @@ async def test_an_unreachable_listen_server_is_logged_once_without_password_and_
     assert states == []  # never listening, so never "lost" either
     for n, backoff in enumerate(backoffs):  # 0.5 s doubling, up to 25 % jitter
         assert 0.5 * 2**n <= backoff <= 0.625 * 2**n
+
+
+@pytest.mark.anyio
+async def test_wake_ups_that_keep_coming_never_hold_back_the_full_round(tmp_path: Path) -> None:
+    # A steady stream of completions wakes the worker during every round: each wake-up only dispatches,
+    # but once the full round's time has come, the next one is a full round (polls, deadlines).
+    clock = VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    settings = replace(Settings(), database_url=f"sqlite:///{tmp_path}/r.db", handlers=[])
+    receiver = Receiver.from_settings(settings, clock=clock)
+    worker = receiver.worker
+    rounds: list[str] = []
+    dispatch, tick = worker.dispatch, worker.tick
+
+    async def dispatched() -> dict[str, int]:
+        rounds.append("dispatch")
+        if rounds.count("dispatch") == 3:
+            clock.advance(MAX_IDLE + 1)  # the full round's time comes while the wake-ups go on
+        if len(rounds) < 12:
+            worker.wake()  # the next completion, already recorded as this round ends
+        return await dispatch()
+
+    async def ticked(*, paced: bool = False) -> dict[str, int]:
+        rounds.append("tick")
+        if len(rounds) < 12:
+            worker.wake()
+        return await tick(paced=paced)
+
+    worker.dispatch, worker.tick = dispatched, ticked  # type: ignore[method-assign]
+    await receiver.open()
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_until_async(lambda: len(rounds) >= 12)  # the last wake-up's round ran
+    finally:
+        stop.set()
+        await task
+        await receiver.close()
+
+    assert rounds[:5] == ["tick", "dispatch", "dispatch", "dispatch", "tick"]
+    assert rounds[5:] == ["dispatch"] * (len(rounds) - 5)
