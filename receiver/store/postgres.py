@@ -166,35 +166,33 @@ class PostgresConnector:
             await sleep(0.0 if failures == 1 else retry_delay(failures - 1, RELISTEN_BASE, RELISTEN_MAX))
 
     async def run(self, work: Work[T], *, write: bool = True) -> T:
-        if self._pool is None:
-            raise RuntimeError("store is not open")
-        try:
-            async with self._pool.connection() as conn, conn.transaction():
-                return await work(PostgresTransaction(conn))
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+        return await self._lend(work, transaction=True)
 
     async def run_grouped(self, work: Work[T]) -> T:
         """Each statement of `work` commits on its own (the connection is in autocommit). The
         connection is lent without the pool's check, whose round trip doubled a record's; should it
         fail (a server restart since it was last used), the work runs once more on a checked one.
         Grouped work is a report, which applied twice has the effect of once."""
-        pool = self._pool
-        if pool is None:
-            raise RuntimeError("store is not open")
         lent = _GROUPED.set(True)
         try:
-            async with pool.connection() as conn:
-                return await work(PostgresTransaction(conn))
-        except psycopg.OperationalError:
-            pass
-        except PoolTimeout as exc:
-            raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+            return await self._lend(work, transaction=False)
+        except StoreUnavailable:
+            pass  # a connection dead since its last use: once more, on a checked one
         finally:
             _GROUPED.reset(lent)
+        return await self._lend(work, transaction=False)
+
+    async def _lend(self, work: Work[T], *, transaction: bool) -> T:
+        """`work` on a connection of the pool, in a transaction or not; StoreUnavailable when the
+        server cannot be reached or the pool has no connection in time."""
+        if self._pool is None:
+            raise RuntimeError("store is not open")
         try:
-            async with pool.connection() as conn:
-                return await work(PostgresTransaction(conn))
+            async with self._pool.connection() as conn:
+                if not transaction:
+                    return await work(PostgresTransaction(conn))
+                async with conn.transaction():
+                    return await work(PostgresTransaction(conn))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
 
