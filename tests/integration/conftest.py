@@ -44,11 +44,7 @@ def wait() -> Callable[..., Any]:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     """The receiver's job store, once on SQLite and once on a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'receiver.db'}"
-        return
-    with fresh_schema() as url:
-        yield url
+    yield from _store(request, f"sqlite:///{tmp_path / 'receiver.db'}")
 
 
 @pytest.fixture
@@ -59,8 +55,13 @@ def anyio_backend() -> str:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A store URL for an empty database; the SQLite file sits in a folder the store must create."""
+    yield from _store(request, f"sqlite:///{tmp_path}/data/jobs.db")
+
+
+def _store(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[str]:
+    """`sqlite_url`, or a fresh PostgreSQL schema's URL, by the fixture's parameter."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/data/jobs.db"
+        yield sqlite_url
         return
     with fresh_schema() as url:
         yield url
