@@ -190,16 +190,27 @@ class Models:
 
 @dataclass(frozen=True)
 class Finished:
-    """A job that succeeded: its kind and the seconds from submit to the recorded completion."""
+    """A job that succeeded: its kind and the seconds from submit to its end (`of`)."""
 
     kind: Kind
     seconds: float
 
     @classmethod
     def of(
-        cls, provider: str, model: str, request: Mapping[str, Any], submitted: datetime, completed: datetime
+        cls,
+        provider: str,
+        model: str,
+        request: Mapping[str, Any],
+        submitted: datetime,
+        completed: datetime,
+        finished: datetime | None = None,
     ) -> Finished:
-        return cls(Kind.of(provider, model, request), (completed - submitted).total_seconds())
+        """From submit to `finished`, when the provider said when the job ended, else to `completed`,
+        when the receiver recorded the end: a webhook that came late, or a reconciliation poll long
+        after it, would teach the model the receiver's delay and set the next reconciliation later
+        still. The provider's moment is on its clock: it is kept between submit and the record."""
+        end = completed if finished is None else min(max(finished, submitted), completed)
+        return cls(Kind.of(provider, model, request), (end - submitted).total_seconds())
 
 
 @dataclass(frozen=True)

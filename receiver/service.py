@@ -698,6 +698,7 @@ def update_from(status: ProviderStatus) -> Update:
         output_urls=tuple(status.output_urls),
         error=status.error,
         cost=status.cost,
+        finished_at=status.finished_at,
     )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from receiver.events import JobError, JobStatus
+from receiver.events import TERMINAL, JobError, JobStatus
 from receiver.generation import KlingRequest
 
 
@@ -24,6 +25,10 @@ class ProviderStatus:
     # What the job costs as the provider reports it now, in its unit (receiver.costs.UNITS): net of
     # any refund it documents; None when the report names no cost.
     cost: float | None = None
+    # When the provider says the job ended (its `completedAt`), on its clock; None when it does not say.
+    # The completion-time model learns from it: the moment a poll or a late webhook saw the end is
+    # later, by as long as the receiver was not looking.
+    finished_at: datetime | None = None
 
 
 class ProviderError(Exception):
@@ -188,7 +193,20 @@ def report(
         error=job_error(provider, status, data.get("error")),
         raw=data,
         cost=cost(status),
+        finished_at=moment(data.get("completedAt")) if status in TERMINAL else None,
     )
+
+
+def moment(value: Any) -> datetime | None:
+    """A provider's timestamp (ISO 8601, `Z` or an offset; one without a zone is taken as UTC) as an
+    aware datetime; None when there is none or it cannot be read: it only informs the model."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def accepted(data: dict[str, Any], job_id: Any, read: Callable[[], ProviderStatus]) -> ProviderStatus:

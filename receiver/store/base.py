@@ -22,6 +22,7 @@ class Update:
     output_urls: tuple[str, ...] = ()
     error: JobError | None = None
     cost: float | None = None  # the provider's figure, when its report names one
+    finished_at: datetime | None = None  # when the provider says the job ended (ProviderStatus)
 
 
 @dataclass(frozen=True)

@@ -234,6 +234,7 @@ class SQLStore:
                 completed_via=via,
                 event_id=job.event_id,
                 cost=job.cost,
+                finished_at=update.finished_at,
                 event=json.dumps(change.event),  # as text: PostgreSQL's json column keeps it as built
             )
             await tx.execute(*end)
@@ -337,6 +338,7 @@ class SQLStore:
                 _json(row["request"]),
                 _moment(row["submitted_at"]),
                 _moment(row["completed_at"]),
+                _time(row["finished_at"]),
             )
             for row in rows
         ]

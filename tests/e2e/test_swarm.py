@@ -95,14 +95,21 @@ def test_many_processes_share_one_store_and_one_runbase_budget(world: World, kin
             refused = [(a.status_code, a.text) for a in answers if a.status_code not in (200, 202)]
             refused += [(r.returncode, r.stderr) for r in cli_answers if r.returncode]
             assert refused == []
-            world.inbox.wait_for(TOTAL, timeout=400)
             ids = [a.json()["id"] for a in answers] + [r.stdout.strip() for r in cli_answers]
+            try:
+                world.inbox.wait_for(TOTAL, timeout=400)
+            except pytest.fail.Exception:
+                print(
+                    f"\nnot delivered: {json.dumps(_undelivered(admin, web_urls[0], ids, world), indent=1)}"
+                )
+                raise
             listed = wait_until(lambda: _all_delivered(admin, web_urls[0], ids), timeout=30)
         elapsed = time.monotonic() - started
         host.terminate()
         host_rc = host.wait(timeout=60)
 
     requests = list(world.runbase.requests)
+    sent = list(world.apiframe.webhooks_sent)
     events = [json.loads(body) for _, body in world.inbox.posts]
     event_ids = Counter(e["id"] for e in events)
     figures = {
@@ -118,6 +125,13 @@ def test_many_processes_share_one_store_and_one_runbase_budget(world: World, kin
             Counter(b for b, path, _ in balancer.answers if path.startswith("/hooks"))
         ),
         "unreachable_backend": balancer.unreachable,
+        "webhook_attempts_failed": dict(
+            Counter(
+                str(w.get("status_code") or w.get("error", "")[:60])
+                for w in sent
+                if w.get("status_code") != 200
+            )
+        ),
     }
     print(f"\nswarm figures: {json.dumps(figures)}")
 
@@ -169,6 +183,14 @@ def _up(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _undelivered(admin: httpx.Client, base: str, ids: list[str], world: World) -> list[dict[str, Any]]:
+    """The jobs no event reached the inbox for, as the API shows them, to tell a stuck job from a
+    stuck delivery when the run fails."""
+    seen = {json.loads(body)["job"]["id"] for _, body in world.inbox.posts}
+    listed = {j["id"]: j for j in admin.get(f"{base}/jobs", params={"limit": 1000}).json()["jobs"]}
+    return [listed.get(i, {"id": i, "listed": False}) for i in ids if i not in seen]
 
 
 def _all_delivered(admin: httpx.Client, base: str, ids: list[str]) -> list[dict[str, Any]] | None:

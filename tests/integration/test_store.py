@@ -3,6 +3,7 @@ once per lease, in `after` order."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -310,6 +311,22 @@ async def test_completion_samples_are_the_newest_successes_with_their_time_from_
     samples = await store.completion_samples(2)
     assert [s.seconds for s in samples] == [169.0, 159.0]  # submitted at 1 s; no failure, not the oldest
     assert samples[0].kind == Kind("runbase", "kling-3.0", "pro", "default", False)
+
+
+@pytest.mark.anyio
+async def test_completion_samples_take_the_end_the_provider_reports_within_submit_and_record(
+    store: Store,
+) -> None:
+    """A reconciliation poll 300 s after a job that ended at 40 s (its webhook lost) teaches the model
+    40 s, not 300 s; a provider's clock ahead of ours or behind it is held within submit and record."""
+    for n in range(4):
+        await _create(store, f"job_{n}")
+    ends = {"job_0": _at(41), "job_1": _at(500), "job_2": _at(-5), "job_3": None}
+    for n, (job_id, finished_at) in enumerate(ends.items()):
+        done = dataclasses.replace(DONE, finished_at=finished_at)
+        assert (await store.record(job_id, done, "poll", _at(301 + n), Routes())).terminal
+    samples = await store.completion_samples(10)
+    assert [s.seconds for s in samples] == [303.0, 0.0, 301.0, 40.0]  # newest first; submitted at 1 s
 
 
 @pytest.mark.anyio

@@ -232,6 +232,7 @@ def test_webhook_completed() -> None:
     )
     assert (reported.provider_job_id, reported.status) == (JOB, JobStatus.SUCCEEDED)
     assert reported.output_urls == ["https://cdn.test/v.mp4"]
+    assert reported.finished_at == datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_webhook_failed() -> None:

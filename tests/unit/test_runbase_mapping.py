@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -133,6 +134,27 @@ def test_succeeded_run_has_output_urls() -> None:
     )
     assert reported.output_urls == ["https://cdn.test/1.mp4"]
     assert (reported.progress, reported.error) == (100, None)
+    assert reported.finished_at == datetime(2026, 1, 1, 0, 2, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("raw", "finished_at"),
+    [
+        ("2026-01-01T00:02:30.250+01:00", datetime(2025, 12, 31, 23, 2, 30, 250000, tzinfo=UTC)),
+        ("2026-01-01T00:02:30", datetime(2026, 1, 1, 0, 2, 30, tzinfo=UTC)),  # no zone: UTC
+        ("yesterday", None),
+        (1767225750, None),
+        (None, None),
+    ],
+)
+def test_a_finished_run_says_when_it_ended_as_far_as_it_can_be_read(raw: object, finished_at: object) -> None:
+    reported = map_status({"id": RUN, "status": "succeeded", "output": {"urls": []}, "completedAt": raw})
+    assert reported.finished_at == finished_at
+
+
+def test_a_running_run_has_not_ended_whatever_its_completed_at_says() -> None:
+    reported = map_status({"id": RUN, "status": "processing", "completedAt": "2026-01-01T00:02:30Z"})
+    assert reported.finished_at is None
 
 
 @pytest.mark.parametrize("output", [None, {}, {"urls": "https://cdn.test/1.mp4"}, []])

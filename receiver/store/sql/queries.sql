@@ -62,7 +62,8 @@ SELECT status, provider_job_id, 0 AS changed FROM receiver_jobs WHERE id = :id
 -- name: record_end
 UPDATE receiver_jobs SET status = :status, provider_job_id = :provider_job_id, output_urls = :output_urls,
     error = :error, progress = :progress, completed_at = :completed_at, completed_via = :completed_via,
-    next_poll_at = NULL, locked_until = NULL, event_id = :event_id, event = :event, cost = :cost
+    next_poll_at = NULL, locked_until = NULL, event_id = :event_id, event = :event, cost = :cost,
+    finished_at = :finished_at
 WHERE id = :id
 
 -- name: insert_delivery
@@ -95,7 +96,7 @@ WHERE id = :id
 -- name: completion_samples
 -- The most recent successes, for the completion-time model; served by the partial index
 -- receiver_jobs_succeeded, so the history's size does not matter.
-SELECT provider, model, request, submitted_at, completed_at FROM receiver_jobs
+SELECT provider, model, request, submitted_at, completed_at, finished_at FROM receiver_jobs
 WHERE status = 'succeeded' AND submitted_at IS NOT NULL AND completed_at IS NOT NULL
 ORDER BY completed_at DESC LIMIT :limit
 

@@ -268,3 +268,8 @@ CREATE TABLE receiver_budget_alerts (
 -- completion-time model learns from.
 ALTER TABLE receiver_jobs ADD COLUMN polled_at TIMESTAMP TEXT;
 CREATE INDEX receiver_jobs_succeeded ON receiver_jobs (completed_at) WHERE status = 'succeeded';
+
+-- name: migration_9
+-- When the provider says each job ended (its `completedAt`): the completion-time model learns from it,
+-- not from when a poll or a late webhook saw the end.
+ALTER TABLE receiver_jobs ADD COLUMN finished_at TIMESTAMP TEXT;
