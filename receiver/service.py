@@ -271,7 +271,7 @@ class Receiver:
             self._models_stale = False
             self._models_read_at = self.clock.monotonic()
             samples = await self.store.completion_samples(MODEL_HISTORY)
-            running = await self.store.running_samples(self.clock(), MODEL_HISTORY)
+            running = await self.store.running_samples(MODEL_HISTORY)
             self._models = Models.learn(samples, self.settings.expected_seconds, running)
         return self._models
 

@@ -283,6 +283,7 @@ class Worker:
         except (ProviderError, SettingsError) as exc:
             log.warning("poll.failed", job_id=job.id, provider=job.provider, error=str(exc))
             receiver.metrics.poll(job.provider, ok=False)
+            seen = None  # a look that failed saw nothing: chances still run from the last one that did
         else:
             counts["polled"] += 1
             receiver.metrics.poll(job.provider, ok=True)
@@ -290,9 +291,10 @@ class Worker:
                 counts["completed"] += 1
                 await receiver.store.schedule_poll(job.id, None, sent)
                 return True
+            seen = sent
         spec = registry.get(job.provider)
         next_at = spec.next_poll_at(job.submitted_at or job.created_at, sent, model, job.deadline_at)
-        await receiver.store.schedule_poll(job.id, next_at, sent)
+        await receiver.store.schedule_poll(job.id, next_at, seen)
         return True
 
     async def _dispatch(self, counts: Counter[str], job_ids: list[str] | None = None) -> int:

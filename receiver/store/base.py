@@ -211,8 +211,11 @@ class Store(Protocol):
     async def completion_samples(self, limit: int) -> list[Finished]:
         """The `limit` most recently completed successes: each one's kind and time from submit."""
 
-    async def running_samples(self, now: datetime, limit: int) -> list[Running]:
-        """Up to `limit` jobs submitted and not finished: each one's kind and age at `now`."""
+    async def running_samples(self, limit: int) -> list[Running]:
+        """Up to `limit` jobs not finished at their last look: each one's kind and the seconds from
+        submit to that look, as far as the provider said it was still running. Not its age now: a job
+        whose webhook is lost looks older every minute without taking any longer, and counting its age
+        would make the model, and with it the reconciliation poll, later and later."""
 
     async def poll_soon(self, job_id: str, at: datetime) -> bool:
         """Bring the next poll forward (a webhook we could not use is confirmed by a status read);

@@ -343,12 +343,12 @@ class SQLStore:
             for row in rows
         ]
 
-    async def running_samples(self, now: datetime, limit: int) -> list[Running]:
+    async def running_samples(self, limit: int) -> list[Running]:
         rows = await self._read(self._q("running_samples", limit=limit))
         return [
             Running(
                 Kind.of(row["provider"], row["model"], _json(row["request"])),
-                (now - _moment(row["submitted_at"])).total_seconds(),
+                (_moment(row["polled_at"]) - _moment(row["submitted_at"])).total_seconds(),
             )
             for row in rows
         ]

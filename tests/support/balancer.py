@@ -27,8 +27,12 @@ class Balancer:
     answers: list[tuple[str, str, int]] = field(default_factory=list)  # (backend, path, status)
     unreachable: list[tuple[str, str, str]] = field(default_factory=list)  # (backend, path, error)
     _turn: Iterator[int] = field(default_factory=itertools.count)
+    _client: httpx.AsyncClient | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
@@ -36,10 +40,10 @@ class Balancer:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = await request.body()
         try:
-            async with httpx.AsyncClient(base_url=backend, timeout=60) as client:
-                answer = await client.request(
-                    request.method, request.url.path, params=request.url.query, content=body, headers=headers
-                )
+            answer = await self._http().request(
+                request.method, backend + request.url.path, params=request.url.query, content=body,
+                headers=headers,
+            )  # fmt: skip
         except httpx.TransportError as exc:
             self.unreachable.append((backend, request.url.path, repr(exc)))
             await Response(status_code=502)(scope, receive, send)
@@ -47,6 +51,21 @@ class Balancer:
         self.answers.append((backend, request.url.path, answer.status_code))
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
         await Response(answer.content, status_code=answer.status_code, headers=kept)(scope, receive, send)
+
+    def _http(self) -> httpx.AsyncClient:
+        """One client, kept alive, as a router keeps its connections to the backends: a client per request
+        cost the test's own process more than the backends' work, and webhooks timed out in its queue."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None))
+        return self._client
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+        await send({"type": "lifespan.shutdown.complete"})
 
 
 @contextmanager
