@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.completion import Lognormal
-from receiver.events import iso
-from receiver.planner import next_look_at, polling_plan
+from receiver.completion import MIN_SAMPLES, Lognormal
+from receiver.events import iso, parse_iso
+from receiver.planner import next_look_at, polling_plan, webhook_plan
 from tests.support.stack import receiver_stack, verify_forward
 
 
@@ -155,3 +155,26 @@ def test_unusable_webhook_is_confirmed_by_a_status_read(tmp_path: Path, sink, wa
     assert done["status"] == "succeeded"
     assert done["completed_via"] == "poll"
     assert done["output_urls"]
+
+
+def test_reconciliation_learns_when_videos_were_done_not_when_it_found_them(tmp_path: Path, sink) -> None:
+    """Apiframe's webhooks are lost and every job is ended by its reconciliation poll, well after the
+    video was done. The model learns the provider's completedAt, so the next reconciliation comes
+    sooner as the model firms up; learning the moment of the poll instead would put each one later
+    than the last, without end."""
+    late: list[float] = []
+    with receiver_stack(
+        tmp_path, sink.url, apiframe={"webhook": "drop", "delay": 60}, expected_seconds=60
+    ) as stack:
+        for n in range(MIN_SAMPLES + 1):
+            job = stack.submit("apiframe")
+            stack.run_until(lambda job=job: stack.settled(job["id"]), limit=500)
+            done = stack.job(job["id"])
+            assert done["completed_via"] == "poll"
+            video_done = parse_iso(done["submitted_at"]) + timedelta(seconds=60)
+            late.append((parse_iso(done["completed_at"]) - video_done).total_seconds())
+            assert len(sink.posts) == n + 1
+
+    assert late[0] == pytest.approx(webhook_plan(Lognormal.prior(60), 0.0) - 60, abs=1.0)
+    assert late[:MIN_SAMPLES] == pytest.approx([late[0]] * MIN_SAMPLES, abs=1.0)  # the prior, until learned
+    assert late[-1] < late[0] - 5  # learned: 60 s, and firmer than the prior
