@@ -63,6 +63,7 @@ STORE_PING_TIMEOUT = 3.0  # real seconds /healthz waits for the store before cal
 # The completion-time models: read from the store's MODEL_HISTORY most recent successes, again at most
 # MODELS_FRESH s after a job finished here and at least every MODELS_MAX_AGE s.
 MODEL_HISTORY = 2000
+WEBHOOKS = frozenset(name for name in registry.NAMES if registry.get(name).sends_webhooks)
 MODELS_FRESH = 5.0
 MODELS_MAX_AGE = 60.0
 
@@ -271,7 +272,10 @@ class Receiver:
             self._models_stale = False
             self._models_read_at = self.clock.monotonic()
             samples = await self.store.completion_samples(MODEL_HISTORY)
-            running = await self.store.running_samples(MODEL_HISTORY)
+            # A job of a provider that sends webhooks counts as running only up to its last look: its
+            # webhook may be lost, and counting the silence since would make the model, and with it the
+            # reconciliation poll, later and later while webhooks are lost.
+            running = await self.store.running_samples(self.clock(), MODEL_HISTORY, to_last_look=WEBHOOKS)
             self._models = Models.learn(samples, self.settings.expected_seconds, running)
         return self._models
 

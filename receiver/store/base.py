@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -211,11 +211,12 @@ class Store(Protocol):
     async def completion_samples(self, limit: int) -> list[Finished]:
         """The `limit` most recently completed successes: each one's kind and time from submit."""
 
-    async def running_samples(self, limit: int) -> list[Running]:
-        """Up to `limit` jobs not finished at their last look: each one's kind and the seconds from
-        submit to that look, as far as the provider said it was still running. Not its age now: a job
-        whose webhook is lost looks older every minute without taking any longer, and counting its age
-        would make the model, and with it the reconciliation poll, later and later."""
+    async def running_samples(
+        self, now: datetime, limit: int, *, to_last_look: Collection[str] = ()
+    ) -> list[Running]:
+        """Up to `limit` jobs submitted and not finished: each one's kind and its age at `now`, or, for
+        the providers in `to_last_look`, the seconds from submit to its last look (a job of theirs not
+        looked at yet is left out)."""
 
     async def poll_soon(self, job_id: str, at: datetime) -> bool:
         """Bring the next poll forward (a webhook we could not use is confirmed by a status read);

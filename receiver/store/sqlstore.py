@@ -7,7 +7,7 @@ import contextlib
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -343,15 +343,17 @@ class SQLStore:
             for row in rows
         ]
 
-    async def running_samples(self, limit: int) -> list[Running]:
+    async def running_samples(
+        self, now: datetime, limit: int, *, to_last_look: Collection[str] = ()
+    ) -> list[Running]:
         rows = await self._read(self._q("running_samples", limit=limit))
-        return [
-            Running(
-                Kind.of(row["provider"], row["model"], _json(row["request"])),
-                (_moment(row["polled_at"]) - _moment(row["submitted_at"])).total_seconds(),
-            )
-            for row in rows
-        ]
+        samples = []
+        for row in rows:
+            until = _time(row["polled_at"]) if row["provider"] in to_last_look else now
+            if until is not None:
+                kind = Kind.of(row["provider"], row["model"], _json(row["request"]))
+                samples.append(Running(kind, (until - _moment(row["submitted_at"])).total_seconds()))
+        return samples
 
     async def poll_soon(self, job_id: str, at: datetime) -> bool:
         async def work(tx: Transaction) -> bool:

@@ -330,20 +330,31 @@ async def test_completion_samples_take_the_end_the_provider_reports_within_submi
 
 
 @pytest.mark.anyio
-async def test_running_samples_are_the_unfinished_jobs_up_to_their_last_look(store: Store) -> None:
-    """A job took at least until the last look that found it running, however long ago that was; one
-    never looked at (a webhook job waiting for its webhook) tells nothing yet."""
-    for n in range(4):
+async def test_running_samples_are_the_submitted_unfinished_jobs_with_their_age(store: Store) -> None:
+    for n in range(3):
         await _create(store, f"job_{n}", submit=f"rb_{n}")
     await _create(store, "job_queued", submit=None)
-    for n, seconds in enumerate((61, 81, 101)):
-        await store.claim_due_polls(_at(seconds), 10, 300)
-        await store.schedule_poll(f"job_{n}", _at(seconds + 20), _at(seconds))
     assert (await store.record("job_0", DONE, "poll", _at(150), Routes())).terminal
-    running = await store.running_samples(10)
-    assert sorted(r.seconds for r in running) == [80.0, 100.0]  # submitted at 1 s; not the finished one
+    running = await store.running_samples(_at(101), 10)
+    assert sorted(r.seconds for r in running) == [100.0, 100.0]  # submitted at 1 s; not the finished one
     assert running[0].kind == Kind("runbase", "kling-3.0", "pro", "default", False)
-    assert len(await store.running_samples(1)) == 1
+    assert len(await store.running_samples(_at(101), 1)) == 1
+
+
+@pytest.mark.anyio
+async def test_running_samples_count_a_webhook_provider_job_up_to_its_last_look(store: Store) -> None:
+    """An Apiframe job is not known to run past its last look: the silence since may be a lost webhook.
+    One never looked at tells nothing yet."""
+    for n in range(3):
+        await _create(store, f"job_{n}", provider="apiframe", submit=f"af_{n}")
+    await _create(store, "job_rb", submit="rb_1")
+    for n, seconds in enumerate((61, 81)):
+        await store.claim_due_polls(_at(seconds), 10, 300)
+        await store.schedule_poll(f"job_{n}", _at(seconds + 200), _at(seconds))
+    running = await store.running_samples(_at(301), 10, to_last_look={"apiframe"})
+    assert sorted((r.kind.provider, r.seconds) for r in running) == [
+        ("apiframe", 60.0), ("apiframe", 80.0), ("runbase", 300.0)
+    ]  # fmt: skip
 
 
 @pytest.mark.anyio

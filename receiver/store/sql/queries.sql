@@ -101,11 +101,10 @@ WHERE status = 'succeeded' AND submitted_at IS NOT NULL AND completed_at IS NOT 
 ORDER BY completed_at DESC LIMIT :limit
 
 -- name: running_samples
--- Jobs not finished at their last look, for the completion-time model (each took at least until that
--- look); served by the partial index receiver_jobs_due_poll.
+-- Jobs submitted and not finished, for the completion-time model (each took at least its age so far,
+-- or until its last look); served by the partial index receiver_jobs_due_poll.
 SELECT provider, model, request, submitted_at, polled_at FROM receiver_jobs
 WHERE completed_at IS NULL AND next_poll_at IS NOT NULL AND submitted_at IS NOT NULL
-  AND polled_at IS NOT NULL
 ORDER BY next_poll_at LIMIT :limit
 
 -- name: poll_soon
