@@ -9,11 +9,16 @@ completion model (receiver/completion.py), its history (submit, last look) and t
   missing), then at widening gaps.
 - Jobs that share a rate budget pool their chances. THRESHOLD is the price of a request, counted in
   videos found: a request is worth sending once the expected number of jobs that finished since
-  their last look (`pool`, over the budgeted jobs due within the budget's window) reaches it. A lone
-  job's pool is its own chance, so it is looked at when its own plan says (about 1/THRESHOLD looks);
-  k jobs in flight fill the pool about k times as fast, so budget that would sit idle is spent on
-  them, up to all of it when many are near their end. Jobs past their model's p99 stay out of the
-  pool: the model is wrong for them, and their widening plan bounds what they cost.
+  their last look (`pool`, over the budgeted jobs in flight) reaches it. A lone job's pool is its
+  own chance, so it is looked at when its own plan says (about 1/THRESHOLD looks); k jobs in flight
+  fill the pool about k times as fast, so budget that would sit idle is spent on them, up to all of
+  it when many are near their end. Jobs past their model's p99 stay out of the pool: the model is
+  wrong for them, and their widening plan bounds what they cost.
+- Each job is allowed about ALLOWANCE = 1/THRESHOLD looks by its own plan (what the pool sends is the
+  pool's); when a job ends, what it did not use of that allowance passes to the jobs still in flight
+  with it, which spend it on the slots the pool leaves idle (`choose`'s `spare`), a look each. A lone
+  job has no one to inherit from and keeps its 1/THRESHOLD looks; the last jobs of a batch get the
+  budget its first ones did not need.
 - Each request goes to the job whose video, if finished, has likely waited longest unseen (`waited`:
   the integral of its chance since the last look; ties: the one looked at longest ago). Ranking by
   chance alone looks at jobs near their end every few seconds and starves younger ones; by the
@@ -34,6 +39,7 @@ from receiver.completion import Lognormal
 from receiver.schedule import MAX_STEP, MIN_GAP
 
 THRESHOLD = 0.07  # about 14 looks per job wherever it finishes
+ALLOWANCE = 1 / THRESHOLD  # looks per job: what a job that ended sooner did not spend passes on
 RECONCILE_QUANTILE = 0.99
 # Past the model's p99 the model is wrong for this job (the provider is slow today): instead of looking
 # every MIN_GAP at a job it says must be done, the gap grows with the job's age.
@@ -130,15 +136,28 @@ def pool(candidates: Sequence[Due], now: datetime) -> float:
     return math.fsum(d.pooled(now) for d in candidates)
 
 
-def choose(candidates: Sequence[Due], now: datetime, budget_slots: int, most: int) -> list[Due]:
+def unspent(looks: int) -> float:
+    """What a job that ended after `looks` looks leaves of its ALLOWANCE to the jobs still in flight."""
+    return max(0.0, ALLOWANCE - looks)
+
+
+def choose(
+    candidates: Sequence[Due], now: datetime, budget_slots: int, most: int, spare: bool = False
+) -> list[Due]:
     """The looks to make now (at most `most`): the `budget_slots` budgeted ones whose videos have
     likely waited longest unseen (`Due.waited`; ties: the longest since looked at, then the earliest
     submitted), then the unbudgeted ones due now. Budgeted ones are taken from the jobs due now, and, once the
     pool (`pool`) reaches THRESHOLD, from every job in it: the request is worth its price somewhere,
-    and goes where a finished video has likely waited longest."""
+    and goes where a finished video has likely waited longest. With `spare` (an allowance that jobs
+    ended before did not use, see `unspent`), from every budgeted job that may have finished since its
+    last look, in the pool or past its tail."""
     ranked = sorted(candidates, key=lambda d: (-d.waited(now), d.last, d.submitted_at, d.id))
     pooling = pool(candidates, now) >= THRESHOLD
-    budgeted = [d for d in ranked if d.budgeted and (d.due_at <= now or (pooling and d.pooled(now) > 0))]
+
+    def takes(d: Due) -> bool:
+        return d.due_at <= now or (pooling and d.pooled(now) > 0) or (spare and d.chance(now) > 0)
+
+    budgeted = [d for d in ranked if d.budgeted and takes(d)]
     free = [d for d in ranked if not d.budgeted and d.due_at <= now]
     return (budgeted[: max(0, budget_slots)] + free)[: max(0, most)]
 

@@ -20,7 +20,7 @@ from receiver.logs import mask
 from receiver.providers import registry
 from receiver.providers.base import ProviderError
 from receiver.providers.ratelimit import BudgetBusy
-from receiver.schedule import retry_delay
+from receiver.schedule import MAX_STEP, retry_delay
 from receiver.service import Receiver, confirmed
 from receiver.store import DueDelivery
 
@@ -49,6 +49,11 @@ class Worker:
         # When the pool of jobs sharing the budget is next worth a request (planner.pool_fills), though
         # none is due by its own plan: the loop comes back then, or when the pace frees if later.
         self._pool_at: datetime | None = None
+        # The allowance (planner.ALLOWANCE looks by a job's own plan) that budgeted jobs ended by a poll
+        # did not use, for the jobs still in flight (planner.choose's `spare`), and each job's looks so far
+        # by its own plan. Kept while a budgeted job is in flight; a lone job starts with none.
+        self._spare = 0.0
+        self._own: Counter[str] = Counter()
         # While `run` loops: the deliveries handed to it by this process's records, in tasks of their own,
         # one for the jobs ended in one pass of the event loop (`_batch`, until that task claims them).
         self._handed: set[asyncio.Task[None]] | None = None
@@ -186,6 +191,7 @@ class Worker:
 
     async def _expire(self, counts: Counter[str]) -> None:
         for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):
+            self._own.pop(job_id, None)
             if (await self.receiver.time_out(job_id)).terminal:
                 counts["timed_out"] += 1
 
@@ -220,13 +226,14 @@ class Worker:
         The rest stay due, released at once: no planned look is dropped."""
         receiver = self.receiver
         now = receiver.clock()
-        settings = receiver.settings
-        # The loop pools the chances of the jobs due within the budget's window, and may spend a free
-        # slot on one of them before its planned time (planner.choose); a one-shot round takes only
-        # what is due.
-        window = timedelta(seconds=settings.runbase_rate_window if paced else 0.0)
+        # The loop pools the chances of the jobs in flight (no plan looks further ahead than MAX_STEP),
+        # and may spend a free slot on one of them before its planned time (planner.choose); a
+        # one-shot round takes only what is due.
+        window = timedelta(seconds=MAX_STEP if paced else 0.0)
         claimed = await receiver.store.claim_due_polls(now, POLL_BATCH, LEASE, due_by=now + window)
         self._held, self._pool_at = False, None
+        if paced and not any(registry.get(job.provider).spends_budget for job in claimed):
+            self._spare, self._own = 0.0, Counter()  # no job in flight left to pass an allowance to
         if not claimed:
             return
         models = await receiver.completion_models()
@@ -244,12 +251,20 @@ class Worker:
         ]
         moment = receiver.clock.monotonic()
         slots = self._pace.slots(moment) if paced else CONCURRENCY
-        chosen = planner.choose(due, now, slots, CONCURRENCY)
-        if any(look.budgeted for look in chosen):
+        spare = paced and self._spare >= 1.0
+        chosen = planner.choose(due, now, slots, CONCURRENCY, spare=spare)
+        if budgeted_looks := [look for look in chosen if look.budgeted]:
             self._pace = self._pace.spent(moment)
+            own = [look.id for look in budgeted_looks if look.due_at <= now]
+            self._own.update(own)
+            if spare and not own and planner.pool(due, now) < planner.THRESHOLD:
+                self._spare -= 1.0  # neither its plan nor the pool paid for this look
         picked = {look.id for look in chosen}
         left = [look for look in due if look.id not in picked]
-        self._pool_at = planner.pool_fills(left, now, now + window)
+        if self._spare >= 1.0 and any(look.budgeted for look in due):
+            self._pool_at = now  # the next slot the pace frees goes to a job in flight
+        else:
+            self._pool_at = planner.pool_fills(left, now, now + window)
         held = [job_id for job_id in jobs if job_id not in picked]
         await receiver.store.release_polls(held)
         self._held = any((jobs[job_id].next_poll_at or now) <= now for job_id in held)
@@ -289,6 +304,8 @@ class Worker:
             receiver.metrics.poll(job.provider, ok=True)
             if (await receiver.record(job.id, confirmed(status), via="poll")).terminal:
                 counts["completed"] += 1
+                if registry.get(job.provider).spends_budget:  # what it did not use passes on
+                    self._spare += planner.unspent(self._own.pop(job.id, 0))
                 await receiver.store.schedule_poll(job.id, None, sent)
                 return True
             seen = sent

@@ -24,6 +24,7 @@ from receiver.completion import (
     Running,
 )
 from receiver.planner import (
+    ALLOWANCE,
     TAIL_GAP,
     THRESHOLD,
     Due,
@@ -34,6 +35,7 @@ from receiver.planner import (
     polling_plan,
     pool,
     pool_fills,
+    unspent,
     webhook_plan,
 )
 from receiver.schedule import MAX_STEP, MIN_GAP
@@ -283,6 +285,28 @@ def test_a_job_past_its_models_tail_adds_nothing_to_the_pool_and_waits_for_its_o
     assert pool(late, now) == 0.0
     assert choose(late, now, 1, most=16) == []
     assert pool_fills(late, now, now + timedelta(seconds=10)) is None
+
+
+def test_an_allowance_left_by_jobs_ended_before_spends_idle_slots_on_those_still_in_flight() -> None:
+    """The last job of a batch, not due and alone in the pool: by its own plan it waits (as a lone job
+    does); with the allowance its batch did not use, it takes the slot; past its model's tail too."""
+    last = _due("last", 199.0, polling_plan(PRIOR, 199.0))
+    now = _at(200.0)
+    assert choose([last], now, 1, most=16) == []
+    assert [d.id for d in choose([last], now, 1, most=16, spare=True)] == ["last"]
+    assert choose([last], now, 0, most=16, spare=True) == []
+    late_at = PRIOR.quantile(0.999)
+    late = _due("late", late_at - 1.0, late_at + 30.0)
+    assert late.pooled(_at(late_at)) == 0.0
+    assert [d.id for d in choose([late], _at(late_at), 1, most=16, spare=True)] == ["late"]
+    fresh = _due("fresh", 0.0, 290.0, submitted=200.0)  # submitted just now: nothing to find yet
+    assert choose([fresh], _at(200.0), 1, most=16, spare=True) == []
+
+
+def test_a_job_passes_on_what_it_did_not_use_of_its_allowance() -> None:
+    assert unspent(0) == pytest.approx(1 / THRESHOLD)
+    assert unspent(4) == pytest.approx(ALLOWANCE - 4)
+    assert unspent(40) == 0.0
 
 
 def test_far_past_the_p99_the_chance_is_still_a_share_of_the_jobs_alive() -> None:

@@ -1,0 +1,74 @@
+"""The worker's poll allowance (receiver/planner.py): what a job ended by a poll did not use of its
+looks passes to the jobs still in flight with it, which spend it on the budget's idle slots; a lone job
+has none and keeps its own plan. The real worker, store, budget and Runbase emulator, on a virtual
+clock that the test moves one pace step at a time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from receiver.clock import VirtualClock
+from receiver.config import Settings
+from receiver.emulators.runbase import RunbaseEmulator
+from receiver.generation import KlingRequest
+from receiver.planner import ALLOWANCE
+from receiver.providers.ratelimit import StoreBudget
+from receiver.providers.runbase import RunbaseClient
+from receiver.service import Receiver
+from receiver.store import open_store
+
+pytestmark = pytest.mark.anyio
+
+KEY = "rb_allowance_key"
+STEP = 0.5  # the pace: 10 s / 20 requests
+SPAN = 10.0
+
+
+async def looks_at_the_last(folder: Path, ends: list[float], start: float | None) -> tuple[int, float, int]:
+    """Jobs submitted together, the i-th ending `ends[i]` s after its submit, the worker's paced rounds
+    every STEP s. From `start` (None: when the first job is seen to end), for SPAN s: the looks at the
+    last job; and `start`, and how many looks the first job took."""
+    clock = VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    emulator = RunbaseEmulator(api_key=KEY, rate_limit=10**9, balance=1e9, clock=clock, delay=150.0)
+    settings = Settings(runbase_api_key=KEY, database_url=f"sqlite:///{folder / 'allowance.db'}")
+    store = open_store(settings.database_url)
+    budget = StoreBudget(store, settings.runbase_rate_limit, settings.runbase_rate_window, clock=clock)
+    transport = httpx.ASGITransport(app=emulator.app)
+    client = RunbaseClient(KEY, "http://runbase.test", budget=budget, transport=transport, clock=clock)
+    receiver = Receiver(settings, store, [], clients={"runbase": client}, budget=budget, clock=clock)
+    await receiver.open()
+    try:
+        jobs = [await receiver.submit("runbase", KlingRequest(prompt=f"fox {n}")) for n in range(len(ends))]
+        for job, end in zip(jobs, ends, strict=True):
+            emulator.runs[job.provider_job_id or ""].delay = end
+        before = 0
+        while start is None or clock.monotonic() < start + SPAN:
+            clock.advance(STEP)
+            await receiver.worker.tick(paced=True)
+            if start is None and (await receiver.get_job(jobs[0].id)).completed_at is not None:
+                start = clock.monotonic()
+            if start is not None and clock.monotonic() <= start:
+                before = (await receiver.get_job(jobs[-1].id)).poll_count
+        last, first = await receiver.get_job(jobs[-1].id), await receiver.get_job(jobs[0].id)
+        assert last.completed_at is None
+        return last.poll_count - before, start, first.poll_count
+    finally:
+        await receiver.close()
+
+
+async def test_the_last_job_of_a_batch_gets_the_slots_its_first_one_did_not_need(tmp_path: Path) -> None:
+    """Two jobs, one ends at 110 s: the other (ends at 250 s) is looked at every pace step while the
+    first one's unused looks last; the same job alone, over the same seconds, waits for its own plan
+    (a look every several seconds there)."""
+    (tmp_path / "batch").mkdir()
+    (tmp_path / "lone").mkdir()
+    inherited, start, first_looks = await looks_at_the_last(tmp_path / "batch", [110.0, 250.0], None)
+    alone, _, _ = await looks_at_the_last(tmp_path / "lone", [250.0], start)
+    spare = ALLOWANCE - first_looks
+    assert spare > SPAN / STEP / 2
+    assert inherited >= min(spare, SPAN / STEP) - 2  # a slot or two the budget's window held back
+    assert alone <= 3
