@@ -469,6 +469,7 @@ class ApiframeEmulator(Emulator):
                 record["error"] = f"{type(exc).__name__}: {exc}"
             else:
                 record["status_code"] = answer.status_code
+            record["answered"] = self.clock.monotonic()
             self.webhooks_sent.append(record)
             if 200 <= record.get("status_code", 0) < 300:
                 return True

@@ -408,10 +408,13 @@ class Run:
         else:
             raise ValueError(f"unknown fault {fault}")
 
-    def store_is_down(self, at: float | None = None) -> bool:
+    def store_is_down(self, at: float | None = None, until: float | None = None) -> bool:
+        """Whether the run had the server stopped at `at` (now by default), or at any moment from `at`
+        to `until`: a request in flight when the server stopped may be answered 503 for it."""
         moment = time.monotonic() if at is None else at
+        end = moment if until is None else until
         with self.tally.lock:
-            return any(low <= moment <= high for low, high in self.tally.store_down)
+            return any(low <= end and moment <= high for low, high in self.tally.store_down)
 
     def calm(self) -> None:
         """The end of the faults: every process up, webhooks delivered, the inbox answering."""
@@ -519,10 +522,8 @@ class Run:
         passed_on = sum(1 for what, _, _ in answered if what.endswith(PROVIDER_REFUSED))
         store_down = sum(1 for _, status, down in answered if status == 503 and down)
         hooks = [w for w in self.apiframe.webhooks_sent if w.get("status_code", 0) >= 500]
-        hooks_down = [
-            w for w in hooks if w["status_code"] == 503 and self.store_is_down(self.clock_to_mono(w))
-        ]
-        five += [("webhook", w["status_code"]) for w in hooks if w not in hooks_down]
+        hooks_down = [w for w in hooks if w["status_code"] == 503 and self.store_is_down(*self.in_flight(w))]
+        five += [(self.webhook_timing(w), w["status_code"]) for w in hooks if w not in hooks_down]
         for name, items in (
             ("lost", lost + dead),
             ("failed-by-us", failed_by_us),
@@ -553,10 +554,22 @@ class Run:
             "fault-kinds": dict(sorted(self.tally.faults.items())),
         }
 
+    def webhook_timing(self, webhook: dict[str, Any]) -> str:
+        """A webhook attempt, with how long it was in flight and when the run stopped the server."""
+        sent, answered = self.in_flight(webhook)
+        with self.tally.lock:
+            spans = ", ".join(
+                f"{low - sent:+.1f}..{high - sent:+.1f} s" for low, high in self.tally.store_down
+            )
+        return (
+            f"webhook (in flight {answered - sent:.1f} s; server stopped, from its send: {spans or 'never'})"
+        )
+
     @staticmethod
-    def clock_to_mono(webhook: dict[str, Any]) -> float:
-        """The emulators run on the system clock: a webhook's `t` is a time.monotonic() reading."""
-        return float(webhook["t"])
+    def in_flight(webhook: dict[str, Any]) -> tuple[float, float]:
+        """When a webhook attempt was sent and answered: the emulators run on the system clock, so its
+        `t` and `answered` are time.monotonic() readings."""
+        return float(webhook["t"]), float(webhook["answered"])
 
     def secrets_in_logs(self) -> int:
         tokens = [
