@@ -261,8 +261,10 @@ class Worker:
                 self._spare -= 1.0  # neither its plan nor the pool paid for this look
         picked = {look.id for look in chosen}
         left = [look for look in due if look.id not in picked]
-        if self._spare >= 1.0 and any(look.budgeted for look in due):
-            self._pool_at = now  # the next slot the pace frees goes to a job in flight
+        if self._spare >= 1.0 and any(look.budgeted and look.chance(now) > 0 for look in due):
+            # The next slot the pace frees goes to a job in flight (one that may have finished: a job
+            # just submitted has nothing to find yet, and the loop would not sleep for it).
+            self._pool_at = now
         else:
             self._pool_at = planner.pool_fills(left, now, now + window)
         held = [job_id for job_id in jobs if job_id not in picked]

@@ -5,6 +5,8 @@ clock that the test moves one pace step at a time."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from receiver.providers.ratelimit import StoreBudget
 from receiver.providers.runbase import RunbaseClient
 from receiver.service import Receiver
 from receiver.store import open_store
+from receiver.worker import MAX_IDLE
 
 pytestmark = pytest.mark.anyio
 
@@ -28,10 +31,8 @@ STEP = 0.5  # the pace: 10 s / 20 requests
 SPAN = 10.0
 
 
-async def looks_at_the_last(folder: Path, ends: list[float], start: float | None) -> tuple[int, float, int]:
-    """Jobs submitted together, the i-th ending `ends[i]` s after its submit, the worker's paced rounds
-    every STEP s. From `start` (None: when the first job is seen to end), for SPAN s: the looks at the
-    last job; and `start`, and how many looks the first job took."""
+@asynccontextmanager
+async def runbase_receiver(folder: Path) -> AsyncIterator[tuple[VirtualClock, RunbaseEmulator, Receiver]]:
     clock = VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
     emulator = RunbaseEmulator(api_key=KEY, rate_limit=10**9, balance=1e9, clock=clock, delay=150.0)
     settings = Settings(runbase_api_key=KEY, database_url=f"sqlite:///{folder / 'allowance.db'}")
@@ -42,22 +43,34 @@ async def looks_at_the_last(folder: Path, ends: list[float], start: float | None
     receiver = Receiver(settings, store, [], clients={"runbase": client}, budget=budget, clock=clock)
     await receiver.open()
     try:
-        jobs = [await receiver.submit("runbase", KlingRequest(prompt=f"fox {n}")) for n in range(len(ends))]
-        for job, end in zip(jobs, ends, strict=True):
-            emulator.runs[job.provider_job_id or ""].delay = end
+        yield clock, emulator, receiver
+    finally:
+        await receiver.close()
+
+
+async def submit(emulator: RunbaseEmulator, receiver: Receiver, end: float) -> str:
+    job = await receiver.submit("runbase", KlingRequest(prompt="a fox"))
+    emulator.runs[job.provider_job_id or ""].delay = end
+    return job.id
+
+
+async def looks_at_the_last(folder: Path, ends: list[float], start: float | None) -> tuple[int, float, int]:
+    """Jobs submitted together, the i-th ending `ends[i]` s after its submit, the worker's paced rounds
+    every STEP s. From `start` (None: when the first job is seen to end), for SPAN s: the looks at the
+    last job; and `start`, and how many looks the first job took."""
+    async with runbase_receiver(folder) as (clock, emulator, receiver):
+        jobs = [await submit(emulator, receiver, end) for end in ends]
         before = 0
         while start is None or clock.monotonic() < start + SPAN:
             clock.advance(STEP)
             await receiver.worker.tick(paced=True)
-            if start is None and (await receiver.get_job(jobs[0].id)).completed_at is not None:
+            if start is None and (await receiver.get_job(jobs[0])).completed_at is not None:
                 start = clock.monotonic()
             if start is not None and clock.monotonic() <= start:
-                before = (await receiver.get_job(jobs[-1].id)).poll_count
-        last, first = await receiver.get_job(jobs[-1].id), await receiver.get_job(jobs[0].id)
+                before = (await receiver.get_job(jobs[-1])).poll_count
+        last, first = await receiver.get_job(jobs[-1]), await receiver.get_job(jobs[0])
         assert last.completed_at is None
         return last.poll_count - before, start, first.poll_count
-    finally:
-        await receiver.close()
 
 
 async def test_the_last_job_of_a_batch_gets_the_slots_its_first_one_did_not_need(tmp_path: Path) -> None:
@@ -72,3 +85,17 @@ async def test_the_last_job_of_a_batch_gets_the_slots_its_first_one_did_not_need
     assert spare > SPAN / STEP / 2
     assert inherited >= min(spare, SPAN / STEP) - 2  # a slot or two the budget's window held back
     assert alone <= 3
+
+
+async def test_an_allowance_never_keeps_the_loop_awake_for_a_job_with_nothing_to_find(tmp_path: Path) -> None:
+    """A job ends, leaving most of its allowance; one submitted just after has no chance of having
+    finished yet: the loop sleeps (its safety net) instead of coming back at once, again and again."""
+    async with runbase_receiver(tmp_path) as (clock, emulator, receiver):
+        first = await submit(emulator, receiver, 110.0)
+        while (await receiver.get_job(first)).completed_at is None:
+            clock.advance(STEP)
+            await receiver.worker.tick(paced=True)
+        await submit(emulator, receiver, 250.0)
+        clock.advance(STEP)
+        await receiver.worker.tick(paced=True)
+        assert await receiver.worker._idle() == MAX_IDLE
