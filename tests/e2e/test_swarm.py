@@ -189,12 +189,17 @@ def _undelivered(admin: httpx.Client, base: str, ids: list[str], world: World) -
     """The jobs no event reached the inbox for, as the API shows them, to tell a stuck job from a
     stuck delivery when the run fails."""
     seen = {json.loads(body)["job"]["id"] for _, body in world.inbox.posts}
-    listed = {j["id"]: j for j in admin.get(f"{base}/jobs", params={"limit": 1000}).json()["jobs"]}
+    listed = _listed(admin, base)
     return [listed.get(i, {"id": i, "listed": False}) for i in ids if i not in seen]
 
 
 def _all_delivered(admin: httpx.Client, base: str, ids: list[str]) -> list[dict[str, Any]] | None:
-    listed = {j["id"]: j for j in admin.get(f"{base}/jobs", params={"limit": 1000}).json()["jobs"]}
+    listed = _listed(admin, base)
     jobs = [listed[i] for i in ids if i in listed]
     done = len(jobs) == len(ids) and all(j["deliveries"][0]["status"] == "delivered" for j in jobs)
     return jobs if done else None
+
+
+def _listed(admin: httpx.Client, base: str) -> dict[str, dict[str, Any]]:
+    """Every job of the run as `GET /jobs` shows it, by id."""
+    return {j["id"]: j for j in admin.get(f"{base}/jobs", params={"limit": 1000}).json()["jobs"]}
