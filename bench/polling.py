@@ -1,16 +1,22 @@
-"""How soon polling sees a finished Runbase video, and what it spends: the receiver's worker against two
+"""How soon polling sees a finished Runbase video, and what it spends: the receiver's worker against three
 simple loops, on a virtual clock.
 
-    .venv/bin/python bench/polling.py [--sigma 0.25 0.5] [--seed 1] [--only receiver]
+    .venv/bin/python bench/polling.py [--sigma 0.25 0.5] [--seed 1] [--jobs 200] [--only receiver fixed]
 
 Each run starts from an empty store. Jobs' completion times are lognormal (median 150 s, `--sigma`);
 they are submitted all at once (N = 1, 10, 50, 200) or as a steady stream (one every 150/n s, 3n jobs,
-so n are in flight on average). Three pollers, each on its own fresh run:
+so n are in flight on average). Four pollers, each on its own fresh run:
 - `receiver`: the real `Worker.run` loop of a `Receiver` on SQLite, with its `StoreBudget`, submitting
   through `Receiver.submit` (queued submits go out from the worker);
 - `naive 2s`: the seed's loop, every open job every 2 s, no budget;
 - `fixed`: every open job every max(2 s, n x window/limit) (n: the jobs at once, or the stream's n),
-  one request every window/limit s at most (submits first), so it respects the 20/10 s budget.
+  one request every window/limit s at most (submits first), so it respects the 20/10 s budget;
+- `round robin`: every request the budget allows (one every window/limit s, submits first) to the open
+  job looked at longest ago. It knows nothing of completion times and spends every slot. Where the
+  jobs are alike (10 at once: submitted within 5 s, one distribution), no poller that treats them
+  alike sees them sooner on average: there it is the bound for the receiver's p50. Where they are
+  not (50 and 200 at once take 25 and 100 s to submit; the streams), it shows what knowing the
+  completion times is worth beside spending every slot.
 
 The provider is the project's Runbase emulator (receiver/emulators/runbase.py), in this process behind
 `httpx.ASGITransport`, on the same VirtualClock, each answer 0.2 s after its request arrived; each run's
@@ -21,9 +27,12 @@ driver advances it to the earliest sleeper, so a run of minutes of virtual time 
 
 Figures per row: polls per job (status reads, the one that saw the end included), requests over
 budget (summed over the runs of a row), and the delay from the moment the video was ready to the
-moment the poller recorded it, p50 and p95 in seconds; a case with fewer than JOBS_PER_ROW jobs runs
-again, each time from an empty store, until it has them (a p50 over 50 jobs moved by 15 % from one
-draw to the next). Completion times and ids (they break ties) come from `--seed`: a run repeats.
+moment the poller recorded it, p50 and p95 in seconds; a case with fewer than `--jobs` jobs runs
+again, each time from an empty store, until it has them. Completion times and ids (they break ties)
+come from `--seed`: a run repeats, and every poller of a row gets the same completion times run by
+run. A p50 over 200 jobs moves by about 0.15 s from one draw to the next, so each p50 / fixed's and
+the receiver's polls and p50 carry a 90 % interval: the paired bootstrap over the row's jobs (jobs
+drawn with replacement, each with the fixed loop's job of the same completion time).
 """
 
 from __future__ import annotations
@@ -62,8 +71,9 @@ LIMIT, WINDOW = 20, 10.0
 KEY = "rb_bench_key"
 AT_ONCE = (1, 10, 50, 200)
 STREAMS = (10, 50)
-POLLERS = ("receiver", "naive 2s", "fixed")
+POLLERS = ("receiver", "naive 2s", "fixed", "round robin")
 JOBS_PER_ROW = 200  # a case with fewer jobs runs again (each run from an empty store) until it has these
+RESAMPLES = 1000  # bootstrap draws for a 90 % interval
 
 
 @dataclass
@@ -214,11 +224,12 @@ async def run_naive(provider: Provider, arrivals: list[float]) -> dict[str, floa
     return seen
 
 
-async def run_fixed(provider: Provider, arrivals: list[float], n: int) -> dict[str, float]:
+async def run_paced(provider: Provider, arrivals: list[float], interval: float) -> dict[str, float]:
+    """One request per window/limit s (submits first) to the open job due longest ago, each due
+    `interval` s after its last look was sent: the fixed loop, or with 0 the round robin."""
     clock = provider.clock
     client = RunbaseClient(KEY, "http://runbase.bench", transport=provider.transport(), clock=clock)
     spacing = WINDOW / LIMIT + 0.01
-    interval = max(2.0, n * WINDOW / LIMIT)
     to_submit: deque[float] = deque(sorted(arrivals))
     due: dict[str, float] = {}  # open run -> when it is next polled
     seen: dict[str, float] = {}
@@ -257,15 +268,55 @@ async def run_fixed(provider: Provider, arrivals: list[float], n: int) -> dict[s
     return seen
 
 
+@dataclass(frozen=True)
+class Job:
+    """One job of a row: the delay from its video to the poller's record, and its polls."""
+
+    delay: float
+    polls: int
+
+
 @dataclass
 class Row:
     poller: str
     shape: str
     n: int
-    polls: float
     over: int
-    p50: float
-    p95: float
+    jobs: list[Job]  # run by run, each run's in the order its submits were answered (its draws' order)
+
+    @property
+    def polls(self) -> float:
+        return _polls(self.jobs)
+
+    @property
+    def p50(self) -> float:
+        return _p50(self.jobs)
+
+    @property
+    def p95(self) -> float:
+        return _quantile([job.delay for job in self.jobs], 0.95)
+
+
+def _polls(jobs: list[Job]) -> float:
+    return statistics.fmean(job.polls for job in jobs)
+
+
+def _p50(jobs: list[Job]) -> float:
+    return _quantile([job.delay for job in jobs], 0.5)
+
+
+def interval(
+    figure: Callable[[list[Job], list[Job]], float], jobs: list[Job], paired: list[Job]
+) -> tuple[float, float]:
+    """The 90 % interval of `figure(jobs, paired)` by the paired bootstrap: jobs drawn with replacement,
+    each with the job of `paired` that had the same completion time (the same place in the same run)."""
+    draws = random.Random(0)
+    count = min(len(jobs), len(paired))
+    values = []
+    for _ in range(RESAMPLES):
+        picked = [draws.randrange(count) for _ in range(count)]
+        values.append(figure([jobs[i] for i in picked], [paired[i] for i in picked]))
+    return _quantile(values, 0.05), _quantile(values, 0.95)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -273,13 +324,12 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-async def one(poller: str, shape: str, n: int, sigma: float, seed: int) -> Row:
-    """Runs of the case until at least JOBS_PER_ROW jobs were measured, each from an empty store."""
+async def one(poller: str, shape: str, n: int, sigma: float, seed: int, jobs: int) -> Row:
+    """Runs of the case until at least `jobs` jobs were measured, each from an empty store."""
     draws = random.Random(f"{seed}-{shape}-{n}-{sigma}")
-    polls: list[int] = []
-    delays: list[float] = []
+    measured: list[Job] = []
     over = 0
-    while len(delays) < JOBS_PER_ROW:
+    while len(measured) < jobs:
         seeded_ids(draws.random())
         clock = VirtualClock()
         provider = Provider(clock, draws, sigma)
@@ -290,25 +340,38 @@ async def one(poller: str, shape: str, n: int, sigma: float, seed: int) -> Row:
             elif poller == "naive 2s":
                 seen = await run_naive(provider, arrivals)
             else:
-                seen = await run_fixed(provider, arrivals, n)
-        delays += [seen[run_id] - ready for run_id, ready in provider.ready.items()]
-        polls += provider.polls.values()
+                every = max(2.0, n * WINDOW / LIMIT) if poller == "fixed" else 0.0
+                seen = await run_paced(provider, arrivals, every)
+        measured += [
+            Job(seen[run_id] - ready, provider.polls[run_id]) for run_id, ready in provider.ready.items()
+        ]
         over += provider.over_budget
-    return Row(
-        poller, shape, n, statistics.fmean(polls), over, _quantile(delays, 0.5), _quantile(delays, 0.95)
-    )
+    return Row(poller, shape, n, over, measured)
 
 
 def table(rows: list[Row], sigma: float) -> str:
+    """The rows, each receiver figure with its 90 % interval, p50 / fixed's paired with the fixed loop
+    of the same row."""
     lines = [
         f"sigma {sigma:g} | poller | polls/job | over budget | p50 delay | p95 delay | p50 / fixed's",
         "|".join(["---"] * 7),
     ]
-    fixed = {(r.shape, r.n): r.p50 for r in rows if r.poller == "fixed"}
+    fixed = {(r.shape, r.n): r.jobs for r in rows if r.poller == "fixed"}
     for r in rows:
-        ratio = f"{r.p50 / fixed[(r.shape, r.n)]:.2f}" if (r.shape, r.n) in fixed else "-"
-        delays = f"{r.p50:.1f} s | {r.p95:.1f} s"
-        lines.append(f"{r.shape} {r.n} | {r.poller} | {r.polls:.1f} | {r.over} | {delays} | {ratio}")
+        polls, p50 = f"{r.polls:.1f}", f"{r.p50:.2f} s"
+        if r.poller == "receiver":
+            low, high = interval(lambda jobs, _: _polls(jobs), r.jobs, r.jobs)
+            polls += f" ({low:.1f}-{high:.1f})"
+            low, high = interval(lambda jobs, _: _p50(jobs), r.jobs, r.jobs)
+            p50 += f" ({low:.2f}-{high:.2f})"
+        ratio = "-"
+        if (base := fixed.get((r.shape, r.n))) and r.poller != "fixed":
+            ratio = f"{r.p50 / _p50(base):.2f}"
+            low, high = interval(lambda jobs, paired: _p50(jobs) / _p50(paired), r.jobs, base)
+            ratio += f" ({low:.2f}-{high:.2f})"
+        elif base:
+            ratio = "1.00"
+        lines.append(f"{r.shape} {r.n} | {r.poller} | {polls} | {r.over} | {p50} | {r.p95:.1f} s | {ratio}")
     return "\n".join("| " + line + " |" for line in lines)
 
 
@@ -318,7 +381,7 @@ async def main(args: argparse.Namespace) -> None:
     print("$ " + shlex.join([".venv/bin/python", "bench/polling.py", *sys.argv[1:]]))
     for sigma in args.sigma:
         rows = [
-            await one(poller, shape, n, sigma, args.seed)
+            await one(poller, shape, n, sigma, args.seed, args.jobs)
             for shape, n in cases
             for poller in args.only or POLLERS
         ]
@@ -331,4 +394,7 @@ if __name__ == "__main__":
     parser.add_argument("--sigma", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", nargs="+", choices=POLLERS)
+    parser.add_argument(
+        "--jobs", type=int, default=JOBS_PER_ROW, help="jobs measured per row (runs of the case)"
+    )
     asyncio.run(main(parser.parse_args()))
