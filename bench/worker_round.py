@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/worker_round.py [--finished 100000] [--rounds 300] [--pg URL]
 
-A round is the store calls the worker makes each time it wakes with nothing to do: overdue jobs, due
-polls, due deliveries (`Worker.tick`), then the next due time it sleeps until (`Worker.run`). Each store
-holds 20 open jobs whose polls are not yet due; the finished jobs are copies of one job that went the
-whole way through the store (submitted, completed by a poll, its delivery delivered). Printed: the
-median and p90 of a round in ms, and per store the ratio 100k / 0, which the partial indexes on open
-jobs keep near 1. PostgreSQL runs in a fresh schema that is dropped afterwards; it is skipped, with the
-reason, when the server cannot be reached (`--pg`, default $BENCH_DATABASE_URL or the test server).
+A round is the store calls the worker's paced loop makes each time it wakes with nothing to do:
+overdue jobs, the jobs in flight it pools the chances of (read, unleased), due deliveries, then the next
+due time it sleeps until (`Worker.run`). Each store holds 20 open jobs whose polls are due in 5 minutes
+(in flight, inside the MAX_STEP window); the finished jobs are copies of one job that went the whole
+way through the store (submitted, completed by a poll, its delivery delivered). Printed: the median
+and p90 of a round in ms, and per store the ratio 100k / 0, which the partial indexes on open jobs
+keep near 1; beside each, the same round as the worker made it before it read the jobs in flight
+unleased (it leased all of them, then released all but the one it looked at: two writes of 20 rows),
+and the ratio of the two. PostgreSQL runs in a fresh schema that is dropped afterwards; it is skipped,
+with the reason, when the server cannot be reached (`--pg`, default $BENCH_DATABASE_URL or the test server).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +33,7 @@ import psycopg
 
 from receiver.config import SettingsError
 from receiver.events import Job, JobStatus
+from receiver.schedule import MAX_STEP
 from receiver.store import HandlerRoute, Store, Update, open_store
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -74,7 +78,7 @@ def _job(job_id: str) -> Job:
 async def _fill(store: Store, finished: int, copy: Copy) -> None:
     for n in range(OPEN_JOBS):
         await store.create_job(_job(f"open_{n}"), T0 + timedelta(hours=1))
-        await store.mark_submitted(f"open_{n}", f"rb_open_{n}", T0, T0 + timedelta(minutes=30))
+        await store.mark_submitted(f"open_{n}", f"rb_open_{n}", T0, NOW + timedelta(minutes=5))
     if not finished:
         return
     await store.create_job(_job("template"), T0 + timedelta(hours=1))
@@ -89,18 +93,27 @@ async def _fill(store: Store, finished: int, copy: Copy) -> None:
 
 async def _round(store: Store) -> None:
     await store.overdue_jobs(NOW, 50)
-    await store.claim_due_polls(NOW, 50, 300, due_by=NOW + timedelta(seconds=10))  # the budget's window
+    await store.pending_polls(NOW, 50, NOW + timedelta(seconds=MAX_STEP))
     await store.claim_due_deliveries(NOW, 100, 120)
     await store.next_due()
 
 
-async def _time_rounds(store: Store, rounds: int) -> list[float]:
+async def _leasing_round(store: Store) -> None:
+    """The round before the jobs in flight were read unleased: all leased, then released."""
+    await store.overdue_jobs(NOW, 50)
+    claimed = await store.claim_due_polls(NOW, 50, 300, due_by=NOW + timedelta(seconds=MAX_STEP))
+    await store.release_polls([job.id for job in claimed])
+    await store.claim_due_deliveries(NOW, 100, 120)
+    await store.next_due()
+
+
+async def _time_rounds(store: Store, rounds: int, round_: Callable[[Store], Awaitable[None]]) -> list[float]:
     for _ in range(20):
-        await _round(store)
+        await round_(store)
     times = []
     for _ in range(rounds):
         started = time.perf_counter()
-        await _round(store)
+        await round_(store)
         times.append((time.perf_counter() - started) * 1000)
     return times
 
@@ -169,19 +182,21 @@ async def main() -> None:
     stores = {"sqlite": _sqlite}
     if (reason := _unreachable(args.pg)) is None:
         stores["postgres"] = lambda finished: _postgres(args.pg, finished)
-    print(f"{'store':<10} {'finished jobs':>13} {'p50 ms':>8} {'p90 ms':>8}")
+    print(f"{'store':<10} {'finished jobs':>13} {'p50 ms':>8} {'p90 ms':>8} {'leasing p50':>12} {'ratio':>6}")
     ratios = {}
     for name, make in stores.items():
         medians = []
         for finished in (0, args.finished):
             try:
                 async with make(finished) as store:
-                    times = await _time_rounds(store, args.rounds)
+                    times = await _time_rounds(store, args.rounds, _round)
+                    leasing = statistics.median(await _time_rounds(store, args.rounds, _leasing_round))
             except SettingsError as exc:
                 raise SystemExit(f"{name}: {exc}") from None
             median, p90 = statistics.median(times), statistics.quantiles(times, n=10)[-1]
             medians.append(median)
-            print(f"{name:<10} {finished:>13,} {median:>8.3f} {p90:>8.3f}")
+            figures = f"{median:>8.3f} {p90:>8.3f} {leasing:>12.3f} {median / leasing:>5.2f}x"
+            print(f"{name:<10} {finished:>13,} {figures}")
         ratios[name] = medians[1] / medians[0]
     for name, ratio in ratios.items():
         print(f"{name}: round with {args.finished:,} finished jobs / with none = {ratio:.2f}x")

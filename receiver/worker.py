@@ -223,21 +223,24 @@ class Worker:
         """Look at due jobs (receiver/planner.py): every one whose provider has no rate budget, and the
         budgeted ones whose videos have likely waited longest unseen (`paced`: one per pace step, also
         from jobs not due yet once their pooled chance reaches the threshold), all inside their lease.
-        The rest stay due, released at once: no planned look is dropped."""
+        The rest stay due: no planned look is dropped."""
         receiver = self.receiver
+        store = receiver.store
         now = receiver.clock()
-        # The loop pools the chances of the jobs in flight (no plan looks further ahead than MAX_STEP),
-        # and may spend a free slot on one of them before its planned time (planner.choose); a
-        # one-shot round takes only what is due.
+        # The loop reads every job in flight (no plan looks further ahead than MAX_STEP) without a lease,
+        # pools their chances, and may spend a free slot on one before its planned time (planner.choose):
+        # only the jobs it looks at are leased, so a round writes one row, not every job in flight. A
+        # one-shot round leases what is due, in one statement.
         window = timedelta(seconds=MAX_STEP if paced else 0.0)
-        claimed = await receiver.store.claim_due_polls(now, POLL_BATCH, LEASE, due_by=now + window)
+        claimed = [] if paced else await store.claim_due_polls(now, POLL_BATCH, LEASE)
+        ahead = await store.pending_polls(now, POLL_BATCH, now + window) if paced else []
         self._held, self._pool_at = False, None
-        if paced and not any(registry.get(job.provider).spends_budget for job in claimed):
+        if paced and not any(registry.get(job.provider).spends_budget for job in claimed + ahead):
             self._spare, self._own = 0.0, Counter()  # no job in flight left to pass an allowance to
-        if not claimed:
+        if not claimed and not ahead:
             return
         models = await receiver.completion_models()
-        jobs = {job.id: job for job in claimed}
+        jobs = {job.id: job for job in claimed + ahead}
         due = [
             planner.Due(
                 job.id,
@@ -247,12 +250,19 @@ class Worker:
                 job.next_poll_at or now,
                 registry.get(job.provider).spends_budget,
             )
-            for job in claimed
+            for job in jobs.values()
         ]
         moment = receiver.clock.monotonic()
         slots = self._pace.slots(moment) if paced else CONCURRENCY
         spare = paced and self._spare >= 1.0
         chosen = planner.choose(due, now, slots, CONCURRENCY, spare=spare)
+        leased = {job.id for job in claimed}
+        if early := [look.id for look in chosen if look.id not in leased]:
+            # Read unleased: another process may have leased one since. What it took is its look.
+            got = await store.claim_chosen_polls(early, now, LEASE)
+            jobs.update((job.id, job) for job in got)
+            leased |= {job.id for job in got}
+            chosen = [look for look in chosen if look.id in leased]
         if budgeted_looks := [look for look in chosen if look.budgeted]:
             self._pace = self._pace.spent(moment)
             own = [look.id for look in budgeted_looks if look.due_at <= now]
@@ -267,9 +277,8 @@ class Worker:
             self._pool_at = now
         else:
             self._pool_at = planner.pool_fills(left, now, now + window)
-        held = [job_id for job_id in jobs if job_id not in picked]
-        await receiver.store.release_polls(held)
-        self._held = any((jobs[job_id].next_poll_at or now) <= now for job_id in held)
+        await store.release_polls([job.id for job in claimed if job.id not in picked])
+        self._held = any(look.due_at <= now for look in left)
         budgeted = [jobs[look.id] for look in chosen if look.budgeted]
         models_of = {look.id: look.model for look in chosen}
 

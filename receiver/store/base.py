@@ -197,6 +197,13 @@ class Store(Protocol):
         """Non-terminal jobs with a provider job id, unlocked at `now` and due by `due_by` (default
         `now`), soonest due first, leased in one statement."""
 
+    async def pending_polls(self, now: datetime, limit: int, due_by: datetime) -> list[Job]:
+        """The jobs `claim_due_polls` would lease by `due_by`, read without leasing them."""
+
+    async def claim_chosen_polls(self, job_ids: list[str], now: datetime, lease_seconds: float) -> list[Job]:
+        """Lease the jobs of `job_ids` that are still unleased at `now` and open (another process may
+        have leased one since it was read): those, in one statement."""
+
     async def extend_delivery_lease(self, job_id: str, handler: str, until: datetime) -> None:
         """Keep a claimed delivery leased until `until` (its attempt runs longer than the lease)."""
 

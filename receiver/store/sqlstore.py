@@ -316,6 +316,17 @@ class SQLStore:
         rows = await self._write(query)
         return [_job(row) for row in rows]
 
+    async def pending_polls(self, now: datetime, limit: int, due_by: datetime) -> list[Job]:
+        rows = await self._read(self._q("pending_polls", now=now, due_by=due_by, limit=limit))
+        return [_job(row) for row in rows]
+
+    async def claim_chosen_polls(self, job_ids: list[str], now: datetime, lease_seconds: float) -> list[Job]:
+        if not job_ids:
+            return []
+        lease = now + timedelta(seconds=lease_seconds)
+        rows = await self._write(self._q("claim_chosen_polls", job_ids=job_ids, now=now, lease=lease))
+        return [_job(row) for row in rows]
+
     async def extend_delivery_lease(self, job_id: str, handler: str, until: datetime) -> None:
         await self._execute(*self._q("extend_delivery_lease", job_id=job_id, handler=handler, lease=until))
 

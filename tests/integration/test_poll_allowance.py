@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -99,3 +100,40 @@ async def test_an_allowance_never_keeps_the_loop_awake_for_a_job_with_nothing_to
         clock.advance(STEP)
         await receiver.worker.tick(paced=True)
         assert await receiver.worker._idle() == MAX_IDLE
+
+
+async def test_a_paced_round_leases_only_the_jobs_it_looks_at(tmp_path: Path) -> None:
+    """Ten jobs in flight: each paced round reads them all to pool their chances, and leases (writes)
+    only the one it looks at, not every job in flight; a lease it took is a look, or is released at once
+    when the budget refuses the request."""
+    async with runbase_receiver(tmp_path) as (clock, emulator, receiver):
+        jobs = [await submit(emulator, receiver, 400.0) for _ in range(10)]
+        store = receiver.store
+        leased: list[list[str]] = []
+        released: list[str] = []
+
+        def counted(claim: Any) -> Any:
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                got = await claim(*args, **kwargs)
+                leased[-1] += [job.id for job in got]
+                return got
+
+            return wrapper
+
+        store.claim_due_polls = counted(store.claim_due_polls)  # type: ignore[method-assign]
+        store.claim_chosen_polls = counted(store.claim_chosen_polls)  # type: ignore[method-assign]
+        release = store.release_polls
+
+        async def released_polls(job_ids: list[str]) -> None:
+            released.extend(job_ids)
+            await release(job_ids)
+
+        store.release_polls = released_polls  # type: ignore[method-assign]
+        while clock.monotonic() < 300.0:
+            clock.advance(STEP)
+            leased.append([])
+            await receiver.worker.tick(paced=True)
+        looks = sum([(await receiver.get_job(job_id)).poll_count for job_id in jobs])
+        assert looks > 100  # the pool spends the budget on them as their end nears
+        assert max(len(round_) for round_ in leased) == 1
+        assert sum(len(round_) for round_ in leased) == looks + len(released)

@@ -302,6 +302,46 @@ async def test_released_polls_stay_due_uncounted(store: Store) -> None:
 
 
 @pytest.mark.anyio
+async def test_pending_polls_reads_the_jobs_in_flight_without_leasing_them(store: Store) -> None:
+    await _create(store, "job_due", first_poll=10)
+    await _create(store, "job_later", first_poll=500)
+    await _create(store, "job_beyond", first_poll=900)
+    await _create(store, "job_unsubmitted", submit=None)
+    await _create(store, "job_done", first_poll=10)
+    await _finish(store, "job_done")
+    await _create(store, "job_leased", first_poll=5)
+    await store.claim_chosen_polls(["job_leased"], _at(5), 300)
+
+    pending = await store.pending_polls(_at(20), 10, due_by=_at(620))
+    assert [j.id for j in pending] == ["job_due", "job_later"]
+    assert [j.id for j in await store.pending_polls(_at(20), 1, due_by=_at(620))] == ["job_due"]
+    # Read, not leased: the same jobs are there to read, and to claim, again.
+    assert [j.id for j in await store.pending_polls(_at(20), 10, due_by=_at(620))] == ["job_due", "job_later"]
+    assert [j.id for j in await store.claim_due_polls(_at(20), 10, 300)] == ["job_due"]
+
+
+@pytest.mark.anyio
+async def test_claim_chosen_polls_leases_only_the_chosen_that_are_still_free(store: Store) -> None:
+    for name in ("job_a", "job_b", "job_c"):
+        await _create(store, name, first_poll=500)
+    await _create(store, "job_done", first_poll=10)
+    await _finish(store, "job_done")
+    assert await store.claim_chosen_polls([], _at(20), 300) == []
+
+    # A job not due yet may be chosen (the pool pays for its look); a finished one never is.
+    got = await store.claim_chosen_polls(["job_a", "job_b", "job_done"], _at(20), 300)
+    assert sorted(j.id for j in got) == ["job_a", "job_b"]
+    # Leased now: another claim of them gets nothing until the lease ends or the look is scheduled.
+    assert [j.id for j in await store.claim_chosen_polls(["job_a", "job_c"], _at(30), 300)] == ["job_c"]
+    assert [j.id for j in await store.pending_polls(_at(30), 10, due_by=_at(620))] == []
+    await store.schedule_poll("job_a", _at(600), _at(30))
+    assert [j.id for j in await store.claim_chosen_polls(["job_a", "job_b"], _at(40), 300)] == ["job_a"]
+    # job_b's lease, taken at 20 s, runs to 320 s.
+    assert await store.claim_chosen_polls(["job_b"], _at(319), 300) == []
+    assert [j.id for j in await store.claim_chosen_polls(["job_b"], _at(320), 300)] == ["job_b"]
+
+
+@pytest.mark.anyio
 async def test_completion_samples_are_the_newest_successes_with_their_time_from_submit(store: Store) -> None:
     for n in range(4):
         await _create(store, f"job_{n}")

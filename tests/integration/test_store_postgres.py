@@ -196,6 +196,21 @@ async def test_two_pools_claim_fifty_deliveries_each_exactly_once(
 
 @pytest.mark.postgres
 @pytest.mark.anyio
+async def test_two_pools_racing_for_the_same_chosen_polls_lease_each_once(
+    two_stores: tuple[SQLStore, SQLStore],
+) -> None:
+    """Workers read the jobs in flight unleased and may choose the same ones: each is leased by one."""
+    first, second = two_stores
+    for n in range(20):
+        await _create(second, f"job_{n:02}")  # due at 10 s; chosen at 20 s
+    ids = [f"job_{n:02}" for n in range(20)]
+    claims = await asyncio.gather(*(s.claim_chosen_polls(ids, _at(20), 300) for s in [first, second] * 4))
+    claimed = [job.id for batch in claims for job in batch]
+    assert sorted(claimed) == ids
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
 async def test_two_pools_claim_fifty_due_polls_each_exactly_once(
     two_stores: tuple[SQLStore, SQLStore],
 ) -> None:

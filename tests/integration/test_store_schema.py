@@ -262,6 +262,11 @@ POLL_QUERIES = {
         },
         ["receiver_jobs_due_poll"],
     ),
+    # The paced loop's read of every job in flight, whatever the history's size.
+    "pending_polls": (
+        {"now": "2026-01-01T12:00:00.000000Z", "due_by": "2026-01-01T12:10:00.000000Z", "limit": 50},
+        ["receiver_jobs_due_poll"],
+    ),
     "next_due": (
         {},
         ["receiver_jobs_due_poll", "receiver_deliveries_due", "receiver_jobs_deadline"],

@@ -22,6 +22,16 @@ SELECT * FROM claimed ORDER BY next_poll_at, seq
 UPDATE receiver_jobs SET locked_until = NULL
 WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:job_ids))) AND completed_at IS NULL
 
+-- name: claim_chosen_polls
+-- The jobs of `job_ids` (read unleased by `pending_polls`, chosen by the planner) that are still unleased
+-- and open, leased. A job another process leased in between is skipped: a concurrent lease makes this
+-- statement re-check the row once that one commits.
+UPDATE receiver_jobs SET locked_until = :lease
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:job_ids)))
+  AND completed_at IS NULL AND next_poll_at IS NOT NULL AND provider_job_id IS NOT NULL
+  AND (locked_until IS NULL OR locked_until <= :now)
+RETURNING *
+
 -- name: claim_submits
 -- Due jobs in `status` that have no provider job id, made `pending` again with the next look at `lease`
 -- (a submit that outlives it lost its process), in one statement: `queued` ones to send, `pending`

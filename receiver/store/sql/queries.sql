@@ -86,6 +86,15 @@ SELECT id FROM receiver_jobs WHERE provider = :provider AND provider_job_id = :p
 SELECT * FROM receiver_jobs WHERE status = COALESCE(:status, status)
 ORDER BY created_at DESC, seq DESC LIMIT :limit
 
+-- name: pending_polls
+-- Unleased, unfinished jobs with a provider job id due by `due_by`, soonest first, read without a lease:
+-- the planner pools their chances, and `claim_chosen_polls` leases only the ones it looks at. Served by
+-- the partial index receiver_jobs_due_poll.
+SELECT * FROM receiver_jobs
+WHERE completed_at IS NULL AND next_poll_at IS NOT NULL AND next_poll_at <= :due_by
+  AND provider_job_id IS NOT NULL AND (locked_until IS NULL OR locked_until <= :now)
+ORDER BY next_poll_at, seq LIMIT :limit
+
 -- name: schedule_poll
 -- `polled_at`: when the look that this follows was sent (the planner measures chances from it).
 UPDATE receiver_jobs

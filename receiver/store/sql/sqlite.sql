@@ -19,6 +19,15 @@ RETURNING *
 UPDATE receiver_jobs SET locked_until = NULL
 WHERE id IN (SELECT value FROM json_each(:job_ids)) AND completed_at IS NULL
 
+-- name: claim_chosen_polls
+-- The jobs of `job_ids` (read unleased by `pending_polls`, chosen by the planner) that are still unleased
+-- and open, leased. A job another process leased in between is skipped.
+UPDATE receiver_jobs SET locked_until = :lease
+WHERE id IN (SELECT value FROM json_each(:job_ids))
+  AND completed_at IS NULL AND next_poll_at IS NOT NULL AND provider_job_id IS NOT NULL
+  AND (locked_until IS NULL OR locked_until <= :now)
+RETURNING *
+
 -- name: claim_submits
 -- Due jobs in `status` that have no provider job id, made `pending` again with the next look at `lease`
 -- (a submit that outlives it lost its process), in one statement: `queued` ones to send, `pending`
