@@ -10,8 +10,9 @@ way through the store (submitted, completed by a poll, its delivery delivered). 
 and p90 of a round in ms, and per store the ratio 100k / 0, which the partial indexes on open jobs
 keep near 1; beside each, the same round as the worker made it before it read the jobs in flight
 unleased (it leased all of them, then released all but the one it looked at: two writes of 20 rows),
-and the ratio of the two. PostgreSQL runs in a fresh schema that is dropped afterwards; it is skipped,
-with the reason, when the server cannot be reached (`--pg`, default $BENCH_DATABASE_URL or the test server).
+the ratio of the two, and on PostgreSQL the write-ahead log each kind of round writes. PostgreSQL runs
+in a fresh schema that is dropped afterwards; it is skipped, with the reason, when the server cannot
+be reached (`--pg`, default $BENCH_DATABASE_URL or the test server).
 """
 
 from __future__ import annotations
@@ -165,6 +166,14 @@ async def _postgres(url: str, finished: int) -> AsyncIterator[Store]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+def _wal(url: str) -> int:
+    """The server's write-ahead log position in bytes (the whole cluster's writes: run it alone)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _unreachable(url: str) -> str | None:
     try:
         psycopg.connect(url, connect_timeout=5).close()
@@ -184,13 +193,21 @@ async def main() -> None:
         stores["postgres"] = lambda finished: _postgres(args.pg, finished)
     print(f"{'store':<10} {'finished jobs':>13} {'p50 ms':>8} {'p90 ms':>8} {'leasing p50':>12} {'ratio':>6}")
     ratios = {}
+    walled: dict[int, list[float]] = {}
     for name, make in stores.items():
         medians = []
         for finished in (0, args.finished):
             try:
                 async with make(finished) as store:
+                    wal = _wal(args.pg) if name == "postgres" else None
                     times = await _time_rounds(store, args.rounds, _round)
+                    if wal is not None:
+                        wal_per_round = [(_wal(args.pg) - wal) / (args.rounds + 20)]
+                        wal = _wal(args.pg)
                     leasing = statistics.median(await _time_rounds(store, args.rounds, _leasing_round))
+                    if wal is not None:
+                        wal_per_round.append((_wal(args.pg) - wal) / (args.rounds + 20))
+                        walled[finished] = wal_per_round
             except SettingsError as exc:
                 raise SystemExit(f"{name}: {exc}") from None
             median, p90 = statistics.median(times), statistics.quantiles(times, n=10)[-1]
@@ -200,6 +217,11 @@ async def main() -> None:
         ratios[name] = medians[1] / medians[0]
     for name, ratio in ratios.items():
         print(f"{name}: round with {args.finished:,} finished jobs / with none = {ratio:.2f}x")
+    for finished, (reading, leasing) in walled.items():
+        print(
+            f"postgres, {finished:,} finished: WAL written per round {reading:.0f} bytes, leasing every job"
+            f" in flight {leasing:.0f} bytes"
+        )
     if "postgres" not in stores:
         print(f"postgres: skipped, {args.pg} is unreachable: {reason}")
 
