@@ -161,6 +161,8 @@ class Receiver:
         self._clients: dict[str, ProviderClient] = dict(clients or {})
         self._signer: WebhookSigner | None = None
         self._worker: Worker | None = None
+        # `budget` events being sent, each in a task of its own (`announce_soon`); close() waits for them.
+        self._announcing: set[asyncio.Task[None]] = set()
         self.metrics = Metrics()
         self.changes = Changes()  # the dashboard's live pages wait on it
         # When each provider request of this process was answered (monotonic), for the dashboard.
@@ -221,7 +223,10 @@ class Receiver:
         await self.store.open()
 
     async def close(self) -> None:
-        """Release connections; `open()` may follow (a serverless runtime opens per invocation)."""
+        """Release connections, once the `budget` events being sent are sent; `open()` may follow (a
+        serverless runtime opens per invocation)."""
+        if self._announcing:
+            await asyncio.gather(*self._announcing, return_exceptions=True)
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.aclose()
@@ -244,8 +249,21 @@ class Receiver:
             self._models_stale = True
             log.info("job.completed", job_id=job_id, status=str(update.status), via=via)
         if recorded.changed and update.cost is not None and recorded.job is not None:
-            await self.announce_budget(recorded.job.provider)
+            self.announce_soon(recorded.job.provider)
         return recorded
+
+    def announce_soon(self, provider: str) -> None:
+        """`announce_budget` in a task of its own: the report that carried the cost (a webhook, a poll,
+        a submit's answer) does not wait on the budget's handlers."""
+        task = asyncio.get_running_loop().create_task(self._announce(provider))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _announce(self, provider: str) -> None:
+        try:
+            await self.announce_budget(provider)
+        except Exception as exc:  # the store failed: the levels not yet claimed are announced next time
+            log.warning("budget.unannounced", provider=provider, error=type(exc).__name__)
 
     async def announce_budget(self, provider: str) -> None:
         """Send the `budget` events now due for `provider` to the handlers that ask for them (`events =
@@ -495,7 +513,7 @@ class Receiver:
         if status.status.terminal or status.status is JobStatus.RUNNING:
             await self.record(job.id, confirmed(status), via="poll")
         elif status.cost is not None:
-            await self.announce_budget(job.provider)
+            self.announce_soon(job.provider)
         log.info(
             "job.submitted", job_id=job.id, provider=job.provider, provider_job_id=status.provider_job_id
         )

@@ -9,15 +9,21 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from receiver.background import BackgroundServer
 from receiver.events import Job, JobStatus, new_job_id
 from receiver.service import Receiver
 from tests.integration.test_unknown_submits import events
 from tests.support.inbox import Inbox
 from tests.support.stack import APIFRAME_KEY, FORWARD_SECRET, SECRET, Stack, receiver_stack
+from tests.support.waiting import wait_until
 
 FAILING = {"failure_rate": 0.4, "seed": 7}
 
@@ -132,6 +138,7 @@ def test_the_daily_budget_refuses_the_job_that_would_cross_it_and_announces_80_a
                 await other.close()
 
         asyncio.run(announce_again())  # on this thread, apart from the stack's receiver
+        sink.wait_for(5 + 2)  # the jobs' events, and the budget's, sent in tasks of their own
         alerts = [e for e in events(sink) if e["type"] == "budget"]
         cli_code, _, cli_err = run_cli(
             stack,
@@ -156,6 +163,34 @@ def test_the_daily_budget_refuses_the_job_that_would_cross_it_and_announces_80_a
     assert cli_code == 1
     assert cli_err.count("\n") == 1
     assert "daily budget exceeded" in cli_err
+
+
+def test_the_webhook_that_crosses_the_budget_is_answered_while_the_budget_handler_still_works(
+    tmp_path: Path, sink: Inbox
+) -> None:
+    """One job's 10 credits reach a budget of 10: its completed webhook takes the provider past 80 and
+    100 %. The webhook is answered (Apiframe marks it delivered) while the `budget` handler's target
+    still holds the first event; both then arrive, once each, and the job's own delivery is as ever."""
+    held = threading.Event()
+    alerts = Inbox(hold=held)
+    app = Starlette(routes=[Route("/in", alerts.receive, methods=["POST"])])
+    options: dict[str, Any] = {"daily_budgets": {"apiframe": 10.0}}
+    with BackgroundServer(app) as server:
+        alerts.url = server.url + "/in"
+        forward = handlers(sink)[0]
+        alert = {"name": "alerts", "url": alerts.url, "events": ["budget"], "timeout": 60}
+        tables = [forward, {**forward, **alert}]
+        with receiver_stack(tmp_path, sink.url, handlers=tables, **options) as stack:
+            job = stack.submit("apiframe")
+            stack.run_until(lambda: stack.settled(job["id"]))
+            alerts.wait_for(1)  # the 80 % event, held by its target
+            provider_job = stack.apiframe.jobs[stack.job(job["id"])["provider_job_id"]]
+            wait_until(lambda: provider_job.webhook_status == "DELIVERED")  # still held
+            held.set()
+            posts = alerts.wait_for(2)
+
+    assert [json.loads(post.body)["budget"]["level"] for post in posts] == [80, 100]
+    assert [e["type"] for e in events(sink)] == ["job.succeeded"]
 
 
 def test_a_job_recorded_by_another_process_after_the_check_sends_the_submit_on_to_the_next_provider(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,18 +25,22 @@ class Post(NamedTuple):
 
 @dataclass
 class Inbox:
-    """Records each POST in `posts`; answers the statuses queued in `answers`, then 200."""
+    """Records each POST in `posts`; answers the statuses queued in `answers`, then 200; while `hold`
+    is given and not set, only once it is (a handler still at work)."""
 
     url: str = ""
     posts: list[Post] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
+    hold: threading.Event | None = None
 
     async def receive(self, request: Request) -> Response:
         post = Post(dict(request.headers), await request.body())
         with self.changed:
             self.posts.append(post)
             self.changed.notify_all()
+        if self.hold is not None:
+            await asyncio.to_thread(self.hold.wait, 60.0)
         return Response(status_code=self.answers.pop(0) if self.answers else 200)
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Post]:
