@@ -254,7 +254,9 @@ class Receiver:
 
     def announce_soon(self, provider: str) -> None:
         """`announce_budget` in a task of its own: the report that carried the cost (a webhook, a poll,
-        a submit's answer) does not wait on the budget's handlers."""
+        a submit's answer) does not wait on the budget's handlers. Nothing without a budget for it."""
+        if not self.settings.daily_budgets.get(provider):
+            return
         task = asyncio.get_running_loop().create_task(self._announce(provider))
         self._announcing.add(task)
         task.add_done_callback(self._announcing.discard)
