@@ -14,14 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.routing import Route
-
-from receiver.background import BackgroundServer
 from receiver.events import Job, JobStatus, new_job_id
 from receiver.service import Receiver
 from tests.integration.test_unknown_submits import events
-from tests.support.inbox import Inbox
+from tests.support.inbox import Inbox, running_inbox
 from tests.support.stack import APIFRAME_KEY, FORWARD_SECRET, SECRET, Stack, receiver_stack
 from tests.support.waiting import wait_until
 
@@ -172,11 +168,8 @@ def test_the_webhook_that_crosses_the_budget_is_answered_while_the_budget_handle
     100 %. The webhook is answered (Apiframe marks it delivered) while the `budget` handler's target
     still holds the first event; both then arrive, once each, and the job's own delivery is as ever."""
     held = threading.Event()
-    alerts = Inbox(hold=held)
-    app = Starlette(routes=[Route("/in", alerts.receive, methods=["POST"])])
     options: dict[str, Any] = {"daily_budgets": {"apiframe": 10.0}}
-    with BackgroundServer(app) as server:
-        alerts.url = server.url + "/in"
+    with running_inbox(hold=held) as alerts:
         forward = handlers(sink)[0]
         alert = {"name": "alerts", "url": alerts.url, "events": ["budget"], "timeout": 60}
         tables = [forward, {**forward, **alert}]

@@ -52,9 +52,10 @@ class Inbox:
 
 
 @contextmanager
-def running_inbox() -> Iterator[Inbox]:
-    """An Inbox served on loopback; it takes POSTs at `inbox.url`."""
-    inbox = Inbox()
+def running_inbox(hold: threading.Event | None = None) -> Iterator[Inbox]:
+    """An Inbox served on loopback; it takes POSTs at `inbox.url` (answering each once `hold` is set,
+    when given)."""
+    inbox = Inbox(hold=hold)
     app = Starlette(routes=[Route("/in", inbox.receive, methods=["POST"])])
     with BackgroundServer(app) as server:
         inbox.url = server.url + "/in"
