@@ -76,8 +76,8 @@ async def check_budget(store: Store, settings: Settings, provider: str, now: dat
 async def budget_events(
     store: Store, settings: Settings, provider: str, now: datetime
 ) -> list[dict[str, Any]]:
-    """The `budget` events due now for `provider`: a level of BUDGET_LEVELS that today's costs have
-    reached and that no process (of any on this store) has announced yet today."""
+    """The `budget` events of the levels of BUDGET_LEVELS that today's costs for `provider` have
+    reached (whether a process announced them already is `Store.budget_alert`'s to say)."""
     budget = settings.daily_budgets.get(provider)
     if not budget:
         return []
@@ -86,7 +86,7 @@ async def budget_events(
     return [
         budget_event(provider, day, level, spent, budget, now)
         for level in BUDGET_LEVELS
-        if spent >= budget * level / 100 and await store.budget_alert(provider, day, level, now)
+        if spent >= budget * level / 100
     ]
 
 

@@ -43,6 +43,7 @@ from receiver.providers.registry import UnknownProvider
 from receiver.schedule import retry_delay
 from receiver.signing import TokenError, WebhookSigner
 from receiver.store import (
+    DueBudget,
     HandlerRoute,
     OverBudget,
     Progressed,
@@ -269,18 +270,18 @@ class Receiver:
 
     async def announce_budget(self, provider: str) -> None:
         """Send the `budget` events now due for `provider` to the handlers that ask for them (`events =
-        ["budget"]`): each once per level and day, whichever process gets there first. One attempt each,
-        in this process: a failure is logged, not retried."""
-        for event in await budget_events(self.store, self.settings, provider, self.clock()):
-            log.warning("budget.reached", provider=provider, level=event["budget"]["level"])
-            for spec in self.specs:
-                if not spec.matches(event):
-                    continue
-                try:
-                    async with asyncio.timeout(spec.timeout):
-                        await spec.handler.handle(event)
-                except Exception as exc:  # a handler's failure must not fail the report that caused it
-                    log.warning("budget.undelivered", handler=spec.name, error=logs.mask(str(exc)))
+        ["budget"]`): each level once per day, by whichever process notes it first. What it owes them
+        is stored with the note: a handler that fails is retried, and one this process did not reach
+        (it stopped first) is sent by a worker when the lease runs out (`Worker.deliver_budget`)."""
+        worker, now = self.worker, self.clock()
+        for event in await budget_events(self.store, self.settings, provider, now):
+            names = [spec.name for spec in self.specs if spec.matches(event)]
+            if not await self.store.budget_alert(event, names, now, now + worker.budget_lease(names)):
+                continue
+            budget = event["budget"]
+            log.warning("budget.reached", provider=provider, level=budget["level"])
+            owed = [DueBudget(provider, budget["day"], budget["level"], name, 0, event) for name in names]
+            await asyncio.gather(*(worker.deliver_budget(due) for due in owed))
 
     async def completion_models(self, *, fresh: bool = False) -> Models:
         """The completion-time models learned from the store's recent successes. Read again at most

@@ -1,4 +1,4 @@
-"""The worker: due polls, overdue jobs and due deliveries, one round at a time or in a loop."""
+"""The worker: due polls, overdue jobs, due deliveries and owed `budget` events, in rounds or a loop."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from receiver.providers.base import ProviderError
 from receiver.providers.ratelimit import BudgetBusy
 from receiver.schedule import MAX_STEP, retry_delay
 from receiver.service import Receiver, confirmed
-from receiver.store import DueDelivery
+from receiver.store import DueBudget, DueDelivery
 
 log = structlog.get_logger()
 
@@ -121,6 +121,7 @@ class Worker:
         await self._expire(counts)
         await self._submit(counts)
         await self._poll(counts, paced)
+        await self._budgets(counts)
         summary = _summary(counts, Counter(await self.dispatch()))
         self.last_round = self.receiver.clock.monotonic()
         if any(summary.values()):  # a poll counted, a submit sent: the dashboard's pages look again
@@ -339,6 +340,46 @@ class Worker:
             await asyncio.gather(*others)
         return len(due)
 
+    def budget_lease(self, handlers: Sequence[str]) -> timedelta:
+        """How long a process holds the `budget` events it sends to `handlers`: LEASE, or longer than
+        the slowest one's timeout."""
+        specs = [spec for name in handlers if (spec := self.receiver.by_name.get(name))]
+        return timedelta(seconds=max([LEASE, *(spec.timeout + LEASE / 2 for spec in specs)]))
+
+    async def _budgets(self, counts: Counter[str]) -> None:
+        """Send the `budget` events owed and due: a retry, or one whose sender stopped before it."""
+        receiver = self.receiver
+        now = receiver.clock()
+        lease = now + self.budget_lease(list(receiver.by_name))
+        for due in await receiver.store.claim_budget_deliveries(now, CONCURRENCY, lease):
+            counts[await self.deliver_budget(due)] += 1
+
+    async def deliver_budget(self, due: DueBudget) -> str:
+        """One attempt at a `budget` event for one handler, retried as a job's event would be; its
+        outcome: delivered, retried or dead."""
+        receiver = self.receiver
+        spec = receiver.by_name.get(due.handler)
+        fields = {"handler": due.handler, "provider": due.provider, "level": due.level}
+        attempt = due.attempts + 1
+        if spec is None:
+            error, retry_at = "handler is no longer configured", None
+        else:
+            try:
+                async with asyncio.timeout(spec.timeout):
+                    await spec.handler.handle(dict(due.event))
+            except Exception as exc:  # a handler's failure is the handler's: stored, retried or dead
+                error, retry_at = _error(exc), _retry_at(spec, attempt, exc, receiver.clock())
+            else:
+                await receiver.store.finish_budget_delivery(due, delivered=True)
+                log.info("budget.delivered", attempt=attempt, **fields)
+                receiver.metrics.delivery(due.handler, "delivered", due.event, receiver.clock())
+                return "delivered"
+        log.warning("budget.undelivered", attempt=attempt, error=error, retry=retry_at is not None, **fields)
+        await receiver.store.finish_budget_delivery(due, delivered=False, error=error, retry_at=retry_at)
+        outcome = "retried" if retry_at else "dead"
+        receiver.metrics.delivery(due.handler, outcome, due.event, receiver.clock())
+        return outcome
+
     async def _deliver(self, due: DueDelivery, counts: Counter[str]) -> None:
         receiver = self.receiver
         spec = receiver.by_name.get(due.handler)
@@ -366,18 +407,14 @@ class Worker:
             async with asyncio.timeout(spec.timeout):  # the call in this task: wait_for would make another
                 report = await spec.handler.handle(event)
         except PermanentError as exc:
-            error = mask(str(exc) or type(exc).__name__)
+            error = _error(exc)
             log.warning("delivery.dead", attempt=attempt, error=error, **fields)
             await finish(delivered=False, error=error)
             counts["dead"] += 1
             receiver.metrics.delivery(due.handler, "dead", due.event, receiver.clock())
             return
         except Exception as exc:
-            error = mask(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            retry_at = None
-            if attempt < spec.max_attempts:
-                wait = exc.delay if isinstance(exc, RetryLater) else _backoff(spec, attempt)
-                retry_at = receiver.clock() + timedelta(seconds=wait)
+            error, retry_at = _error(exc), _retry_at(spec, attempt, exc, receiver.clock())
             log.warning("delivery.failed", attempt=attempt, error=error, retry=retry_at is not None, **fields)
             await finish(delivered=False, error=error, retry_at=retry_at)
             outcome = "retried" if retry_at else "dead"
@@ -398,8 +435,20 @@ def _summary(*counts: Counter[str]) -> dict[str, int]:
     return {key: total[key] for key in keys}
 
 
-def _backoff(spec: HandlerSpec, attempt: int) -> float:
-    return retry_delay(attempt, spec.retry_base, spec.retry_max)
+def _error(exc: Exception) -> str:
+    """A handler's failure as stored and logged: a PermanentError's own words, else its type too."""
+    if isinstance(exc, PermanentError):
+        return mask(str(exc) or type(exc).__name__)
+    return mask(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def _retry_at(spec: HandlerSpec, attempt: int, exc: Exception, now: datetime) -> datetime | None:
+    """When to try again after attempt `attempt` failed with `exc`: None when it is the last (a
+    PermanentError, or the handler's max_attempts reached)."""
+    if isinstance(exc, PermanentError) or attempt >= spec.max_attempts:
+        return None
+    wait = exc.delay if isinstance(exc, RetryLater) else retry_delay(attempt, spec.retry_base, spec.retry_max)
+    return now + timedelta(seconds=wait)
 
 
 async def _first(wake: asyncio.Event, stop: asyncio.Event, sleep: Awaitable[None]) -> bool:

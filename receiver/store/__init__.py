@@ -5,6 +5,7 @@ from __future__ import annotations
 from receiver.config import SettingsError
 from receiver.store.base import (
     Admission,
+    DueBudget,
     DueDelivery,
     HandlerRoute,
     JobCost,
@@ -21,6 +22,7 @@ from receiver.store.sqlstore import SQLStore
 
 __all__ = [
     "Admission",
+    "DueBudget",
     "DueDelivery",
     "HandlerRoute",
     "JobCost",

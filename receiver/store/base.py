@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -62,6 +62,18 @@ class DueDelivery:
     attempts: int
     event: dict[str, Any]
     reports: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DueBudget:
+    """A `budget` event owed to one handler: the level of the provider's budget reached on `day`."""
+
+    provider: str
+    day: str
+    level: int
+    handler: str
+    attempts: int
+    event: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -281,9 +293,21 @@ class Store(Protocol):
     async def last_cost(self, provider: str) -> float | None:
         """The cost the provider last reported for a job (above 0), if any."""
 
-    async def budget_alert(self, provider: str, day: str, level: int, now: datetime) -> bool:
-        """Note that the provider's budget reached `level` percent on `day`: True for the one caller
-        (of every process on the store) that noted it first."""
+    async def budget_alert(
+        self, event: dict[str, Any], handlers: Sequence[str], now: datetime, lease: datetime
+    ) -> bool:
+        """Note that a provider's budget reached a level on a day (the `budget` event's own fields), and
+        owe the event to `handlers`, leased until `lease` (the caller sends them now), in one
+        transaction: True for the one caller (of every process on the store) that noted it first."""
+
+    async def claim_budget_deliveries(self, now: datetime, limit: int, lease: datetime) -> list[DueBudget]:
+        """Lease up to `limit` owed `budget` events that are due and not leased (their sender stopped,
+        or a retry is due)."""
+
+    async def finish_budget_delivery(
+        self, due: DueBudget, *, delivered: bool, error: str | None = None, retry_at: datetime | None = None
+    ) -> None:
+        """The end of an attempt: delivered, to retry at `retry_at`, or dead (neither)."""
 
     async def budget_admit(
         self, key: str, limit: int, window: float, now: datetime, stale_after: float

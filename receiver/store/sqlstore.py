@@ -7,7 +7,7 @@ import contextlib
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus, 
 from receiver.providers.ratelimit import slot_wait
 from receiver.store.base import (
     Admission,
+    DueBudget,
     DueDelivery,
     JobCost,
     Matcher,
@@ -481,9 +482,50 @@ class SQLStore:
         rows = await self._read(self._q("last_cost", provider=provider))
         return float(rows[0]["cost"]) if rows else None
 
-    async def budget_alert(self, provider: str, day: str, level: int, now: datetime) -> bool:
-        query = self._q("budget_alert", provider=provider, day=day, level=level, now=now)
-        return bool(await self._write(query))
+    async def budget_alert(
+        self, event: dict[str, Any], handlers: Sequence[str], now: datetime, lease: datetime
+    ) -> bool:
+        budget = event["budget"]
+        key = {"provider": budget["provider"], "day": budget["day"], "level": budget["level"]}
+
+        async def work(tx: Transaction) -> bool:
+            if not await tx.fetch(*self._q("budget_alert", **key, now=now, event=event)):
+                return False
+            for handler in handlers:
+                await tx.execute(*self._q("budget_owed", **key, handler=handler, now=now, lease=lease))
+            return True
+
+        return await self.connector.run(work)
+
+    async def claim_budget_deliveries(self, now: datetime, limit: int, lease: datetime) -> list[DueBudget]:
+        rows = await self._write(self._q("claim_budget_deliveries", now=now, lease=lease, limit=limit))
+        return [
+            DueBudget(
+                provider=row["provider"],
+                day=row["day"],
+                level=row["level"],
+                handler=row["handler"],
+                attempts=row["attempts"],
+                event=_json(row["event"]),
+            )
+            for row in rows
+        ]
+
+    async def finish_budget_delivery(
+        self, due: DueBudget, *, delivered: bool, error: str | None = None, retry_at: datetime | None = None
+    ) -> None:
+        status = finished_status(delivered=delivered, retry_at=retry_at)
+        query = self._q(
+            "finish_budget_delivery",
+            provider=due.provider,
+            day=due.day,
+            level=due.level,
+            handler=due.handler,
+            status=str(status),
+            last_error=error,
+            next_attempt_at=retry_at,
+        )
+        await self._execute(*query)
 
     async def budget_admit(
         self, key: str, limit: int, window: float, now: datetime, stale_after: float

@@ -11,11 +11,14 @@ import subprocess
 import sys
 import threading
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from receiver.costs import budget_event, day_start
 from receiver.events import Job, JobStatus, new_job_id
 from receiver.service import Receiver
+from receiver.store import open_store
 from tests.integration.test_unknown_submits import events
 from tests.support.inbox import Inbox, running_inbox
 from tests.support.stack import APIFRAME_KEY, FORWARD_SECRET, SECRET, Stack, receiver_stack
@@ -184,6 +187,61 @@ def test_the_webhook_that_crosses_the_budget_is_answered_while_the_budget_handle
 
     assert [json.loads(post.body)["budget"]["level"] for post in posts] == [80, 100]
     assert [e["type"] for e in events(sink)] == ["job.succeeded"]
+
+
+def test_a_budget_handler_that_fails_gets_the_event_again_from_the_worker(
+    tmp_path: Path, sink: Inbox
+) -> None:
+    """The budget handler's target answers the first `budget` event with a 503: the worker sends it
+    again (at the handler's retry), and each level arrives delivered once."""
+    options: dict[str, Any] = {"daily_budgets": {"apiframe": 10.0}}
+    with running_inbox() as alerts:
+        alerts.answers.append(503)
+        forward = handlers(sink)[0]
+        tables = [forward, {**forward, "name": "alerts", "url": alerts.url, "events": ["budget"]}]
+        with receiver_stack(tmp_path, sink.url, handlers=tables, **options) as stack:
+            job = stack.submit("apiframe")
+            stack.run_until(lambda: stack.settled(job["id"]) and len(alerts.posts) >= 3)
+            stack.advance(60)
+            stack.run_until(lambda: True)  # a round after the retry: nothing more is owed
+
+    levels = [json.loads(post.body)["budget"]["level"] for post in alerts.posts]
+    assert levels[0] == 80  # answered 503; the worker sent it again, before or after the 100 % one
+    assert sorted(levels) == [80, 80, 100]
+    assert len({json.loads(post.body)["id"] for post in alerts.posts}) == 2  # the same event, twice
+
+
+def test_a_level_noted_by_a_process_that_stopped_before_sending_it_is_sent_by_the_worker(
+    tmp_path: Path, sink: Inbox, store_url: str
+) -> None:
+    """Another process noted today's 80 % for Apiframe and stopped before its handler had the event: once
+    its lease is over, this receiver's worker sends it, once; the level is not noted or sent again."""
+    options: dict[str, Any] = {"daily_budgets": {"apiframe": 50.0}, "database_url": store_url}
+    with running_inbox() as alerts:
+        forward = handlers(sink)[0]
+        tables = [forward, {**forward, "name": "alerts", "url": alerts.url, "events": ["budget"]}]
+        with receiver_stack(tmp_path, sink.url, handlers=tables, **options) as stack:
+            now = stack.clock()
+            day = day_start(now).date().isoformat()
+            event = budget_event("apiframe", day, 80, 40.0, 50.0, now - timedelta(seconds=60))
+
+            async def note_and_stop() -> bool:
+                store = open_store(store_url)
+                await store.open()
+                try:
+                    lease = now - timedelta(seconds=30)  # the lease its process took has run out
+                    return await store.budget_alert(event, ["alerts"], now - timedelta(seconds=60), lease)
+                finally:
+                    await store.close()
+
+            assert asyncio.run(note_and_stop())
+            stack.run_until(lambda: alerts.posts)
+            stack.advance(60)
+            stack.run_until(lambda: True)
+
+    (post,) = alerts.posts
+    assert json.loads(post.body)["budget"] == event["budget"]
+    assert json.loads(post.body)["id"] == event["id"]
 
 
 def test_a_job_recorded_by_another_process_after_the_check_sends_the_submit_on_to_the_next_provider(

@@ -667,3 +667,49 @@ async def test_an_attempt_for_a_replaced_event_does_not_close_the_new_events_del
     assert new.event["id"] != old.event["id"]
     await store.finish_delivery("job_1", "log", delivered=True, event_id=new.event["id"])
     assert _deliveries(await _job(store)) == {"log": ("delivered", 1, None)}
+
+
+def _budget_event(level: int) -> dict[str, Any]:
+    budget = {"provider": "apiframe", "day": "2026-01-01", "level": level, "spent": 40.0, "limit": 50.0}
+    return {"id": f"evt_{level}", "type": "budget", "created_at": "2026-01-01T12:00:00Z", "budget": budget}
+
+
+@pytest.mark.anyio
+async def test_a_budget_level_is_owed_to_its_handlers_once_and_leased_to_the_process_that_noted_it(
+    store: Store,
+) -> None:
+    """The first to note the level owes the event to the handlers and holds them until its lease ends:
+    a second note (another process, the same level) owes nothing. Once the lease is over, what was not
+    finished (its sender stopped) is claimed again, with the event, once per lease."""
+    event = _budget_event(80)
+    assert await store.budget_alert(event, ["slack", "alerts"], _at(0), _at(30))
+    assert not await store.budget_alert(_budget_event(80), ["slack"], _at(1), _at(31))
+    assert await store.claim_budget_deliveries(_at(29), 10, _at(90)) == []
+    assert await store.next_due() == _at(30)
+
+    claimed = await store.claim_budget_deliveries(_at(30), 10, _at(90))
+    assert sorted(due.handler for due in claimed) == ["alerts", "slack"]
+    assert {(due.provider, due.day, due.level, due.attempts) for due in claimed} == {
+        ("apiframe", "2026-01-01", 80, 0)
+    }
+    assert all(due.event == event for due in claimed)
+    assert await store.claim_budget_deliveries(_at(60), 10, _at(120)) == []
+
+
+@pytest.mark.anyio
+async def test_a_budget_event_that_failed_is_due_again_at_its_retry_and_a_delivered_one_never(
+    store: Store,
+) -> None:
+    assert await store.budget_alert(_budget_event(100), ["slack", "alerts"], _at(0), _at(0))
+    claimed = {due.handler: due for due in await store.claim_budget_deliveries(_at(0), 10, _at(30))}
+    await store.finish_budget_delivery(claimed["slack"], delivered=True)
+    failed = claimed["alerts"]
+    await store.finish_budget_delivery(failed, delivered=False, error="HTTPError: 503", retry_at=_at(45))
+    assert await store.next_due() == _at(45)
+    assert await store.claim_budget_deliveries(_at(44), 10, _at(74)) == []
+
+    (again,) = await store.claim_budget_deliveries(_at(45), 10, _at(75))
+    assert (again.handler, again.attempts) == ("alerts", 1)
+    await store.finish_budget_delivery(again, delivered=False, error="HTTPError: 503")  # dead: no retry
+    assert await store.claim_budget_deliveries(_at(10**5), 10, _at(10**5 + 30)) == []
+    assert await store.next_due() is None

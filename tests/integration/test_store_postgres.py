@@ -120,6 +120,7 @@ async def test_two_stores_opening_at_once_migrate_the_schema_once(pg_url: str) -
     tables = _rows(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")
     assert tables == [
         ("receiver_budget_alerts",),
+        ("receiver_budget_deliveries",),
         ("receiver_budget_keys",),
         ("receiver_budget_requests",),
         ("receiver_deliveries",),

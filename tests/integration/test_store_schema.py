@@ -191,6 +191,7 @@ async def test_both_stores_have_the_same_tables_and_columns(sqlite_path: Path, p
     sqlite, postgres = sqlite_schema(sqlite_path), pg_schema(pg_store)
     assert sorted(sqlite.columns) == [
         "receiver_budget_alerts",
+        "receiver_budget_deliveries",
         "receiver_budget_keys",
         "receiver_budget_requests",
         "receiver_deliveries",
@@ -226,6 +227,13 @@ async def test_both_stores_have_the_same_constraints(sqlite_path: Path, pg_store
     assert sqlite.foreign_keys == postgres.foreign_keys
     assert sqlite.foreign_keys == {
         ("receiver_deliveries", ("job_id",), "receiver_jobs", ("id",), "CASCADE"),
+        (
+            "receiver_budget_deliveries",
+            ("provider", "day", "level"),
+            "receiver_budget_alerts",
+            ("provider", "day", "level"),
+            "CASCADE",
+        ),
     }
 
 
@@ -250,6 +258,7 @@ PARTIAL = {
     "receiver_jobs_deadline",
     "receiver_deliveries_due",
     "receiver_jobs_succeeded",
+    "receiver_budget_deliveries_due",
 }
 POLL_QUERIES = {
     "overdue_jobs": ({"now": "2026-01-01T12:00:00.000000Z", "limit": 10}, ["receiver_jobs_deadline"]),
@@ -269,13 +278,31 @@ POLL_QUERIES = {
     ),
     "next_due": (
         {},
-        ["receiver_jobs_due_poll", "receiver_deliveries_due", "receiver_jobs_deadline"],
+        [
+            "receiver_jobs_due_poll",
+            "receiver_deliveries_due",
+            "receiver_jobs_deadline",
+            "receiver_budget_deliveries_due",
+        ],
+    ),
+    # The `budget` events owed: a retry, or one whose sender stopped.
+    "claim_budget_deliveries": (
+        {
+            "now": "2026-01-01T12:00:00.000000Z",
+            "lease": "2026-01-01T12:05:00.000000Z",
+            "limit": 16,
+        },
+        ["receiver_budget_deliveries_due"],
     ),
     # The completion-time model's history: the newest successes, whatever the history's size.
     "completion_samples": ({"limit": 2000}, ["receiver_jobs_succeeded"]),
     # Its censored samples: the jobs still running, whatever the history's size.
     "running_samples": ({"limit": 2000}, ["receiver_jobs_due_poll"]),
 }
+
+
+# A claimed row is found again by its key (its job, its budget alert).
+BY_KEY = {"receiver_jobs_pkey", "receiver_budget_alerts_pkey", "receiver_budget_deliveries_pkey"}
 
 
 @pytest.mark.parametrize("name", sorted(POLL_QUERIES))
@@ -294,7 +321,7 @@ async def test_sqlite_serves_the_worker_round_from_partial_indexes(sqlite_path: 
 async def test_postgres_serves_the_worker_round_from_partial_indexes(pg_store: str, name: str) -> None:
     params, _ = POLL_QUERIES[name]
     plan = _plan_postgres(pg_store, name, **params)
-    used = set(re.findall(r"using (\w+) on", plan.lower())) - {"receiver_jobs_pkey"}  # claimed rows by id
+    used = set(re.findall(r"using (\w+) on", plan.lower())) - BY_KEY
     assert "seq scan" not in plan.lower(), plan
     assert used, plan
     assert used <= PARTIAL, plan  # on empty tables either open-jobs index may serve a MIN

@@ -30,7 +30,7 @@ def test_every_query_the_store_names_resolves_and_every_query_is_used() -> None:
 
 def test_both_dialects_migrate_to_the_same_version_without_parameters() -> None:
     versions = {dialect: load(dialect).schema_version for dialect in DIALECTS}
-    assert versions == {"sqlite": 9, "postgres": 9}
+    assert versions == {"sqlite": 10, "postgres": 10}
     for dialect in DIALECTS:
         for statements in load(dialect).migrations.values():
             assert statements

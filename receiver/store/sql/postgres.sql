@@ -75,6 +75,25 @@ SELECT c.job_id, c.handler, c.attempts, j.event,
 FROM claimed AS c JOIN receiver_jobs AS j ON j.id = c.job_id
 ORDER BY c.next_attempt_at, c.seq
 
+-- name: claim_budget_deliveries
+-- Due `budget` events, leased in one statement, each with its event.
+WITH candidate AS (
+    SELECT provider, day, level, handler FROM receiver_budget_deliveries
+    WHERE status IN ('pending', 'retrying') AND next_attempt_at <= :now
+      AND (locked_until IS NULL OR locked_until <= :now)
+    ORDER BY next_attempt_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE receiver_budget_deliveries AS d SET locked_until = :lease
+    FROM candidate AS c
+    WHERE d.provider = c.provider AND d.day = c.day AND d.level = c.level AND d.handler = c.handler
+    RETURNING d.provider, d.day, d.level, d.handler, d.attempts, d.next_attempt_at
+)
+SELECT c.provider, c.day, c.level, c.handler, c.attempts, a.event
+FROM claimed AS c JOIN receiver_budget_alerts AS a
+    ON a.provider = c.provider AND a.day = c.day AND a.level = c.level
+ORDER BY c.next_attempt_at
+
 -- name: lock_job
 SELECT * FROM receiver_jobs WHERE id = :id FOR UPDATE
 
@@ -243,3 +262,25 @@ CREATE INDEX receiver_jobs_succeeded ON receiver_jobs (completed_at) WHERE statu
 -- When the provider says each job ended (its `completedAt`): the completion-time model learns from it,
 -- not from when a poll or a late webhook saw the end.
 ALTER TABLE receiver_jobs ADD COLUMN finished_at timestamptz;
+
+-- name: migration_10
+-- The `budget` events owed to handlers, a row per level reached and handler, like a job's deliveries:
+-- the process that notes the level sends them at once; one it did not finish (it stopped, or the
+-- handler failed) the worker sends again, retried as a job's event is.
+ALTER TABLE receiver_budget_alerts ADD COLUMN event jsonb;
+CREATE TABLE receiver_budget_deliveries (
+    provider text NOT NULL,
+    day text NOT NULL,
+    level integer NOT NULL,
+    handler text NOT NULL,
+    status text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    next_attempt_at timestamptz,
+    locked_until timestamptz,
+    PRIMARY KEY (provider, day, level, handler),
+    FOREIGN KEY (provider, day, level) REFERENCES receiver_budget_alerts (provider, day, level)
+        ON DELETE CASCADE
+);
+CREATE INDEX receiver_budget_deliveries_due ON receiver_budget_deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'retrying');

@@ -152,7 +152,7 @@ SELECT job_id, handler, attempts, last_error FROM receiver_deliveries WHERE stat
 ORDER BY seq DESC LIMIT :limit
 
 -- name: next_due
--- Each branch is served by a partial index (due polls, due deliveries, deadlines). Work another
+-- Each branch is served by a partial index (due polls, due deliveries, deadlines, due budget events). Work another
 -- process has claimed is due when its lease runs out, not before: a worker never spins on it.
 SELECT MIN(due) AS due FROM (
     SELECT MIN(CASE WHEN locked_until > next_poll_at THEN locked_until ELSE next_poll_at END) AS due
@@ -163,6 +163,9 @@ SELECT MIN(due) AS due FROM (
     FROM receiver_deliveries WHERE status IN ('pending', 'retrying')
     UNION ALL
     SELECT MIN(deadline_at) FROM receiver_jobs WHERE completed_at IS NULL
+    UNION ALL
+    SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
+    FROM receiver_budget_deliveries WHERE status IN ('pending', 'retrying')
 ) AS candidates
 
 -- name: counts
@@ -228,7 +231,19 @@ SELECT cost FROM receiver_jobs WHERE provider = :provider AND cost > 0
 ORDER BY created_at DESC, seq DESC LIMIT 1
 
 -- name: budget_alert
--- Inserted by one process only: the one that gets the row back sends the event.
-INSERT INTO receiver_budget_alerts (provider, day, level, sent_at) VALUES (:provider, :day, :level, :now)
+-- Inserted by one process only: the one that gets the row back owes the event to the handlers
+-- (budget_owed, in the same transaction).
+INSERT INTO receiver_budget_alerts (provider, day, level, sent_at, event)
+VALUES (:provider, :day, :level, :now, :event)
 ON CONFLICT (provider, day, level) DO NOTHING
 RETURNING level
+
+-- name: budget_owed
+-- Leased to the process that noted the level, which sends it at once; the worker's when that lease ends.
+INSERT INTO receiver_budget_deliveries (provider, day, level, handler, status, next_attempt_at, locked_until)
+VALUES (:provider, :day, :level, :handler, 'pending', :now, :lease)
+
+-- name: finish_budget_delivery
+UPDATE receiver_budget_deliveries SET status = :status, attempts = attempts + 1, last_error = :last_error,
+    next_attempt_at = :next_attempt_at, locked_until = NULL
+WHERE provider = :provider AND day = :day AND level = :level AND handler = :handler

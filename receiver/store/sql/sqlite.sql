@@ -62,6 +62,20 @@ RETURNING job_id, handler, attempts,
      FROM receiver_deliveries AS p, json_each(receiver_deliveries.after) AS a
      WHERE p.job_id = receiver_deliveries.job_id AND p.handler = a.value AND p.report IS NOT NULL) AS reports
 
+-- name: claim_budget_deliveries
+-- Due `budget` events, leased in one statement, each with its event.
+UPDATE receiver_budget_deliveries SET locked_until = :lease
+WHERE rowid IN (
+    SELECT rowid FROM receiver_budget_deliveries
+    WHERE status IN ('pending', 'retrying') AND next_attempt_at <= :now
+      AND (locked_until IS NULL OR locked_until <= :now)
+    ORDER BY next_attempt_at LIMIT :limit
+)
+RETURNING provider, day, level, handler, attempts,
+    (SELECT event FROM receiver_budget_alerts AS a
+     WHERE a.provider = receiver_budget_deliveries.provider AND a.day = receiver_budget_deliveries.day
+       AND a.level = receiver_budget_deliveries.level) AS event
+
 -- name: lock_job
 -- The write transaction (BEGIN IMMEDIATE) already holds the database's write lock.
 SELECT * FROM receiver_jobs WHERE id = :id
@@ -282,3 +296,25 @@ CREATE INDEX receiver_jobs_succeeded ON receiver_jobs (completed_at) WHERE statu
 -- When the provider says each job ended (its `completedAt`): the completion-time model learns from it,
 -- not from when a poll or a late webhook saw the end.
 ALTER TABLE receiver_jobs ADD COLUMN finished_at TIMESTAMP TEXT;
+
+-- name: migration_10
+-- The `budget` events owed to handlers, a row per level reached and handler, like a job's deliveries:
+-- the process that notes the level sends them at once; one it did not finish (it stopped, or the
+-- handler failed) the worker sends again, retried as a job's event is.
+ALTER TABLE receiver_budget_alerts ADD COLUMN event JSON TEXT;
+CREATE TABLE receiver_budget_deliveries (
+    provider TEXT NOT NULL,
+    day TEXT NOT NULL,
+    level INTEGER NOT NULL,
+    handler TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at TIMESTAMP TEXT,
+    locked_until TIMESTAMP TEXT,
+    PRIMARY KEY (provider, day, level, handler),
+    FOREIGN KEY (provider, day, level) REFERENCES receiver_budget_alerts (provider, day, level)
+        ON DELETE CASCADE
+);
+CREATE INDEX receiver_budget_deliveries_due ON receiver_budget_deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'retrying');
