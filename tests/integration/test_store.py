@@ -4,6 +4,7 @@ once per lease, in `after` order."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -627,24 +628,33 @@ async def test_racing_terminal_records_end_the_job_once(store: Store) -> None:
     assert len((await _job(store)).deliveries) == 1
 
 
+async def _claimed_by_two_stores(
+    store: Store, database_url: str, claim: Callable[[Store], Awaitable[list[Any]]]
+) -> list[Any]:
+    """What six claims at once, three by `store` and three by another store on its database (another
+    process), took."""
+    other = open_store(database_url)
+    await other.open()
+    try:
+        claimed: list[list[Any]] = []
+        async with anyio.create_task_group() as tg:
+            for s in [store, other] * 3:
+
+                async def one(s: Store = s) -> None:
+                    claimed.append(await claim(s))
+
+                tg.start_soon(one)
+    finally:
+        await other.close()
+    return [item for batch in claimed for item in batch]
+
+
 @pytest.mark.anyio
 async def test_two_stores_on_one_database_never_claim_the_same_job(store: Store, database_url: str) -> None:
     for n in range(20):
         await _create(store, f"job_{n}", first_poll=10)
-    other = open_store(database_url)
-    await other.open()
-    try:
-        claimed: list[list[Job]] = []
-        async with anyio.create_task_group() as tg:
-            for s in [store, other] * 3:
-
-                async def claim(s: Store = s) -> None:
-                    claimed.append(await s.claim_due_polls(_at(20), 4, 300))
-
-                tg.start_soon(claim)
-    finally:
-        await other.close()
-    ids = [j.id for batch in claimed for j in batch]
+    jobs = await _claimed_by_two_stores(store, database_url, lambda s: s.claim_due_polls(_at(20), 4, 300))
+    ids = [job.id for job in jobs]
     assert len(ids) == len(set(ids)) == 20
 
 
@@ -713,3 +723,17 @@ async def test_a_budget_event_that_failed_is_due_again_at_its_retry_and_a_delive
     await store.finish_budget_delivery(again, delivered=False, error="HTTPError: 503")  # dead: no retry
     assert await store.claim_budget_deliveries(_at(10**5), 10, _at(10**5 + 30)) == []
     assert await store.next_due() is None
+
+
+@pytest.mark.anyio
+async def test_two_stores_on_one_database_never_claim_the_same_budget_event(
+    store: Store, database_url: str
+) -> None:
+    for level in (80, 100):
+        handlers = [f"handler_{n}" for n in range(10)]
+        assert await store.budget_alert(_budget_event(level), handlers, _at(0), _at(0))
+    owed = await _claimed_by_two_stores(
+        store, database_url, lambda s: s.claim_budget_deliveries(_at(1), 4, _at(60))
+    )
+    keys = [(due.level, due.handler) for due in owed]
+    assert len(keys) == len(set(keys)) == 20
