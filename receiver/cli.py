@@ -458,17 +458,30 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
     async def run(receiver: Receiver) -> int:
         rows = await receiver.store.dead_deliveries()
+        budget = await receiver.store.dead_budget_deliveries()
         if args.json:
             keys = ("job_id", "handler", "attempts", "last_error")
-            print(json.dumps({"dead": [dict(zip(keys, row, strict=True)) for row in rows]}, indent=2))
+            budget_keys = ("provider", "day", "level", "handler", "attempts", "last_error")
+            listed = {
+                "dead": [dict(zip(keys, row, strict=True)) for row in rows],
+                "dead_budget_events": [dict(zip(budget_keys, row, strict=True)) for row in budget],
+            }
+            print(json.dumps(listed, indent=2))
             return 0
-        if not rows:
+        if not rows and not budget:
             print("no dead deliveries")
             return 0
-        table = Table(Column("job", no_wrap=True), "handler", "attempts", "last error")
-        for job_id, handler, attempts, last_error in rows:
-            table.add_row(job_id, handler, str(attempts), last_error or "")
-        Console().print(table)
+        console = Console()
+        if rows:
+            table = Table(Column("job", no_wrap=True), "handler", "attempts", "last error")
+            for job_id, handler, attempts, last_error in rows:
+                table.add_row(job_id, handler, str(attempts), last_error or "")
+            console.print(table)
+        if budget:
+            table = Table(Column("budget event", no_wrap=True), "handler", "attempts", "last error")
+            for provider, day, level, handler, attempts, last_error in budget:
+                table.add_row(f"{provider} {day} {level}%", handler, str(attempts), last_error or "")
+            console.print(table)
         return 0
 
     return await _with_receiver(settings, run)

@@ -64,6 +64,10 @@ class DueDelivery:
     reports: dict[str, Any]
 
 
+# A `budget` event gone dead: (provider, day, level, handler, attempts, last_error).
+DeadBudget = tuple[str, str, int, str, int, str | None]
+
+
 @dataclass(frozen=True)
 class DueBudget:
     """A `budget` event owed to one handler: the level of the provider's budget reached on `day`."""
@@ -271,6 +275,9 @@ class Store(Protocol):
 
     async def dead_deliveries(self, limit: int = 1000) -> list[tuple[str, str, int, str | None]]:
         """(job_id, handler, attempts, last_error) of the dead letters."""
+
+    async def dead_budget_deliveries(self, limit: int = 1000) -> list[DeadBudget]:
+        """(provider, day, level, handler, attempts, last_error) of the `budget` events gone dead."""
 
     async def ping(self) -> None:
         """Raise when the store cannot answer (for /healthz)."""

@@ -17,6 +17,7 @@ from receiver.events import Delivery, DeliveryStatus, Job, JobError, JobStatus, 
 from receiver.providers.ratelimit import slot_wait
 from receiver.store.base import (
     Admission,
+    DeadBudget,
     DueBudget,
     DueDelivery,
     JobCost,
@@ -452,6 +453,12 @@ class SQLStore:
     async def dead_deliveries(self, limit: int = 1000) -> list[tuple[str, str, int, str | None]]:
         rows = await self._read(self._q("dead_deliveries", limit=limit))
         return [(r["job_id"], r["handler"], r["attempts"], r["last_error"]) for r in rows]
+
+    async def dead_budget_deliveries(self, limit: int = 1000) -> list[DeadBudget]:
+        rows = await self._read(self._q("dead_budget_deliveries", limit=limit))
+        return [
+            (r["provider"], r["day"], r["level"], r["handler"], r["attempts"], r["last_error"]) for r in rows
+        ]
 
     async def ping(self) -> None:
         await self._read(self._q("ping"))

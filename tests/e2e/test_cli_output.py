@@ -49,7 +49,7 @@ def test_dead_says_so_when_there_are_none(world: World) -> None:
     done = world.run("dead")
 
     assert done.stdout == "no dead deliveries\n"
-    assert json.loads(world.run("dead", "--json").stdout) == {"dead": []}
+    assert json.loads(world.run("dead", "--json").stdout) == {"dead": [], "dead_budget_events": []}
 
 
 def test_the_readme_handler_example_works_as_written(world: World, tmp_path: Path) -> None:

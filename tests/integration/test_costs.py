@@ -211,6 +211,36 @@ def test_a_budget_handler_that_fails_gets_the_event_again_from_the_worker(
     assert len({json.loads(post.body)["id"] for post in alerts.posts}) == 2  # the same event, twice
 
 
+def test_a_budget_event_gone_dead_is_listed_by_receiver_dead(tmp_path: Path, sink: Inbox) -> None:
+    """The budget handler's target answers 410 (gone: no retry): `receiver dead` lists that level with
+    the jobs' dead letters, in its table and in its JSON."""
+    options: dict[str, Any] = {"daily_budgets": {"apiframe": 10.0}}
+    with running_inbox() as alerts:
+        alerts.answers.extend([410, 200])
+        forward = handlers(sink)[0]
+        tables = [forward, {**forward, "name": "alerts", "url": alerts.url, "events": ["budget"]}]
+        with receiver_stack(tmp_path, sink.url, handlers=tables, **options) as stack:
+            job = stack.submit("apiframe")
+            stack.run_until(lambda: stack.settled(job["id"]) and len(alerts.posts) >= 2)
+            code, out, err = run_cli(stack, "dead", "--json")
+            text = run_cli(stack, "dead")
+
+    day = json.loads(alerts.posts[0].body)["budget"]["day"]
+    assert (code, err) == (0, "")
+    assert json.loads(out)["dead"] == []
+    (dead,) = json.loads(out)["dead_budget_events"]
+    assert {k: dead[k] for k in ("provider", "day", "level", "handler", "attempts")} == {
+        "provider": "apiframe",
+        "day": day,
+        "level": 80,
+        "handler": "alerts",
+        "attempts": 1,
+    }
+    assert "410" in dead["last_error"]
+    assert text[0] == 0
+    assert f"apiframe {day} 80%" in text[1]
+
+
 def test_a_level_noted_by_a_process_that_stopped_before_sending_it_is_sent_by_the_worker(
     tmp_path: Path, sink: Inbox, store_url: str
 ) -> None:

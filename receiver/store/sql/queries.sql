@@ -151,6 +151,10 @@ SELECT handler FROM receiver_deliveries WHERE job_id = :job_id
 SELECT job_id, handler, attempts, last_error FROM receiver_deliveries WHERE status = 'dead'
 ORDER BY seq DESC LIMIT :limit
 
+-- name: dead_budget_deliveries
+SELECT provider, day, level, handler, attempts, last_error FROM receiver_budget_deliveries
+WHERE status = 'dead' ORDER BY day DESC, provider, level, handler LIMIT :limit
+
 -- name: next_due
 -- Each branch is served by a partial index (due polls, due deliveries, deadlines, due budget events). Work another
 -- process has claimed is due when its lease runs out, not before: a worker never spins on it.
