@@ -351,8 +351,8 @@ class Worker:
         receiver = self.receiver
         now = receiver.clock()
         lease = now + self.budget_lease(list(receiver.by_name))
-        for due in await receiver.store.claim_budget_deliveries(now, CONCURRENCY, lease):
-            counts[await self.deliver_budget(due)] += 1
+        claimed = await receiver.store.claim_budget_deliveries(now, CONCURRENCY, lease)
+        counts.update(await asyncio.gather(*(self.deliver_budget(due) for due in claimed)))
 
     async def deliver_budget(self, due: DueBudget) -> str:
         """One attempt at a `budget` event for one handler, retried as a job's event would be; its
