@@ -25,6 +25,18 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class BudgetLetter:
+    """A `budget` event gone dead: the level of a provider's daily budget reached on `day`."""
+
+    provider: str
+    day: str
+    level: int
+    handler: str
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class HandlerRate:
     """A handler's deliveries among the listed jobs; `rate` is delivered over finished (None: none)."""
 

@@ -27,7 +27,7 @@ from receiver.events import TERMINAL, Job, JobError, JobStatus, attempt, keyed_j
 from receiver.failover import Choice, may_fail_over, parse_choice, providers_of
 from receiver.generation import KlingRequest, ValidationError
 from receiver.metrics import Metrics
-from receiver.overview import BudgetUse, DeadLetter, Health, JobsPage, Spend, handler_rates
+from receiver.overview import BudgetLetter, BudgetUse, DeadLetter, Health, JobsPage, Spend, handler_rates
 from receiver.providers import registry
 from receiver.providers.base import (
     ProviderClient,
@@ -84,6 +84,7 @@ REQUESTS_KEPT = 10_000
 SECRET_KEYS = ("webhook_url", "secret", "token", "password", "api_key")
 
 __all__ = [
+    "BudgetLetter",
     "DeadLetter",
     "Health",
     "InvalidSubmit",
@@ -608,9 +609,15 @@ class Receiver:
     async def dead_letters(self) -> list[DeadLetter]:
         return [DeadLetter(*row) for row in await self.store.dead_deliveries()]
 
+    async def budget_letters(self) -> list[BudgetLetter]:
+        return [BudgetLetter(*row) for row in await self.store.dead_budget_deliveries()]
+
     async def replay_dead(self) -> int:
-        """Make every dead delivery due again (each for its own handler); how many."""
-        count = 0
+        """Make every dead delivery due again (each for its own handler), `budget` events' too; how
+        many."""
+        count = await self.store.replay_budget_dead(self.clock())
+        if count:
+            self.changes.bump()
         for letter in await self.dead_letters():
             with contextlib.suppress(NoSuchJob, NotFinished, SettingsError):  # gone or unconfigured now
                 count += (await self.replay(letter.job_id, letter.handler)).count
@@ -620,7 +627,7 @@ class Receiver:
         """The dashboard's budget and health page: what the store holds now, and this process's view
         (the requests it sent to each provider that spends the rate budget, RUNBASE_RATE_LIMIT)."""
         counts = await self.store.counts()
-        jobs, deliveries = counts["jobs"], counts["deliveries"]
+        jobs, deliveries, owed = counts["jobs"], counts["deliveries"], counts["budget_deliveries"]
         s = self.settings
         last = self.worker.last_round
         return Health(
@@ -640,8 +647,8 @@ class Receiver:
             polling=jobs.get(str(JobStatus.SUBMITTED), 0) + jobs.get(str(JobStatus.RUNNING), 0),
             next_due=await self.store.next_due(),
             last_round_ago=None if last is None else self.clock.monotonic() - last,
-            retrying=deliveries.get("retrying", 0),
-            dead=deliveries.get("dead", 0),
+            retrying=deliveries.get("retrying", 0) + owed.get("retrying", 0),
+            dead=deliveries.get("dead", 0) + owed.get("dead", 0),
             handlers=handler_rates(await self.store.list_jobs(None, MAX_LISTED), list(self.by_name)),
         )
 

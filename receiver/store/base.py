@@ -279,6 +279,9 @@ class Store(Protocol):
     async def dead_budget_deliveries(self, limit: int = 1000) -> list[DeadBudget]:
         """(provider, day, level, handler, attempts, last_error) of the `budget` events gone dead."""
 
+    async def replay_budget_dead(self, now: datetime) -> int:
+        """Make every `budget` event gone dead due again at `now`, from its first attempt; how many."""
+
     async def ping(self) -> None:
         """Raise when the store cannot answer (for /healthz)."""
 
@@ -286,7 +289,7 @@ class Store(Protocol):
         """The earliest stored poll or delivery time: how long the worker may sleep."""
 
     async def counts(self) -> dict[str, dict[str, int]]:
-        """{"jobs": {status: n}, "deliveries": {status: n}} for the metrics."""
+        """{"jobs": {status: n}, "deliveries": {status: n}, "budget_deliveries": {status: n}}."""
 
     async def job_counts(self) -> dict[tuple[str, str], int]:
         """{(provider, status): n} for the metrics."""

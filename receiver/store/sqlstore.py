@@ -460,6 +460,18 @@ class SQLStore:
             (r["provider"], r["day"], r["level"], r["handler"], r["attempts"], r["last_error"]) for r in rows
         ]
 
+    async def replay_budget_dead(self, now: datetime) -> int:
+        async def work(tx: Transaction) -> int:
+            replayed = await tx.fetch(*self._q("replay_budget_dead", now=now))
+            if replayed:
+                await self._notify(tx)
+            return len(replayed)
+
+        count = await self.connector.run(work)
+        if count:
+            self._wake()
+        return count
+
     async def ping(self) -> None:
         await self._read(self._q("ping"))
 
@@ -468,7 +480,7 @@ class SQLStore:
         return _time(rows[0]["due"]) if rows else None
 
     async def counts(self) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {"jobs": {}, "deliveries": {}}
+        counts: dict[str, dict[str, int]] = {"jobs": {}, "deliveries": {}, "budget_deliveries": {}}
         for row in await self._read(self._q("counts")):
             counts[row["kind"]][row["status"]] = row["n"]
         return counts

@@ -211,7 +211,7 @@ async def replay(request: Request, receiver: Receiver, current: Session, fields:
 async def dead(request: Request, receiver: Receiver, current: Session) -> Response:
     return _render(
         request, receiver, "dead.html", csrf=current.csrf, letters=await receiver.dead_letters(),
-        notice=request.query_params.get("notice"), live=True,
+        budget_letters=await receiver.budget_letters(), notice=request.query_params.get("notice"), live=True,
     )  # fmt: skip
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.stack import ADMIN, Stack, receiver_stack
+from tests.support.inbox import running_inbox
+from tests.support.stack import ADMIN, FORWARD_SECRET, Stack, receiver_stack
 
 
 @contextmanager
@@ -132,6 +133,37 @@ def test_dead_letters_replay_and_health(tmp_path: Path, sink) -> None:
     assert re.search(r"Dead letters</dt><dd><a href=\"/ui/dead\">1<", health)
     assert re.search(r"<td>forward</td><td>1</td><td>0</td><td>0</td>\s*<td>100 %</td>", after)
     assert re.search(r"\d+ of 20 requests in the last 10 s", after)
+
+
+def test_a_budget_event_gone_dead_is_a_dead_letter_and_replay_all_sends_it_again(
+    tmp_path: Path, sink
+) -> None:
+    """The budget handler's target answers the 80 % event 410 (no retry): the dead letters page lists
+    it beside the jobs' and the health page counts it; "Replay all" makes it due, and the worker
+    sends it again."""
+    with running_inbox() as alerts:
+        alerts.answers.append(410)
+        forward = {"name": "forward", "type": "forward", "url": sink.url, "secret": FORWARD_SECRET}
+        alert = {**forward, "name": "alerts", "url": alerts.url, "events": ["budget"]}
+        options = {"handlers": [forward, alert], "daily_budgets": {"apiframe": 10.0}}
+        with receiver_stack(tmp_path, sink.url, **options) as stack:
+            job_id = stack.submit("apiframe")["id"]
+            stack.run_until(lambda: stack.settled(job_id) and len(alerts.posts) >= 2)
+            with signed_in(stack) as (client, csrf):
+                dead = client.get("/ui/dead").text
+                health = client.get("/ui/health").text
+                replayed = client.post("/ui/dead/replay", data={"csrf": csrf})
+                stack.run_until(lambda: len(alerts.posts) >= 3)
+                after = client.get("/ui/dead").text
+
+    day = stack.clock().date().isoformat()
+    assert f'id="dead-budget-apiframe-{day}-80-alerts"' in dead
+    assert "Replay all 1" in dead
+    assert "answered 410" in dead
+    assert re.search(r"Dead letters</dt><dd><a href=\"/ui/dead\">1<", health)
+    assert "1+replayed" in replayed.headers["location"]
+    assert [p.body for p in alerts.posts[2:]] == [alerts.posts[0].body]  # the same event, again
+    assert 'id="no-dead"' in after
 
 
 def test_event_stream_sends_a_change(tmp_path: Path, sink) -> None:

@@ -593,9 +593,13 @@ async def test_counts_by_status(store: Store) -> None:
     await _create(store, "job_b")
     await _finish(store, "job_b")
     await store.finish_delivery("job_b", "log", delivered=True)
+    assert await store.budget_alert(_budget_event(80), ["slack", "alerts"], _at(0), _at(0))
+    (owed, *_) = await store.claim_budget_deliveries(_at(0), 1, _at(30))
+    await store.finish_budget_delivery(owed, delivered=False, error="gone")
     assert await store.counts() == {
         "jobs": {"submitted": 1, "succeeded": 1},
         "deliveries": {"delivered": 1, "pending": 1},
+        "budget_deliveries": {"dead": 1, "pending": 1},
     }
 
 

@@ -151,6 +151,12 @@ SELECT handler FROM receiver_deliveries WHERE job_id = :job_id
 SELECT job_id, handler, attempts, last_error FROM receiver_deliveries WHERE status = 'dead'
 ORDER BY seq DESC LIMIT :limit
 
+-- name: replay_budget_dead
+UPDATE receiver_budget_deliveries SET status = 'pending', attempts = 0, last_error = NULL,
+    next_attempt_at = :now, locked_until = NULL
+WHERE status = 'dead'
+RETURNING handler
+
 -- name: dead_budget_deliveries
 SELECT provider, day, level, handler, attempts, last_error FROM receiver_budget_deliveries
 WHERE status = 'dead' ORDER BY day DESC, provider, level, handler LIMIT :limit
@@ -176,6 +182,8 @@ SELECT MIN(due) AS due FROM (
 SELECT 'jobs' AS kind, status, COUNT(*) AS n FROM receiver_jobs GROUP BY status
 UNION ALL
 SELECT 'deliveries', status, COUNT(*) FROM receiver_deliveries GROUP BY status
+UNION ALL
+SELECT 'budget_deliveries', status, COUNT(*) FROM receiver_budget_deliveries GROUP BY status
 
 -- name: record_version
 INSERT INTO receiver_schema_version (version) VALUES (:version)
