@@ -266,7 +266,8 @@ class Receiver:
     async def _announce(self, provider: str) -> None:
         try:
             await self.announce_budget(provider)
-        except Exception as exc:  # the store failed: the levels not yet claimed are announced next time
+        except Exception as exc:  # the store failed: a level not noted yet is checked with the next cost,
+            # one noted already is sent by a worker when its lease ends
             log.warning("budget.unannounced", provider=provider, error=type(exc).__name__)
 
     async def announce_budget(self, provider: str) -> None:
