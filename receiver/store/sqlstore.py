@@ -7,9 +7,11 @@ import contextlib
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+import structlog
 
 from receiver.completion import Finished, Kind, Running
 from receiver.config import SettingsError
@@ -28,9 +30,26 @@ from receiver.store.base import (
     SpendLimit,
     Update,
 )
-from receiver.store.connector import Connector, Row, Sleep, Transaction
+from receiver.store.coalesce import Coalesce, Outcomes
+from receiver.store.connector import Connector, Row, Sleep, StoreUnavailable, Transaction
 from receiver.store.queries import load
 from receiver.store.state import apply_update, finished_status, rank, replay_targets
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+# Progress reports sharing one statement (where a statement costs a round trip): at most GROUP_MOST a
+# statement, GROUPS_OUT statements out at once (the rest of the pool is left to the worker and submits).
+GROUP_MOST, GROUPS_OUT = 64, 4
+
+
+async def _outcome(call: Awaitable[T]) -> T | BaseException:
+    """The result of `call`, or the exception it raised (Coalesce answers each report with its own)."""
+    try:
+        return await call
+    except Exception as exc:
+        return exc
 
 
 class SQLStore:
@@ -38,6 +57,13 @@ class SQLStore:
         self.connector = connector
         self.queries = load(connector.dialect)
         self._advance_running = connector.in_process  # see advance_running in sql/queries.sql
+        # advance_jobs has a row for every report that names a job, changed or not (see sql/sqlite.sql)
+        self._advance_jobs_complete = connector.dialect == "postgres"
+        # Where a statement costs a round trip, progress reports made at the same moment share one
+        # (SQLite groups them into one transaction itself: connector.run_grouped).
+        self._progress: Coalesce[tuple[str, Update], Progressed] | None = None
+        if not connector.in_process:
+            self._progress = Coalesce(self._progress_group, most=GROUP_MOST, parallel=GROUPS_OUT)
         self.origin = uuid.uuid4().hex  # signs this store's notices: its own process was woken already
         self.listening = False
         self._wakers: list[Callable[[], None]] = []
@@ -69,6 +95,8 @@ class SQLStore:
             await tx.execute(*self._q("record_version", version=target))
 
     async def close(self) -> None:
+        if self._progress is not None:
+            await self._progress.drain()
         await self.connector.close()
 
     @contextlib.asynccontextmanager
@@ -256,6 +284,11 @@ class SQLStore:
         return recorded
 
     async def record_progress(self, job_id: str, update: Update) -> Progressed:
+        if self._progress is not None:
+            return await self._progress.submit((job_id, update))
+        return await self._record_progress(job_id, update)
+
+    async def _record_progress(self, job_id: str, update: Update) -> Progressed:
         advance = self._q(
             "advance_job",
             id=job_id,
@@ -270,17 +303,68 @@ class SQLStore:
             if running is not None and await tx.execute(*running):
                 return Progressed(JobStatus.RUNNING, changed=True)
             rows = await tx.fetch(*advance) or await tx.fetch(*self._q("job_brief", id=job_id))
-            if not rows:
-                return Progressed(None, changed=False)
-            row = rows[0]
-            on_record, reported = row["provider_job_id"], update.provider_job_id
-            if row["changed"] and on_record is None and reported is not None:  # none on record yet
-                await tx.execute(*self._q("adopt_provider_job_id", id=job_id, provider_job_id=reported))
-                return Progressed(JobStatus(row["status"]), changed=True)
-            conflict = bool(on_record and reported and on_record != reported)
-            return Progressed(JobStatus(row["status"]), changed=bool(row["changed"]), conflict=conflict)
+            return await self._progressed(tx, job_id, update, rows[0] if rows else None)
 
         return await self.connector.run_grouped(work)
+
+    async def advance_many(self, reports: Sequence[tuple[str, Update]]) -> list[Progressed]:
+        """`record_progress` for each of `reports` (job id, report), in one statement for the group: a
+        job reported twice waits for the next statement, so each report is applied whole, in order.
+        Each statement commits on its own, as a lone report's does."""
+        params = [
+            {
+                "id": job_id,
+                "status": str(update.status),
+                "rank": rank(update.status),
+                "progress": update.progress,
+                "provider_job_id": update.provider_job_id,
+            }
+            for job_id, update in reports
+        ]
+
+        async def work(tx: Transaction) -> list[Progressed]:
+            answers: dict[int, Progressed] = {}
+            waiting = list(range(len(reports)))
+            while waiting:
+                wave: dict[str, int] = {}
+                for i in waiting:
+                    wave.setdefault(reports[i][0], i)
+                statement = self._q("advance_jobs", reports=[params[i] for i in wave.values()])
+                rows = {row["id"]: row for row in await tx.fetch(*statement)}
+                for job_id, i in wave.items():
+                    row = rows.get(job_id)
+                    if row is None and not self._advance_jobs_complete:
+                        brief = await tx.fetch(*self._q("job_brief", id=job_id))
+                        row = brief[0] if brief else None
+                    answers[i] = await self._progressed(tx, job_id, reports[i][1], row)
+                waiting = [i for i in waiting if i not in answers]
+            return [answers[i] for i in range(len(reports))]
+
+        return await self.connector.run_grouped(work)
+
+    async def _progressed(self, tx: Transaction, job_id: str, update: Update, row: Row | None) -> Progressed:
+        """What a report did, from its job's row after advance_job (None: no such job)."""
+        if row is None:
+            return Progressed(None, changed=False)
+        on_record, reported = row["provider_job_id"], update.provider_job_id
+        if row["changed"] and on_record is None and reported is not None:  # none on record yet
+            await tx.execute(*self._q("adopt_provider_job_id", id=job_id, provider_job_id=reported))
+            return Progressed(JobStatus(row["status"]), changed=True)
+        conflict = bool(on_record and reported and on_record != reported)
+        return Progressed(JobStatus(row["status"]), changed=bool(row["changed"]), conflict=conflict)
+
+    async def _progress_group(self, reports: list[tuple[str, Update]]) -> Outcomes[Progressed]:
+        """Reports made at the same moment (Coalesce): a lone one by the lone statement, a group by one
+        statement; should the database refuse the group for one report's value, each alone, so that one
+        fails by itself. An unreachable database fails them all (each webhook is sent again)."""
+        if len(reports) > 1:
+            try:
+                return await self.advance_many(reports)
+            except StoreUnavailable:
+                raise
+            except Exception:
+                log.warning("store.group_refused", reports=len(reports))
+        return [await _outcome(self._record_progress(job_id, update)) for job_id, update in reports]
 
     def _advance_running_query(self, job_id: str, update: Update) -> tuple[str, dict[str, Any]] | None:
         """advance_running for `update`, when the store tries it first and the report is of its kind."""

@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -218,3 +219,126 @@ async def test_a_group_commit_waits_in_a_thread_while_another_process_writes(
         other.close()
     assert outcomes == [Progressed(JobStatus.RUNNING, changed=True)] * 3
     assert stored == [7, 7, 7]
+
+
+@pytest.mark.anyio
+async def test_a_group_of_reports_has_the_outcome_of_record_in_every_state(store: Store) -> None:
+    assert isinstance(store, SQLStore)
+    starts = itertools.product(tuple(JobStatus), (None, 40), (None, "p1"))
+    reports = list(
+        itertools.product((JobStatus.SUBMITTED, JobStatus.RUNNING), (None, 0, 40, 70), (None, "p1", "p2"))
+    )
+    group: list[tuple[str, Update]] = []
+    expected: list[tuple[Progressed, tuple[JobStatus, int | None, str | None]]] = []
+    for status, progress, provider_job_id in starts:
+        for report_status, report_progress, report_id in reports:
+            update = Update(report_status, provider_job_id=report_id, progress=report_progress)
+            full = await make_job(store, status, progress, provider_job_id)
+            recorded = await store.record(full, update, "webhook", T0, lambda e: [])
+            assert recorded.job is not None
+            expected.append(
+                (Progressed(recorded.job.status, recorded.changed, recorded.conflict), await state(store, full))
+            )
+            group.append((await make_job(store, status, progress, provider_job_id), update))
+    outcomes = await store.advance_many(group)
+    assert len(outcomes) == len(JobStatus) * 2 * 2 * 24
+    for (job_id, update), outcome, (progressed, after) in zip(group, outcomes, expected, strict=True):
+        assert (outcome, await state(store, job_id)) == (progressed, after), update
+
+
+@pytest.mark.anyio
+async def test_reports_of_one_job_in_a_group_are_applied_in_their_order(store: Store) -> None:
+    assert isinstance(store, SQLStore)
+    reports = [
+        Update(JobStatus.SUBMITTED, "p1", progress=10),
+        Update(JobStatus.RUNNING, None, progress=5),
+        Update(JobStatus.RUNNING, "p1", progress=30),
+        Update(JobStatus.RUNNING, "p2", progress=90),  # another provider job: a conflict
+        Update(JobStatus.RUNNING, "p1", progress=30),  # the same again: changes nothing
+    ]
+    one_by_one, grouped, other = [await make_job(store, JobStatus.PENDING) for _ in range(3)]
+    expected = [await store.record_progress(one_by_one, update) for update in reports]
+    group = [(grouped, update) for update in reports]
+    group[2:2] = [("job_unknown", reports[0]), (other, reports[2])]
+    outcomes = await store.advance_many(group)
+    assert [o for (job_id, _), o in zip(group, outcomes, strict=True) if job_id == grouped] == expected
+    assert outcomes[2:4] == [Progressed(None, changed=False), Progressed(JobStatus.RUNNING, changed=True)]
+    assert await state(store, grouped) == await state(store, one_by_one) == (JobStatus.RUNNING, 30, "p1")
+    assert await state(store, other) == (JobStatus.RUNNING, 30, "p1")
+
+
+@pytest.fixture
+async def pg_store() -> AsyncIterator[tuple[SQLStore, str]]:
+    with fresh_schema() as url:
+        store = open_store(url)
+        assert isinstance(store, SQLStore)
+        await store.open()
+        try:
+            yield store, url
+        finally:
+            await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_reports_made_together_on_postgres_share_one_statement_and_each_returns_committed(
+    pg_store: tuple[SQLStore, str],
+) -> None:
+    store, url = pg_store
+    jobs = [await make_job(store, JobStatus.SUBMITTED) for _ in range(40)]
+    connector = store.connector
+    sent = 0
+    run_grouped = connector.run_grouped
+
+    async def counted(work: Any) -> Any:
+        nonlocal sent
+        sent += 1
+        return await run_grouped(work)
+
+    seen: dict[str, int | None] = {}
+    with psycopg.connect(url, autocommit=True) as reader:
+
+        async def report(i: int, job_id: str) -> Progressed:
+            outcome = await store.record_progress(job_id, Update(JobStatus.RUNNING, progress=i + 1))
+            row = reader.execute("SELECT progress FROM receiver_jobs WHERE id = %s", (job_id,)).fetchone()
+            seen[job_id] = row[0] if row else None  # read by another connection the moment it returns
+            return outcome
+
+        connector.run_grouped = counted  # type: ignore[method-assign]
+        try:
+            outcomes = await asyncio.gather(*(report(i, job_id) for i, job_id in enumerate(jobs)))
+        finally:
+            del connector.run_grouped  # type: ignore[method-assign]
+    assert outcomes == [Progressed(JobStatus.RUNNING, changed=True)] * 40
+    assert seen == {job_id: i + 1 for i, job_id in enumerate(jobs)}
+    assert sent == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_a_group_refused_on_postgres_for_one_report_fails_that_one_alone(
+    pg_store: tuple[SQLStore, str],
+) -> None:
+    store, url = pg_store
+    jobs = [await make_job(store, JobStatus.SUBMITTED) for _ in range(8)]
+    poisoned = jobs[5]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON receiver_jobs FOR EACH ROW "
+            f"WHEN (NEW.id = '{poisoned}') EXECUTE FUNCTION refuse()"
+        )
+        outcomes = await asyncio.gather(
+            *(store.record_progress(j, Update(JobStatus.RUNNING, progress=50)) for j in jobs),
+            return_exceptions=True,
+        )
+        stored = [
+            conn.execute("SELECT progress FROM receiver_jobs WHERE id = %s", (job_id,)).fetchone()
+            for job_id in jobs
+        ]
+    assert isinstance(outcomes[5], psycopg.errors.RaiseException), outcomes
+    assert outcomes[:5] + outcomes[6:] == [Progressed(JobStatus.RUNNING, changed=True)] * 7
+    assert [row[0] if row else None for row in stored] == [50] * 5 + [None] + [50] * 2

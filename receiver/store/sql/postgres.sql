@@ -239,6 +239,34 @@ SELECT COALESCE((SELECT status FROM advanced), j.status) AS status,
     EXISTS (SELECT 1 FROM advanced) AS changed
 FROM receiver_jobs AS j WHERE j.id = :id
 
+-- name: advance_jobs
+-- advance_job for many reports in one statement (`:reports`, a JSON list of objects with its
+-- parameters; one report per job, see SQLStore.advance_many): a row for each report that names a
+-- job, whether or not it changed it, so one round trip answers the group. A report names its job by
+-- `id`; the ranks are state.apply_update's _RANK.
+WITH report AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:reports AS jsonb))
+        AS r(id text, status text, rank integer, progress integer, provider_job_id text)
+), advanced AS (
+    UPDATE receiver_jobs AS j SET
+        status = CASE WHEN r.rank > (CASE j.status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
+            THEN r.status ELSE j.status END,
+        progress = CASE WHEN r.progress IS NULL THEN j.progress
+            WHEN j.progress IS NULL OR j.progress < r.progress THEN r.progress
+            ELSE j.progress END,
+        provider_job_id = COALESCE(j.provider_job_id, r.provider_job_id)
+    FROM report AS r
+    WHERE j.id = r.id AND j.status NOT IN ('succeeded', 'failed', 'canceled')
+        AND (j.provider_job_id IS NULL OR r.provider_job_id IS NULL OR j.provider_job_id = r.provider_job_id)
+        AND (r.rank > (CASE j.status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
+            OR (r.progress IS NOT NULL AND (j.progress IS NULL OR j.progress < r.progress))
+            OR (j.provider_job_id IS NULL AND r.provider_job_id IS NOT NULL))
+    RETURNING j.id, j.status, j.provider_job_id
+)
+SELECT r.id, COALESCE(a.status, j.status) AS status,
+    COALESCE(a.provider_job_id, j.provider_job_id) AS provider_job_id, a.id IS NOT NULL AS changed
+FROM report AS r JOIN receiver_jobs AS j ON j.id = r.id LEFT JOIN advanced AS a ON a.id = r.id
+
 -- name: migration_6
 -- Costs: what each job cost as its provider reported it (net of refunds), and the daily budget's
 -- alerts, one row per provider, UTC day and level, so that each is sent once by whichever process

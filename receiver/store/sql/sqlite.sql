@@ -273,6 +273,30 @@ WHERE id = :id AND status NOT IN ('succeeded', 'failed', 'canceled')
         OR (provider_job_id IS NULL AND CAST(:provider_job_id AS TEXT) IS NOT NULL))
 RETURNING status, provider_job_id, 1 AS changed
 
+-- name: advance_jobs
+-- advance_job for many reports in one statement (`:reports`, a JSON list of objects with its
+-- parameters; one report per job, see SQLStore.advance_many). SQLite has no UPDATE inside WITH, so
+-- only the reports that changed their job have a row; the store answers the others with job_brief.
+UPDATE receiver_jobs SET
+    status = CASE WHEN r.rank > (CASE receiver_jobs.status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
+        THEN r.status ELSE receiver_jobs.status END,
+    progress = CASE WHEN r.progress IS NULL THEN receiver_jobs.progress
+        WHEN receiver_jobs.progress IS NULL OR receiver_jobs.progress < r.progress THEN r.progress
+        ELSE receiver_jobs.progress END
+FROM (
+    SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.status') AS status,
+        json_extract(value, '$.rank') AS rank, json_extract(value, '$.progress') AS progress,
+        json_extract(value, '$.provider_job_id') AS provider_job_id
+    FROM json_each(:reports)
+) AS r
+WHERE receiver_jobs.id = r.id AND receiver_jobs.status NOT IN ('succeeded', 'failed', 'canceled')
+    AND (receiver_jobs.provider_job_id IS NULL OR r.provider_job_id IS NULL
+        OR receiver_jobs.provider_job_id = r.provider_job_id)
+    AND (r.rank > (CASE receiver_jobs.status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
+        OR (r.progress IS NOT NULL AND (receiver_jobs.progress IS NULL OR receiver_jobs.progress < r.progress))
+        OR (receiver_jobs.provider_job_id IS NULL AND r.provider_job_id IS NOT NULL))
+RETURNING id, status, provider_job_id, 1 AS changed
+
 -- name: migration_6
 -- Costs: what each job cost as its provider reported it (net of refunds), and the daily budget's
 -- alerts, one row per provider, UTC day and level, so that each is sent once by whichever process
