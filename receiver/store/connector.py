@@ -21,6 +21,11 @@ class Transaction(Protocol):
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[Row]: ...
 
+    async def send(self, sql: str, params: dict[str, Any]) -> None:
+        """Run a statement whose outcome the work does not read. PostgreSQL sends it with the statements
+        after it, and the commit, in one round trip; should it fail, the next statement that waits for
+        its answer, or the commit, raises, and the transaction is rolled back as for any failure."""
+
 
 Work = Callable[[Transaction], Coroutine[Any, Any, T]]
 Sleep = Callable[[float], Awaitable[None]]
@@ -41,9 +46,11 @@ class Connector(Protocol):
 
     async def close(self) -> None: ...
 
-    async def run(self, work: Work[T], *, write: bool = True) -> T:
+    async def run(self, work: Work[T], *, write: bool = True, single: bool = False) -> T:
         """Run `work` in one transaction: committed when it returns, rolled back when it raises. The
-        connector may run it again from the start (SQLite does when another process holds the lock)."""
+        connector may run it again from the start (SQLite does when another process holds the lock).
+        `single`: `work` runs one statement, which is a transaction by itself; PostgreSQL sends it
+        without BEGIN and COMMIT (two round trips fewer)."""
 
     async def run_grouped(self, work: Work[T]) -> T:
         """Run `work`, whose statements each have the same effect when applied twice, committed when

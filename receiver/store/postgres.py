@@ -12,8 +12,9 @@ from urllib.parse import unquote, urlsplit
 
 import psycopg
 import structlog
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncPipeline
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -51,16 +52,25 @@ def _value(value: Any) -> Any:
 
 
 class PostgresTransaction:
-    def __init__(self, conn: Connection) -> None:
+    """Statements on a connection; in a transaction, in pipeline mode (`pipeline`): each goes out when
+    the work waits for an answer, together with those queued before it (BEGIN, `send`s)."""
+
+    def __init__(self, conn: Connection, pipeline: AsyncPipeline | None = None) -> None:
         self._conn = conn
+        self._pipeline = pipeline
 
     async def execute(self, sql: str, params: dict[str, Any]) -> int:
         cursor = await self._conn.execute(sql, {k: _value(v) for k, v in params.items()})
+        if self._pipeline is not None:
+            await self._pipeline.sync()  # its row count comes with its answer
         return cursor.rowcount
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[Row]:
         cursor = await self._conn.execute(sql, {k: _value(v) for k, v in params.items()})
         return await cursor.fetchall()
+
+    async def send(self, sql: str, params: dict[str, Any]) -> None:
+        await self._conn.execute(sql, {k: _value(v) for k, v in params.items()})
 
 
 class PostgresConnector:
@@ -165,8 +175,8 @@ class PostgresConnector:
             failures += 1
             await sleep(0.0 if failures == 1 else retry_delay(failures - 1, RELISTEN_BASE, RELISTEN_MAX))
 
-    async def run(self, work: Work[T], *, write: bool = True) -> T:
-        return await self._lend(work, transaction=True)
+    async def run(self, work: Work[T], *, write: bool = True, single: bool = False) -> T:
+        return await self._lend(work, transaction=not single)
 
     async def run_grouped(self, work: Work[T]) -> T:
         """Each statement of `work` commits on its own (the connection is in autocommit). The
@@ -191,10 +201,27 @@ class PostgresConnector:
             async with self._pool.connection() as conn:
                 if not transaction:
                     return await work(PostgresTransaction(conn))
-                async with conn.transaction():
-                    return await work(PostgresTransaction(conn))
+                return await _pipelined(conn, work)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+
+
+async def _pipelined(conn: Connection, work: Work[T]) -> T:
+    """`work` in a transaction, in pipeline mode: BEGIN goes out with the first statement that waits
+    for its answer, and COMMIT with the statements sent after the last one that did, so a transaction
+    costs a round trip per answer it waits for, not one per statement. On any failure (the
+    transaction's, or a cancellation) it is rolled back; a connection left unusable is not reused."""
+    try:
+        async with conn.pipeline() as pipeline:
+            await conn.execute("BEGIN")
+            result = await work(PostgresTransaction(conn, pipeline))
+            await conn.execute("COMMIT")  # sent, with what is queued, as the pipeline ends
+    except BaseException:
+        if not conn.broken and conn.pgconn.transaction_status != TransactionStatus.IDLE:
+            with suppress(psycopg.Error):
+                await conn.rollback()
+        raise
+    return result
 
 
 _GROUPED: ContextVar[bool] = ContextVar("grouped", default=False)  # a lend for run_grouped: unchecked

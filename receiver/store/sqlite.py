@@ -66,6 +66,9 @@ class SQLiteTransaction:
         rows: list[Row] = self._conn.execute(sql, {k: _value(v) for k, v in params.items()}).fetchall()
         return rows
 
+    async def send(self, sql: str, params: dict[str, Any]) -> None:
+        self._conn.execute(sql, {k: _value(v) for k, v in params.items()})
+
 
 def _complete(work: Coroutine[Any, Any, T]) -> T:
     """The result of work that never suspends (it awaits only SQLiteTransaction calls)."""
@@ -147,7 +150,7 @@ class SQLiteConnector:
     ) -> None:
         """SQLite has no notices: nothing to listen to."""
 
-    async def run(self, work: Work[T], *, write: bool = True) -> T:
+    async def run(self, work: Work[T], *, write: bool = True, single: bool = False) -> T:
         """Statements here take microseconds, far less than a hop to a thread, so they run on the event
         loop; when another process holds the write lock longer than BUSY_INLINE_MS, or another call is
         in a thread, the work starts again in a thread instead."""

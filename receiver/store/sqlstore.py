@@ -136,7 +136,7 @@ class SQLStore:
     async def _notify(self, tx: Transaction) -> None:
         """Inside a transaction that makes work due now: other processes hear of it when it commits."""
         if self.connector.notifies:
-            await tx.execute(*self._q("notify_wake", origin=self.origin))
+            await tx.send(*self._q("notify_wake", origin=self.origin))
 
     async def create_job(
         self, job: Job, deadline: datetime, look_at: datetime | None = None, spend: SpendLimit | None = None
@@ -171,7 +171,7 @@ class SQLStore:
         check runs until this transaction ends), then check the budget; OverBudget when the job would
         not fit."""
         key = f"spend:{provider}"
-        await tx.execute(*self._q("budget_key", key=key))
+        await tx.send(*self._q("budget_key", key=key))
         await tx.fetch(*self._q("lock_budget_key", key=key))
         (row,) = await tx.fetch(*self._q("spent_since", provider=provider, since=spend.since))
         committed = spend.committed(float(row["spent"]), int(row["open"]))
@@ -250,7 +250,7 @@ class SQLStore:
                     provider_job_id=job.provider_job_id,
                     cost=job.cost,
                 )
-                await tx.execute(*progress)
+                await tx.send(*progress)
                 return change.recorded
             end = self._q(
                 "record_end",
@@ -267,14 +267,14 @@ class SQLStore:
                 finished_at=update.finished_at,
                 event=json.dumps(change.event),  # as text: PostgreSQL's json column keeps it as built
             )
-            await tx.execute(*end)
+            await tx.send(*end)
             for route in change.routes:
                 row = {"job_id": job_id, "handler": route.name, "after": list(route.after)}
                 # A corrected end makes the first end's deliveries due again, for the new event.
                 if change.corrected:
-                    await tx.execute(*self._q("replay_delivery", next_attempt_at=now, **row))
+                    await tx.send(*self._q("replay_delivery", next_attempt_at=now, **row))
                 else:
-                    await tx.execute(*self._q("insert_delivery", next_attempt_at=now, **row))
+                    await tx.send(*self._q("insert_delivery", next_attempt_at=now, **row))
             await self._notify(tx)
             return change.recorded
 
@@ -454,7 +454,7 @@ class SQLStore:
 
     async def poll_soon(self, job_id: str, at: datetime) -> bool:
         async def work(tx: Transaction) -> bool:
-            await tx.execute(*self._q("poll_soon", id=job_id, at=at))
+            await tx.send(*self._q("poll_soon", id=job_id, at=at))
             found = bool(await tx.fetch(*self._q("job_exists", id=job_id)))
             if found:
                 await self._notify(tx)
@@ -524,7 +524,7 @@ class SQLStore:
                 delivery = self._q(
                     "replay_delivery", job_id=job_id, handler=name, next_attempt_at=now, after=list(after)
                 )
-                await tx.execute(*delivery)
+                await tx.send(*delivery)
             if targets:
                 await self._notify(tx)
             return len(targets)
@@ -595,7 +595,7 @@ class SQLStore:
             if not await tx.fetch(*self._q("budget_alert", **key, now=now, event=event)):
                 return False
             for handler in handlers:
-                await tx.execute(*self._q("budget_owed", **key, handler=handler, now=now, lease=lease))
+                await tx.send(*self._q("budget_owed", **key, handler=handler, now=now, lease=lease))
             return True
 
         return await self.connector.run(work)
@@ -634,7 +634,7 @@ class SQLStore:
         self, key: str, limit: int, window: float, now: datetime, stale_after: float
     ) -> Admission:
         async def work(tx: Transaction) -> Admission:
-            await tx.execute(*self._q("budget_key", key=key))
+            await tx.send(*self._q("budget_key", key=key))
             (locked,) = await tx.fetch(*self._q("lock_budget_key", key=key))
             forget = self._q(
                 "budget_forget",
@@ -642,7 +642,7 @@ class SQLStore:
                 ended_before=now - timedelta(seconds=window),
                 started_before=now - timedelta(seconds=stale_after),
             )
-            await tx.execute(*forget)
+            await tx.send(*forget)
             (counted,) = await tx.fetch(*self._q("budget_count", key=key))
             blocked_until, first_end = _time(locked["blocked_until"]), _time(counted["first_end"])
             wait = slot_wait(
@@ -654,7 +654,7 @@ class SQLStore:
             if wait != 0:
                 return Admission(None, wait)
             request_id = secrets.token_hex(12)
-            await tx.execute(*self._q("budget_start", id=request_id, key=key, started_at=now))
+            await tx.send(*self._q("budget_start", id=request_id, key=key, started_at=now))
             return Admission(request_id)
 
         return await self.connector.run(work)
@@ -676,19 +676,19 @@ class SQLStore:
         return jobs
 
     async def _read(self, query: tuple[str, dict[str, Any]]) -> list[Row]:
-        return await self.connector.run(lambda tx: tx.fetch(*query), write=False)
+        return await self.connector.run(lambda tx: tx.fetch(*query), write=False, single=True)
 
     async def _write(self, query: tuple[str, dict[str, Any]]) -> list[Row]:
-        return await self.connector.run(lambda tx: tx.fetch(*query))
+        return await self.connector.run(lambda tx: tx.fetch(*query), single=True)
 
     async def _execute(self, sql: str, params: dict[str, Any]) -> None:
-        await self.connector.run(lambda tx: tx.execute(sql, params))
+        await self.connector.run(lambda tx: tx.execute(sql, params), single=True)
 
     async def _execute_due(self, sql: str, params: dict[str, Any]) -> None:
         """A statement that brings work forward: other processes hear of it on commit, this one at once."""
 
         async def work(tx: Transaction) -> None:
-            await tx.execute(sql, params)
+            await tx.send(sql, params)
             await self._notify(tx)
 
         await self.connector.run(work)

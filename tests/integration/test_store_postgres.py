@@ -271,3 +271,64 @@ async def test_eight_racing_terminal_records_on_two_pools_end_the_job_once(
     ]
     due = await first.claim_due_deliveries(_at(150), 10, 60)
     assert {d.event["id"] for d in due} == {job.event_id}
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_a_single_statement_is_its_own_transaction_and_work_of_several_has_one(pg_url: str) -> None:
+    connector = PostgresConnector.from_url(pg_url)
+    await connector.open()
+    alone = "SELECT now() = statement_timestamp() AS alone"  # now(): when the transaction began
+    try:
+        single = await connector.run(lambda tx: tx.fetch(alone, {}), single=True)
+        inside = await connector.run(lambda tx: tx.fetch(alone, {}))
+    finally:
+        await connector.close()
+    assert single == [{"alone": True}]  # no BEGIN before it: two round trips fewer
+    assert inside == [{"alone": False}]  # BEGIN came first, as a statement of its own
+
+
+@pytest.fixture
+async def connector_with_table(pg_url: str) -> AsyncIterator[PostgresConnector]:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE sent (id text PRIMARY KEY)")
+    connector = PostgresConnector.from_url(pg_url, pool_size=1)  # one connection: each run reuses it
+    await connector.open()
+    yield connector
+    await connector.close()
+
+
+async def _ids(connector: PostgresConnector) -> list[str]:
+    rows = await connector.run(lambda tx: tx.fetch("SELECT id FROM sent ORDER BY id", {}), single=True)
+    return [row["id"] for row in rows]
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_sent_statements_apply_in_order_and_commit_with_their_transaction(
+    connector_with_table: PostgresConnector,
+) -> None:
+    async def work(tx: Any) -> list[Any]:
+        await tx.send("INSERT INTO sent VALUES (%(id)s)", {"id": "a"})
+        seen = await tx.fetch("SELECT count(*) AS n FROM sent", {})  # waits: what was sent went first
+        await tx.send("INSERT INTO sent VALUES (%(id)s)", {"id": "b"})
+        return seen
+
+    assert await connector_with_table.run(work) == [{"n": 1}]
+    assert await _ids(connector_with_table) == ["a", "b"]
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_a_sent_statement_that_fails_rolls_its_transaction_back_and_the_connection_serves_on(
+    connector_with_table: PostgresConnector,
+) -> None:
+    async def work(tx: Any) -> None:
+        await tx.send("INSERT INTO sent VALUES (%(id)s)", {"id": "a"})
+        await tx.send("INSERT INTO sent VALUES (%(id)s)", {"id": "a"})  # refused: the key is taken
+
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await connector_with_table.run(work)
+    assert await _ids(connector_with_table) == []
+    await connector_with_table.run(lambda tx: tx.send("INSERT INTO sent VALUES ('c')", {}))
+    assert await _ids(connector_with_table) == ["c"]

@@ -237,7 +237,10 @@ async def test_a_group_of_reports_has_the_outcome_of_record_in_every_state(store
             recorded = await store.record(full, update, "webhook", T0, lambda e: [])
             assert recorded.job is not None
             expected.append(
-                (Progressed(recorded.job.status, recorded.changed, recorded.conflict), await state(store, full))
+                (
+                    Progressed(recorded.job.status, recorded.changed, recorded.conflict),
+                    await state(store, full),
+                )
             )
             group.append((await make_job(store, status, progress, provider_job_id), update))
     outcomes = await store.advance_many(group)
@@ -342,3 +345,51 @@ async def test_a_group_refused_on_postgres_for_one_report_fails_that_one_alone(
     assert isinstance(outcomes[5], psycopg.errors.RaiseException), outcomes
     assert outcomes[:5] + outcomes[6:] == [Progressed(JobStatus.RUNNING, changed=True)] * 7
     assert [row[0] if row else None for row in stored] == [50] * 5 + [None] + [50] * 2
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_groups_naming_the_same_jobs_in_opposite_orders_wait_for_each_other_without_deadlock() -> None:
+    with fresh_schema() as url:
+        # A plan that finds each group's jobs by the primary key in the order the group names them, as
+        # the server picks for a large table: locking in that order would deadlock here. The server
+        # would break the deadlock after deadlock_timeout and the store would run the group again, so
+        # that is set past the test's patience: a deadlock fails it.
+        plan = ("enable_hashjoin=off", "enable_mergejoin=off", "enable_seqscan=off", "deadlock_timeout=60s")
+        planned = url + "".join(f"%20-c{option.replace('=', '%3D')}" for option in plan)
+        store = open_store(planned)
+        assert isinstance(store, SQLStore)
+        await store.open()
+        try:
+            await _opposite_groups(store, url)
+        finally:
+            await store.close()
+
+
+async def _opposite_groups(store: SQLStore, url: str) -> None:
+    first, second = sorted([await make_job(store, JobStatus.SUBMITTED) for _ in range(2)])
+
+    def waiting(conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def group(progress: int, *job_ids: str) -> asyncio.Future[list[Progressed]]:
+        return asyncio.ensure_future(
+            store.advance_many([(job_id, Update(JobStatus.RUNNING, progress=progress)) for job_id in job_ids])
+        )
+
+    with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watcher:
+        # Another transaction holds the second job: the group [second, first] queues on it first, then
+        # [first, second] comes. Locking in the order each names them, once the holder lets go the first
+        # group would hold the second job and wait for the first, which the other holds.
+        holder.execute("SELECT id FROM receiver_jobs WHERE id = %s FOR UPDATE", (second,))
+        backward = group(10, second, first)
+        await wait_until_async(lambda: waiting(watcher) == 1, timeout=10)
+        forward = group(20, first, second)
+        await wait_until_async(lambda: waiting(watcher) == 2, timeout=10)
+        holder.rollback()
+        outcomes = await asyncio.wait_for(asyncio.gather(backward, forward), timeout=20)
+    assert outcomes == [[Progressed(JobStatus.RUNNING, changed=True)] * 2] * 2
+    assert await state(store, first) == await state(store, second) == (JobStatus.RUNNING, 20, None)

@@ -242,11 +242,22 @@ FROM receiver_jobs AS j WHERE j.id = :id
 -- name: advance_jobs
 -- advance_job for many reports in one statement (`:reports`, a JSON list of objects with its
 -- parameters; one report per job, see SQLStore.advance_many): a row for each report that names a
--- job, whether or not it changed it, so one round trip answers the group. A report names its job by
--- `id`; the ranks are state.apply_update's _RANK.
+-- job, whether or not it changed it, so one round trip answers the group. The jobs it will change are
+-- locked first, in the order of their ids: two groups that name the same jobs in another order wait
+-- for each other instead of deadlocking (an UPDATE alone locks in its join's order). The ranks are
+-- state.apply_update's _RANK.
 WITH report AS (
     SELECT * FROM jsonb_to_recordset(CAST(:reports AS jsonb))
         AS r(id text, status text, rank integer, progress integer, provider_job_id text)
+), locked AS (
+    SELECT j.id FROM receiver_jobs AS j JOIN report AS r ON r.id = j.id
+    WHERE j.status NOT IN ('succeeded', 'failed', 'canceled')
+        AND (j.provider_job_id IS NULL OR r.provider_job_id IS NULL OR j.provider_job_id = r.provider_job_id)
+        AND (r.rank > (CASE j.status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
+            OR (r.progress IS NOT NULL AND (j.progress IS NULL OR j.progress < r.progress))
+            OR (j.provider_job_id IS NULL AND r.provider_job_id IS NOT NULL))
+    ORDER BY j.id
+    FOR UPDATE OF j
 ), advanced AS (
     UPDATE receiver_jobs AS j SET
         status = CASE WHEN r.rank > (CASE j.status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
@@ -255,8 +266,8 @@ WITH report AS (
             WHEN j.progress IS NULL OR j.progress < r.progress THEN r.progress
             ELSE j.progress END,
         provider_job_id = COALESCE(j.provider_job_id, r.provider_job_id)
-    FROM report AS r
-    WHERE j.id = r.id AND j.status NOT IN ('succeeded', 'failed', 'canceled')
+    FROM report AS r, locked AS l
+    WHERE j.id = r.id AND l.id = r.id AND j.status NOT IN ('succeeded', 'failed', 'canceled')
         AND (j.provider_job_id IS NULL OR r.provider_job_id IS NULL OR j.provider_job_id = r.provider_job_id)
         AND (r.rank > (CASE j.status WHEN 'running' THEN 2 WHEN 'submitted' THEN 1 ELSE 0 END)
             OR (r.progress IS NOT NULL AND (j.progress IS NULL OR j.progress < r.progress))
