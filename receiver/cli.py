@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="one job and its deliveries")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
-    replay = sub.add_parser("replay", help="re-deliver a finished job's event (same event id)")
+    replay = sub.add_parser(
+        "replay",
+        help="re-deliver a finished job's event, or a budget event by its id (evt_...), same event id",
+    )
     replay.add_argument("id")
     replay.add_argument("--handler", metavar="NAME")
     dead = sub.add_parser("dead", help="list dead deliveries")
@@ -445,7 +448,10 @@ async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     async def run(receiver: Receiver) -> int:
         try:
-            replayed = await receiver.replay(args.id, args.handler)
+            if args.id.startswith("evt_"):
+                replayed = await receiver.replay_budget_event(args.id, args.handler)
+            else:
+                replayed = await receiver.replay(args.id, args.handler)
         except (NoSuchJob, NotFinished) as exc:
             raise CommandError(f"error: {exc}") from None
         counts = await receiver.worker.dispatch()
@@ -461,7 +467,7 @@ async def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
         budget = await receiver.store.dead_budget_deliveries()
         if args.json:
             keys = ("job_id", "handler", "attempts", "last_error")
-            budget_keys = ("provider", "day", "level", "handler", "attempts", "last_error")
+            budget_keys = ("provider", "day", "level", "handler", "attempts", "last_error", "event_id")
             listed = {
                 "dead": [dict(zip(keys, row, strict=True)) for row in rows],
                 "dead_budget_events": [dict(zip(budget_keys, row, strict=True)) for row in budget],
@@ -478,9 +484,16 @@ async def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
                 table.add_row(job_id, handler, str(attempts), last_error or "")
             console.print(table)
         if budget:
-            table = Table(Column("budget event", no_wrap=True), "handler", "attempts", "last error")
-            for provider, day, level, handler, attempts, last_error in budget:
-                table.add_row(f"{provider} {day} {level}%", handler, str(attempts), last_error or "")
+            table = Table(
+                Column("budget event", no_wrap=True),
+                Column("level", no_wrap=True),
+                "handler",
+                "attempts",
+                "last error",
+            )
+            for provider, day, level, handler, attempts, last_error, event_id in budget:
+                reached = f"{provider} {day} {level}%"
+                table.add_row(event_id, reached, handler, str(attempts), last_error or "")
             console.print(table)
         return 0
 

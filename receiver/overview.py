@@ -34,6 +34,7 @@ class BudgetLetter:
     handler: str
     attempts: int
     last_error: str | None
+    event_id: str
 
 
 @dataclass(frozen=True)

@@ -598,6 +598,24 @@ class Receiver:
         self.changes.bump()
         return Replayed(count, job.event_id)
 
+    async def replay_budget_event(self, event_id: str, handler: str | None = None) -> Replayed:
+        """Make a `budget` event (by its id) due again for the handlers that ask for it now, or for
+        `handler`; raises NoSuchJob when no level was noted with that event, SettingsError for a
+        handler that is not configured or does not take `budget` events."""
+        event = await self.store.budget_event(event_id)
+        if event is None:
+            raise NoSuchJob(f"no budget event {event_id!r}")
+        names = [spec.name for spec in self.specs if spec.matches(event)]
+        if handler is not None:
+            if handler not in self.by_name:
+                raise SettingsError(f"no handler named {handler!r} is configured")
+            if handler not in names:
+                raise SettingsError(f"handler {handler!r} does not take budget events")
+            names = [handler]
+        count = await self.store.replay_budget(event, names, self.clock())
+        self.changes.bump()
+        return Replayed(count, event_id)
+
     async def jobs_page(
         self, status: str | None, provider: str | None, page: int, size: int = PAGE_SIZE
     ) -> JobsPage:

@@ -121,7 +121,6 @@ class Worker:
         await self._expire(counts)
         await self._submit(counts)
         await self._poll(counts, paced)
-        await self._budgets(counts)
         summary = _summary(counts, Counter(await self.dispatch()))
         self.last_round = self.receiver.clock.monotonic()
         if any(summary.values()):  # a poll counted, a submit sent: the dashboard's pages look again
@@ -129,10 +128,12 @@ class Worker:
         return summary
 
     async def dispatch(self) -> dict[str, int]:
-        """Deliver everything due, round after round (a delivery may free one that waits `after` it)."""
+        """Deliver everything due, round after round (a delivery may free one that waits `after` it),
+        `budget` events too."""
         counts: Counter[str] = Counter()
         while await self._dispatch(counts):
             pass
+        await self._budgets(counts)
         if counts:
             self.receiver.changes.bump()
         return _summary(counts)

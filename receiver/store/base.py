@@ -64,8 +64,8 @@ class DueDelivery:
     reports: dict[str, Any]
 
 
-# A `budget` event gone dead: (provider, day, level, handler, attempts, last_error).
-DeadBudget = tuple[str, str, int, str, int, str | None]
+# A `budget` event gone dead: (provider, day, level, handler, attempts, last_error, event_id).
+DeadBudget = tuple[str, str, int, str, int, str | None, str]
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,15 @@ class Store(Protocol):
         """(job_id, handler, attempts, last_error) of the dead letters."""
 
     async def dead_budget_deliveries(self, limit: int = 1000) -> list[DeadBudget]:
-        """(provider, day, level, handler, attempts, last_error) of the `budget` events gone dead."""
+        """(provider, day, level, handler, attempts, last_error, event_id) of the `budget` events gone
+        dead."""
+
+    async def budget_event(self, event_id: str) -> dict[str, Any] | None:
+        """The `budget` event of that id, as it was sent; None when no level was noted with it."""
+
+    async def replay_budget(self, event: dict[str, Any], handlers: Sequence[str], now: datetime) -> int:
+        """Make the `budget` event due again at `now` for each of `handlers`, from a first attempt; how
+        many."""
 
     async def replay_budget_dead(self, now: datetime) -> int:
         """Make every `budget` event gone dead due again at `now`, from its first attempt; how many."""

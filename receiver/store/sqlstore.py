@@ -541,8 +541,37 @@ class SQLStore:
     async def dead_budget_deliveries(self, limit: int = 1000) -> list[DeadBudget]:
         rows = await self._read(self._q("dead_budget_deliveries", limit=limit))
         return [
-            (r["provider"], r["day"], r["level"], r["handler"], r["attempts"], r["last_error"]) for r in rows
+            (
+                r["provider"],
+                r["day"],
+                r["level"],
+                r["handler"],
+                r["attempts"],
+                r["last_error"],
+                str((_json(r["event"]) or {}).get("id", "")),
+            )
+            for r in rows
         ]
+
+    async def budget_event(self, event_id: str) -> dict[str, Any] | None:
+        rows = await self._read(self._q("budget_alert_by_event", event_id=event_id))
+        return _json(rows[0]["event"]) if rows else None
+
+    async def replay_budget(self, event: dict[str, Any], handlers: Sequence[str], now: datetime) -> int:
+        budget = event["budget"]
+        key = {"provider": budget["provider"], "day": budget["day"], "level": budget["level"]}
+
+        async def work(tx: Transaction) -> int:
+            for handler in handlers:
+                await tx.send(*self._q("replay_budget_delivery", **key, handler=handler, now=now))
+            if handlers:
+                await self._notify(tx)
+            return len(handlers)
+
+        count = await self.connector.run(work)
+        if count:
+            self._wake()
+        return count
 
     async def replay_budget_dead(self, now: datetime) -> int:
         async def work(tx: Transaction) -> int:

@@ -219,10 +219,13 @@ async def dead(request: Request, receiver: Receiver, current: Session) -> Respon
 async def replay_dead(
     request: Request, receiver: Receiver, current: Session, fields: dict[str, str]
 ) -> Response:
-    job_id, handler = fields.get("job_id"), fields.get("handler")
-    if job_id and handler:
+    job_id, event_id, handler = fields.get("job_id"), fields.get("event_id"), fields.get("handler")
+    if (job_id or event_id) and handler:
         try:
-            count = (await receiver.replay(job_id, handler)).count
+            if job_id:
+                count = (await receiver.replay(job_id, handler)).count
+            else:
+                count = (await receiver.replay_budget_event(event_id or "", handler)).count
         except (NoSuchJob, NotFinished, SettingsError) as exc:
             return RedirectResponse("/ui/dead?" + urlencode({"notice": str(exc)}), status_code=303)
     else:

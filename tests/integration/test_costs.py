@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -211,9 +213,10 @@ def test_a_budget_handler_that_fails_gets_the_event_again_from_the_worker(
     assert len({json.loads(post.body)["id"] for post in alerts.posts}) == 2  # the same event, twice
 
 
-def test_a_budget_event_gone_dead_is_listed_by_receiver_dead(tmp_path: Path, sink: Inbox) -> None:
-    """The budget handler's target answers 410 (gone: no retry): `receiver dead` lists that level with
-    the jobs' dead letters, in its table and in its JSON."""
+@contextmanager
+def budget_gone_dead(tmp_path: Path, sink: Inbox) -> Iterator[tuple[Stack, Inbox]]:
+    """A receiver whose `alerts` handler's target answered the 80 % `budget` event 410 (gone: no retry),
+    so it went dead, and takes whatever comes next."""
     options: dict[str, Any] = {"daily_budgets": {"apiframe": 10.0}}
     with running_inbox() as alerts:
         alerts.answers.extend([410, 200])
@@ -222,8 +225,15 @@ def test_a_budget_event_gone_dead_is_listed_by_receiver_dead(tmp_path: Path, sin
         with receiver_stack(tmp_path, sink.url, handlers=tables, **options) as stack:
             job = stack.submit("apiframe")
             stack.run_until(lambda: stack.settled(job["id"]) and len(alerts.posts) >= 2)
-            code, out, err = run_cli(stack, "dead", "--json")
-            text = run_cli(stack, "dead")
+            yield stack, alerts
+
+
+def test_a_budget_event_gone_dead_is_listed_by_receiver_dead(tmp_path: Path, sink: Inbox) -> None:
+    """The budget handler's target answers 410 (gone: no retry): `receiver dead` lists that level with
+    the jobs' dead letters, in its table and in its JSON."""
+    with budget_gone_dead(tmp_path, sink) as (stack, alerts):
+        code, out, err = run_cli(stack, "dead", "--json")
+        text = run_cli(stack, "dead")
 
     day = json.loads(alerts.posts[0].body)["budget"]["day"]
     assert (code, err) == (0, "")
@@ -239,6 +249,33 @@ def test_a_budget_event_gone_dead_is_listed_by_receiver_dead(tmp_path: Path, sin
     assert "410" in dead["last_error"]
     assert text[0] == 0
     assert f"apiframe {day} 80%" in text[1]
+
+
+def test_a_budget_event_gone_dead_is_sent_again_by_receiver_replay_with_its_id(
+    tmp_path: Path, sink: Inbox
+) -> None:
+    """`receiver dead --json` names the dead budget event by its id; `receiver replay` with that id
+    sends the same event to that handler again, and an id no level was noted with is one line and 1."""
+    with budget_gone_dead(tmp_path, sink) as (stack, alerts):
+        (dead,) = json.loads(run_cli(stack, "dead", "--json")[1])["dead_budget_events"]
+        config = tmp_path / "alerts.toml"  # the shell's receiver knows the handler too
+        config.write_text(
+            f'[[handlers]]\nname = "alerts"\ntype = "forward"\nurl = "{alerts.url}"\n'
+            f'secret = "{FORWARD_SECRET}"\nevents = ["budget"]\n'
+        )
+        code, out, err = run_cli(stack, "replay", dead["event_id"], RECEIVER_CONFIG=str(config))
+        listed_after = json.loads(run_cli(stack, "dead", "--json")[1])["dead_budget_events"]
+        unknown = run_cli(stack, "replay", "evt_000000000000000000000000")
+
+    first = json.loads(alerts.posts[0].body)
+    assert (dead["event_id"], dead["level"]) == (first["id"], 80)
+    assert code == 0
+    assert '"event": "budget.delivered"' in err
+    assert json.loads(out)["replayed"] == 1
+    assert json.loads(out)["event_id"] == first["id"]
+    assert [post.body for post in alerts.posts[2:]] == [alerts.posts[0].body]  # the same event, again
+    assert listed_after == []
+    assert unknown == (2, "", "receiver: error: no budget event 'evt_000000000000000000000000'\n")
 
 
 def test_a_level_noted_by_a_process_that_stopped_before_sending_it_is_sent_by_the_worker(

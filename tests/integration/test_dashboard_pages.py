@@ -3,6 +3,7 @@ paging, dead letters, the health page, the event stream. The browser test is tes
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.inbox import running_inbox
+from tests.support.inbox import Inbox, running_inbox
 from tests.support.stack import ADMIN, FORWARD_SECRET, Stack, receiver_stack
 
 
@@ -135,12 +136,10 @@ def test_dead_letters_replay_and_health(tmp_path: Path, sink) -> None:
     assert re.search(r"\d+ of 20 requests in the last 10 s", after)
 
 
-def test_a_budget_event_gone_dead_is_a_dead_letter_and_replay_all_sends_it_again(
-    tmp_path: Path, sink
-) -> None:
-    """The budget handler's target answers the 80 % event 410 (no retry): the dead letters page lists
-    it beside the jobs' and the health page counts it; "Replay all" makes it due, and the worker
-    sends it again."""
+@contextmanager
+def budget_gone_dead(tmp_path: Path, sink: Inbox) -> Iterator[tuple[Stack, Inbox]]:
+    """A receiver whose `alerts` handler's target answered the 80 % `budget` event 410 (gone: no
+    retry), so it went dead, and takes whatever comes next."""
     with running_inbox() as alerts:
         alerts.answers.append(410)
         forward = {"name": "forward", "type": "forward", "url": sink.url, "secret": FORWARD_SECRET}
@@ -149,12 +148,21 @@ def test_a_budget_event_gone_dead_is_a_dead_letter_and_replay_all_sends_it_again
         with receiver_stack(tmp_path, sink.url, **options) as stack:
             job_id = stack.submit("apiframe")["id"]
             stack.run_until(lambda: stack.settled(job_id) and len(alerts.posts) >= 2)
-            with signed_in(stack) as (client, csrf):
-                dead = client.get("/ui/dead").text
-                health = client.get("/ui/health").text
-                replayed = client.post("/ui/dead/replay", data={"csrf": csrf})
-                stack.run_until(lambda: len(alerts.posts) >= 3)
-                after = client.get("/ui/dead").text
+            yield stack, alerts
+
+
+def test_a_budget_event_gone_dead_is_a_dead_letter_and_replay_all_sends_it_again(
+    tmp_path: Path, sink
+) -> None:
+    """The budget handler's target answers the 80 % event 410 (no retry): the dead letters page lists
+    it beside the jobs' and the health page counts it; "Replay all" makes it due, and the worker
+    sends it again."""
+    with budget_gone_dead(tmp_path, sink) as (stack, alerts), signed_in(stack) as (client, csrf):
+        dead = client.get("/ui/dead").text
+        health = client.get("/ui/health").text
+        replayed = client.post("/ui/dead/replay", data={"csrf": csrf})
+        stack.run_until(lambda: len(alerts.posts) >= 3)
+        after = client.get("/ui/dead").text
 
     day = stack.clock().date().isoformat()
     assert f'id="dead-budget-apiframe-{day}-80-alerts"' in dead
@@ -163,6 +171,26 @@ def test_a_budget_event_gone_dead_is_a_dead_letter_and_replay_all_sends_it_again
     assert re.search(r"Dead letters</dt><dd><a href=\"/ui/dead\">1<", health)
     assert "1+replayed" in replayed.headers["location"]
     assert [p.body for p in alerts.posts[2:]] == [alerts.posts[0].body]  # the same event, again
+    assert 'id="no-dead"' in after
+
+
+def test_a_budget_event_gone_dead_is_replayed_from_its_own_row(tmp_path: Path, sink) -> None:
+    """The Replay button of a dead budget event's row sends that event, to that handler, again."""
+    with budget_gone_dead(tmp_path, sink) as (stack, alerts):
+        event_id = json.loads(alerts.posts[0].body)["id"]
+        with signed_in(stack) as (client, csrf):
+            dead = client.get("/ui/dead").text
+            fields = {"csrf": csrf, "event_id": event_id, "handler": "alerts"}
+            replayed = client.post("/ui/dead/replay", data=fields)
+            stack.run_until(lambda: len(alerts.posts) >= 3)
+            unknown = client.post("/ui/dead/replay", data={**fields, "event_id": "evt_0"})
+            after = client.get("/ui/dead").text
+
+    assert f'name="event_id" value="{event_id}"' in dead
+    assert 'aria-label="Replay alerts for apiframe' in dead
+    assert "1+replayed" in replayed.headers["location"]
+    assert [p.body for p in alerts.posts[2:]] == [alerts.posts[0].body]  # the same event, again
+    assert "no+budget+event" in unknown.headers["location"]
     assert 'id="no-dead"' in after
 
 

@@ -730,6 +730,29 @@ async def test_a_budget_event_that_failed_is_due_again_at_its_retry_and_a_delive
 
 
 @pytest.mark.anyio
+async def test_a_budget_event_is_found_by_its_id_and_replayed_from_a_first_attempt_for_the_handlers_named(
+    store: Store,
+) -> None:
+    event = _budget_event(80)
+    assert await store.budget_alert(event, ["slack", "alerts"], _at(0), _at(0))
+    claimed = {due.handler: due for due in await store.claim_budget_deliveries(_at(0), 10, _at(30))}
+    await store.finish_budget_delivery(claimed["slack"], delivered=True)
+    await store.finish_budget_delivery(claimed["alerts"], delivered=False, error="gone")  # dead
+    assert await store.budget_event("evt_80") == event
+    assert await store.budget_event("evt_100") is None
+    assert [row[3:] for row in await store.dead_budget_deliveries()] == [("alerts", 1, "gone", "evt_80")]
+
+    assert await store.replay_budget(event, ["alerts", "pager"], _at(50)) == 2  # pager: configured since
+    assert await store.dead_budget_deliveries() == []
+    assert await store.next_due() == _at(50)
+    replayed = await store.claim_budget_deliveries(_at(50), 10, _at(80))
+    assert sorted((due.handler, due.attempts, due.event) for due in replayed) == [
+        ("alerts", 0, event),
+        ("pager", 0, event),
+    ]
+
+
+@pytest.mark.anyio
 async def test_two_stores_on_one_database_never_claim_the_same_budget_event(
     store: Store, database_url: str
 ) -> None:

@@ -278,6 +278,10 @@ SELECT r.id, COALESCE(a.status, j.status) AS status,
     COALESCE(a.provider_job_id, j.provider_job_id) AS provider_job_id, a.id IS NOT NULL AS changed
 FROM report AS r JOIN receiver_jobs AS j ON j.id = r.id LEFT JOIN advanced AS a ON a.id = r.id
 
+-- name: budget_alert_by_event
+-- The level noted with the `budget` event `:event_id` (a replay names the event by its id).
+SELECT provider, day, level, event FROM receiver_budget_alerts WHERE event ->> 'id' = :event_id
+
 -- name: migration_6
 -- Costs: what each job cost as its provider reported it (net of refunds), and the daily budget's
 -- alerts, one row per provider, UTC day and level, so that each is sent once by whichever process

@@ -158,8 +158,18 @@ WHERE status = 'dead'
 RETURNING handler
 
 -- name: dead_budget_deliveries
-SELECT provider, day, level, handler, attempts, last_error FROM receiver_budget_deliveries
-WHERE status = 'dead' ORDER BY day DESC, provider, level, handler LIMIT :limit
+SELECT d.provider, d.day, d.level, d.handler, d.attempts, d.last_error, a.event
+FROM receiver_budget_deliveries AS d
+JOIN receiver_budget_alerts AS a ON a.provider = d.provider AND a.day = d.day AND a.level = d.level
+WHERE d.status = 'dead' ORDER BY d.day DESC, d.provider, d.level, d.handler LIMIT :limit
+
+-- name: replay_budget_delivery
+-- A `budget` event due again for one handler from a first attempt, whatever became of it (delivered,
+-- dead, or never owed to this handler, configured since).
+INSERT INTO receiver_budget_deliveries (provider, day, level, handler, status, next_attempt_at)
+VALUES (:provider, :day, :level, :handler, 'pending', :now)
+ON CONFLICT (provider, day, level, handler) DO UPDATE SET status = 'pending', attempts = 0,
+    last_error = NULL, next_attempt_at = :now, locked_until = NULL
 
 -- name: next_due
 -- Each branch is served by a partial index (due polls, due deliveries, deadlines, due budget events). Work another

@@ -297,6 +297,10 @@ WHERE receiver_jobs.id = r.id AND receiver_jobs.status NOT IN ('succeeded', 'fai
         OR (receiver_jobs.provider_job_id IS NULL AND r.provider_job_id IS NOT NULL))
 RETURNING id, status, provider_job_id, 1 AS changed
 
+-- name: budget_alert_by_event
+-- The level noted with the `budget` event `:event_id` (a replay names the event by its id).
+SELECT provider, day, level, event FROM receiver_budget_alerts WHERE json_extract(event, '$.id') = :event_id
+
 -- name: migration_6
 -- Costs: what each job cost as its provider reported it (net of refunds), and the daily budget's
 -- alerts, one row per provider, UTC day and level, so that each is sent once by whichever process
