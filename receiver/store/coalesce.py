@@ -1,8 +1,9 @@
 """Calls that share one: many callers each wait for their own answer from a single call made for all of them.
 
-Written here because what it needs is small and specific (no timer, the group forms while earlier groups
-are out) and the libraries that batch calls (aiodataloader and the like) add a delay per batch or drop
-the per-item exception this needs.
+Written here: DataLoader-style libraries (aiodataloader) also batch the calls of one event-loop pass and
+answer each with its own value or error, but they are read caches. They fold calls with the same key
+into one (two reports for one job must both apply) and send a batch every pass however many are out,
+where this holds what comes while `parallel` groups are out, so the groups grow with the load.
 """
 
 from __future__ import annotations
