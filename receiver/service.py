@@ -604,7 +604,7 @@ class Receiver:
         handler that is not configured or does not take `budget` events."""
         event = await self.store.budget_event(event_id)
         if event is None:
-            raise NoSuchJob(f"no budget event {event_id!r}")
+            raise NoSuchJob(f"no budget event {event_id!r} (a job's event is replayed by the job's id)")
         names = [spec.name for spec in self.specs if spec.matches(event)]
         if handler is not None:
             if handler not in self.by_name:
