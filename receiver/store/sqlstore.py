@@ -31,7 +31,7 @@ from receiver.store.base import (
     Update,
 )
 from receiver.store.coalesce import Coalesce, Outcomes
-from receiver.store.connector import Connector, Row, Sleep, StoreUnavailable, Transaction
+from receiver.store.connector import Connector, Row, Sleep, StoreUnavailable, Transaction, Work
 from receiver.store.queries import load
 from receiver.store.state import apply_update, finished_status, rank, replay_targets
 
@@ -289,14 +289,7 @@ class SQLStore:
         return await self._record_progress(job_id, update)
 
     async def _record_progress(self, job_id: str, update: Update) -> Progressed:
-        advance = self._q(
-            "advance_job",
-            id=job_id,
-            status=str(update.status),
-            rank=rank(update.status),
-            progress=update.progress,
-            provider_job_id=update.provider_job_id,
-        )
+        advance = self._q("advance_job", **_report(job_id, update))
         running = self._advance_running_query(job_id, update)
 
         async def work(tx: Transaction) -> Progressed:
@@ -311,16 +304,7 @@ class SQLStore:
         """`record_progress` for each of `reports` (job id, report), in one statement for the group: a
         job reported twice waits for the next statement, so each report is applied whole, in order.
         Each statement commits on its own, as a lone report's does."""
-        params = [
-            {
-                "id": job_id,
-                "status": str(update.status),
-                "rank": rank(update.status),
-                "progress": update.progress,
-                "provider_job_id": update.provider_job_id,
-            }
-            for job_id, update in reports
-        ]
+        params = [_report(job_id, update) for job_id, update in reports]
 
         async def work(tx: Transaction) -> list[Progressed]:
             answers: dict[int, Progressed] = {}
@@ -453,17 +437,11 @@ class SQLStore:
         return samples
 
     async def poll_soon(self, job_id: str, at: datetime) -> bool:
-        async def work(tx: Transaction) -> bool:
+        async def work(tx: Transaction) -> int:
             await tx.send(*self._q("poll_soon", id=job_id, at=at))
-            found = bool(await tx.fetch(*self._q("job_exists", id=job_id)))
-            if found:
-                await self._notify(tx)
-            return found
+            return len(await tx.fetch(*self._q("job_exists", id=job_id)))
 
-        found = await self.connector.run(work)
-        if found:
-            self._wake()
-        return found
+        return bool(await self._made_due(work))
 
     async def overdue_jobs(self, now: datetime, limit: int) -> list[str]:
         rows = await self._read(self._q("overdue_jobs", now=now, limit=limit))
@@ -525,14 +503,9 @@ class SQLStore:
                     "replay_delivery", job_id=job_id, handler=name, next_attempt_at=now, after=list(after)
                 )
                 await tx.send(*delivery)
-            if targets:
-                await self._notify(tx)
             return len(targets)
 
-        count = await self.connector.run(work)
-        if count:
-            self._wake()
-        return count
+        return await self._made_due(work)
 
     async def dead_deliveries(self, limit: int = 1000) -> list[tuple[str, str, int, str | None]]:
         rows = await self._read(self._q("dead_deliveries", limit=limit))
@@ -564,26 +537,15 @@ class SQLStore:
         async def work(tx: Transaction) -> int:
             for handler in handlers:
                 await tx.send(*self._q("replay_budget_delivery", **key, handler=handler, now=now))
-            if handlers:
-                await self._notify(tx)
             return len(handlers)
 
-        count = await self.connector.run(work)
-        if count:
-            self._wake()
-        return count
+        return await self._made_due(work)
 
     async def replay_budget_dead(self, now: datetime) -> int:
         async def work(tx: Transaction) -> int:
-            replayed = await tx.fetch(*self._q("replay_budget_dead", now=now))
-            if replayed:
-                await self._notify(tx)
-            return len(replayed)
+            return len(await tx.fetch(*self._q("replay_budget_dead", now=now)))
 
-        count = await self.connector.run(work)
-        if count:
-            self._wake()
-        return count
+        return await self._made_due(work)
 
     async def ping(self) -> None:
         await self._read(self._q("ping"))
@@ -713,6 +675,21 @@ class SQLStore:
     async def _execute(self, sql: str, params: dict[str, Any]) -> None:
         await self.connector.run(lambda tx: tx.execute(sql, params), single=True)
 
+    async def _made_due(self, work: Work[int]) -> int:
+        """`work`, which makes some work due now and says how much: when any, other processes hear of it
+        on commit, this one at once."""
+
+        async def noted(tx: Transaction) -> int:
+            count = await work(tx)
+            if count:
+                await self._notify(tx)
+            return count
+
+        count = await self.connector.run(noted)
+        if count:
+            self._wake()
+        return count
+
     async def _execute_due(self, sql: str, params: dict[str, Any]) -> None:
         """A statement that brings work forward: other processes hear of it on commit, this one at once."""
 
@@ -722,6 +699,17 @@ class SQLStore:
 
         await self.connector.run(work)
         self._wake()
+
+
+def _report(job_id: str, update: Update) -> dict[str, Any]:
+    """advance_job's parameters for a report (advance_jobs takes a list of them)."""
+    return {
+        "id": job_id,
+        "status": str(update.status),
+        "rank": rank(update.status),
+        "progress": update.progress,
+        "provider_job_id": update.provider_job_id,
+    }
 
 
 def _job(row: Row) -> Job:
