@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 from conftest import FORWARD_SECRET, World, wait_until
@@ -65,6 +66,8 @@ def test_dead_delivery_is_listed_and_cli_replay_sends_the_same_event_id(world: W
     first = world.inbox.wait_for(1)[0]
     wait_until(lambda: world.show(job_id)["deliveries"][0]["status"] == "dead")
     dead = json.loads(world.run("dead", "--json").stdout)["dead"]
+    # The server stops first: its worker would otherwise race the command's own round for the delivery.
+    world.kill(world.procs[-1], signal.SIGTERM)
     replay = world.run("replay", job_id)
     second = world.inbox.wait_for(2)[1]
 
