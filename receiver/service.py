@@ -242,12 +242,20 @@ class Receiver:
         return [HandlerRoute(spec.name, spec.after) for spec in self.specs if spec.matches(event)]
 
     async def record(self, job_id: str, update: Update, via: str | None) -> Recorded:
-        recorded = await self.store.record(job_id, update, via, self.clock(), self.routes)
+        worker = self._worker
+        # A report that may end the job: its deliveries are leased to this process's worker, if it takes
+        # them now (Worker.promise), and handed to it once committed.
+        lease = worker.promise() if worker is not None and update.status.terminal else None
+        try:
+            recorded = await self.store.record(job_id, update, via, self.clock(), self.routes, lease)
+        finally:
+            if worker is not None and lease is not None:
+                worker.unpromise()
         if recorded.changed:
             self.changes.bump()
         if recorded.terminal:
-            if self._worker is not None:
-                self._worker.hand_off(job_id)
+            if worker is not None:
+                worker.hand_off(job_id, recorded.leased)
             self._models_stale = True
             log.info("job.completed", job_id=job_id, status=str(update.status), via=via)
         if recorded.changed and update.cost is not None and recorded.job is not None:
@@ -278,7 +286,7 @@ class Receiver:
         worker, now = self.worker, self.clock()
         for event in await budget_events(self.store, self.settings, provider, now):
             names = [spec.name for spec in self.specs if spec.matches(event)]
-            if not await self.store.budget_alert(event, names, now, now + worker.budget_lease(names)):
+            if not await self.store.budget_alert(event, names, now, now + worker.lease(names)):
                 continue
             budget = event["budget"]
             log.warning("budget.reached", provider=provider, level=budget["level"])

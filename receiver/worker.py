@@ -28,9 +28,9 @@ log = structlog.get_logger()
 
 POLL_BATCH = 50
 CONCURRENCY = 16
-# A claim's lease. Work is claimed CONCURRENCY at a time, so all of it starts at once, inside its lease;
-# a delivery attempt that may outlast it extends it first. A killed worker's claims are free again
-# within LEASE (plus the handler's timeout for an attempt that had started).
+# A claim's lease (polls, submits), and the least a delivery's: work is claimed CONCURRENCY at a time, so
+# all of it starts at once, inside its lease. A delivery is leased for longer than its handlers' timeout
+# (`Worker.lease`), so an attempt always ends inside it. A killed worker's claims are free again then.
 LEASE = 30.0
 MAX_IDLE = 1.0  # without notices (SQLite, listen connection lost) other processes' work is found by looking
 MAX_IDLE_LISTENING = 5.0  # notices wake the worker for new work: this only bounds what a lost one can delay
@@ -54,50 +54,57 @@ class Worker:
         # by its own plan. Kept while a budgeted job is in flight; a lone job starts with none.
         self._spare = 0.0
         self._own: Counter[str] = Counter()
-        # While `run` loops: the deliveries handed to it by this process's records, in tasks of their own,
-        # one for the jobs ended in one pass of the event loop (`_batch`, until that task claims them).
+        # While `run` loops: the deliveries of jobs this process's records end, leased by the record and
+        # handed to it (`hand_off`), each job's in a task of its own; `_promised`: records under way
+        # that will hand theirs off (`promise`).
         self._handed: set[asyncio.Task[None]] | None = None
-        self._batch: list[str] | None = None
+        self._promised = 0
+        self._handing = asyncio.Event()  # a hand-off started: the loop, asleep, waits for it to end
         # A delivery may free another one of its job (`after`): a job's claim is repeated until empty.
         self._ordered = any(spec.after for spec in receiver.specs)
 
     def wake(self) -> None:
         self._wake.set()
 
-    def hand_off(self, job_id: str) -> None:
-        """A record of this process just ended `job_id`: claim and start its deliveries now, in a task
-        of their own, rather than at the loop's next wake-up. Under load each await between the commit
-        and the handler's call waits one pass of a busy event loop (wake, the loop's waiters, the claim,
-        the delivery tasks: 15-20 ms at 4000 webhooks/s); this is one. The claim is the loop's own
-        (leased in the store, so no other round or process runs it too). Only while `run` loops here,
-        and at most CONCURRENCY claims at once: beyond, and on any failure, the loop (woken by the record,
-        and planning its sleep only once the deliveries handed off have ended) takes them. The jobs
-        ended in one pass share one claim (a burst of completions costs one claim a pass, as in the
-        loop)."""
+    def promise(self) -> datetime | None:
+        """The lease for the deliveries of a job a record of this process is about to end, when the
+        hand-off will take them (None: the loop, or another worker, claims them as any due delivery).
+        The record inserts them leased to this process and `hand_off` runs them: no claim, and no
+        wake-up of this loop or notice to other processes, between the commit and the handler's call.
+        Under load each await there waits one pass of a busy event loop (15-20 ms at 4000 webhooks/s).
+        Only while `run` loops here, and for at most CONCURRENCY jobs at once; each promise is ended by
+        `unpromise` once the record returns, whatever it did."""
+        if self._handed is None or len(self._handed) + self._promised >= CONCURRENCY:
+            return None
+        self._promised += 1
+        return self.receiver.clock() + self.lease()
+
+    def unpromise(self) -> None:
+        self._promised -= 1
+
+    def hand_off(self, job_id: str, leased: Sequence[DueDelivery]) -> None:
+        """Run the deliveries a record of this process leased to it (`promise`), in a task of their own.
+        Should the loop have stopped meanwhile, they are free again when their lease runs out."""
         handed = self._handed
-        if handed is None:
+        if handed is None or not leased:
             return
-        if self._batch is not None:
-            self._batch.append(job_id)
-            return
-        if len(handed) >= CONCURRENCY:
-            return
-        self._batch = [job_id]
-        task = asyncio.get_running_loop().create_task(self._deliver_batch())
+        task = asyncio.get_running_loop().create_task(self._deliver_leased(job_id, leased))
         handed.add(task)
         task.add_done_callback(handed.discard)
+        self._handing.set()
 
-    async def _deliver_batch(self) -> None:
-        job_ids, self._batch = self._batch or [], None
+    async def _deliver_leased(self, job_id: str, leased: Sequence[DueDelivery]) -> None:
         counts: Counter[str] = Counter()
         try:
-            # Again while a claim was full, or a delivery may have freed another (`after`).
-            while (claimed := await self._dispatch(counts, job_ids)) and (
-                self._ordered or claimed == CONCURRENCY
-            ):
+            await self._deliver_all(leased, counts)
+            # A delivery may have freed another of the job (`after`): claimed in turn until none is due.
+            while self._ordered and await self._dispatch(counts, [job_id]):
                 pass
         except Exception:  # the store failed: what was not claimed stays due, a claim's lease runs out
-            log.exception("delivery.hand_off_failed", job_ids=job_ids)
+            log.exception("delivery.hand_off_failed", job_id=job_id)
+            self.wake()
+        if counts["retried"]:  # the loop, asleep since before, plans its sleep again: until the retry
+            self.wake()
         if counts:
             self.receiver.changes.bump()
 
@@ -174,7 +181,22 @@ class Worker:
                     log.exception("worker.round_failed", failures=failures, retry_in=round(idle, 1))
                 # A round that only dispatched never puts the full round off.
                 round_at = clock.monotonic() + idle if full else min(round_at, clock.monotonic() + idle)
-                woken = await _first(self._wake, stop, clock.sleep(idle))
+                woken = await self._sleep(idle, stop)
+
+    async def _sleep(self, idle: float, stop: asyncio.Event) -> bool:
+        """Sleep `idle` seconds, or until a wake-up or `stop`; True when woken. A hand-off meanwhile does
+        not cut the sleep short: the loop waits for its deliveries to end, as for those of its own round
+        (it is never asleep while one runs), and sleeps on until the same moment. One that stored a
+        retry wakes it (`_deliver_leased`), and its sleep is planned again."""
+        clock = self.receiver.clock
+        until = clock.monotonic() + idle
+        while True:
+            left = max(0.0, until - clock.monotonic())
+            await _first((self._wake, self._handing), stop, clock.sleep(left))
+            if self._wake.is_set() or stop.is_set() or not self._handing.is_set():
+                return self._wake.is_set()
+            self._handing.clear()
+            await self._handed_off()
 
     async def _idle(self) -> float:
         """Seconds until the next stored due time or the pool's (`_pool_at`, no sooner than the pace
@@ -330,28 +352,33 @@ class Worker:
     async def _dispatch(self, counts: Counter[str], job_ids: list[str] | None = None) -> int:
         """Claim due deliveries (of `job_ids`, when given) and run them; how many."""
         receiver = self.receiver
-        due = await receiver.store.claim_due_deliveries(receiver.clock(), CONCURRENCY, LEASE, job_ids)
-        if not due:
-            return 0
-        # The first in this task, now; the others in tasks of their own, which start one pass later.
+        lease = self.lease().total_seconds()
+        due = await receiver.store.claim_due_deliveries(receiver.clock(), CONCURRENCY, lease, job_ids)
+        if due:
+            await self._deliver_all(due, counts)
+        return len(due)
+
+    async def _deliver_all(self, due: Sequence[DueDelivery], counts: Counter[str]) -> None:
+        """The first in this task, now; the others in tasks of their own, which start one pass later."""
         others = [asyncio.ensure_future(self._deliver(d, counts)) for d in due[1:]]
         try:
             await self._deliver(due[0], counts)
         finally:
             await asyncio.gather(*others)
-        return len(due)
 
-    def budget_lease(self, handlers: Sequence[str]) -> timedelta:
-        """How long a process holds the `budget` events it sends to `handlers`: LEASE, or longer than
-        the slowest one's timeout."""
-        specs = [spec for name in handlers if (spec := self.receiver.by_name.get(name))]
+    def lease(self, handlers: Sequence[str] | None = None) -> timedelta:
+        """How long a process holds the deliveries (or `budget` events) it claims for `handlers` (by
+        default every configured one): LEASE, or longer than the slowest one's timeout, so an attempt
+        ends inside its lease and no other process starts it again meanwhile."""
+        names = self.receiver.by_name if handlers is None else handlers
+        specs = [spec for name in names if (spec := self.receiver.by_name.get(name))]
         return timedelta(seconds=max([LEASE, *(spec.timeout + LEASE / 2 for spec in specs)]))
 
     async def _budgets(self, counts: Counter[str]) -> None:
         """Send the `budget` events owed and due: a retry, or one whose sender stopped before it."""
         receiver = self.receiver
         now = receiver.clock()
-        lease = now + self.budget_lease(list(receiver.by_name))
+        lease = now + self.lease()
         claimed = await receiver.store.claim_budget_deliveries(now, CONCURRENCY, lease)
         counts.update(await asyncio.gather(*(self.deliver_budget(due) for due in claimed)))
 
@@ -401,9 +428,6 @@ class Worker:
         if spec.after:
             event["reports"] = due.reports
         attempt = due.attempts + 1
-        if spec.timeout > LEASE / 2:
-            until = receiver.clock() + timedelta(seconds=spec.timeout + LEASE / 2)
-            await store.extend_delivery_lease(due.job_id, due.handler, until)
         try:
             async with asyncio.timeout(spec.timeout):  # the call in this task: wait_for would make another
                 report = await spec.handler.handle(event)
@@ -452,15 +476,14 @@ def _retry_at(spec: HandlerSpec, attempt: int, exc: Exception, now: datetime) ->
     return now + timedelta(seconds=wait)
 
 
-async def _first(wake: asyncio.Event, stop: asyncio.Event, sleep: Awaitable[None]) -> bool:
-    """Wait for `wake`, `stop` or `sleep` (on the receiver's clock); True when `wake` was set."""
-    waiters = [asyncio.ensure_future(w) for w in (wake.wait(), stop.wait(), sleep)]
+async def _first(wakes: Sequence[asyncio.Event], stop: asyncio.Event, sleep: Awaitable[None]) -> None:
+    """Wait for any of `wakes`, `stop` or `sleep` (on the receiver's clock)."""
+    waiters = [asyncio.ensure_future(w) for w in (*(wake.wait() for wake in wakes), stop.wait(), sleep)]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for waiter in waiters:
         waiter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiter
-    return wake.is_set()
 
 
 async def _bounded(coros: Sequence[Awaitable[object]]) -> None:

@@ -34,6 +34,7 @@ class Recorded:
     changed: bool
     terminal: bool
     conflict: bool = False
+    leased: tuple[DueDelivery, ...] = ()  # the deliveries inserted leased (`record`'s `lease`)
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,18 @@ class Store(Protocol):
         """Store the job's list of attempts."""
 
     async def record(
-        self, job_id: str, update: Update, via: str | None, now: datetime, routes: Matcher
+        self,
+        job_id: str,
+        update: Update,
+        via: str | None,
+        now: datetime,
+        routes: Matcher,
+        lease: datetime | None = None,
     ) -> Recorded:
         """Apply a report in one transaction; the move to a terminal status happens once, together
-        with one delivery row per route that matches the final event."""
+        with one delivery row per route that matches the final event. With `lease`, the deliveries
+        due at once (those with no `after`) are inserted leased until then, to the caller, which runs
+        them (`Recorded.leased`); the others, or all without `lease`, wake the workers that claim them."""
 
     async def record_progress(self, job_id: str, update: Update) -> Progressed:
         """Apply a report that does not end the job, by the same rules as `record`, with the least work:
@@ -219,9 +228,6 @@ class Store(Protocol):
     async def claim_chosen_polls(self, job_ids: list[str], now: datetime, lease_seconds: float) -> list[Job]:
         """Lease the jobs of `job_ids` that are still unleased at `now` and open (another process may
         have leased one since it was read): those, in one statement."""
-
-    async def extend_delivery_lease(self, job_id: str, handler: str, until: datetime) -> None:
-        """Keep a claimed delivery leased until `until` (its attempt runs longer than the lease)."""
 
     async def schedule_poll(
         self, job_id: str, next_poll_at: datetime | None, polled_at: datetime | None = None

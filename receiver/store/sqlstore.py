@@ -8,6 +8,7 @@ import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -233,14 +234,20 @@ class SQLStore:
         return [_job(row) for row in await self._write(query)]
 
     async def record(
-        self, job_id: str, update: Update, via: str | None, now: datetime, routes: Matcher
+        self,
+        job_id: str,
+        update: Update,
+        via: str | None,
+        now: datetime,
+        routes: Matcher,
+        lease: datetime | None = None,
     ) -> Recorded:
-        async def work(tx: Transaction) -> Recorded:
+        async def work(tx: Transaction) -> tuple[Recorded, bool]:
             rows = await tx.fetch(*self._q("lock_job", id=job_id))
             change = apply_update(_job(rows[0]) if rows else None, update, via, now, routes)
             job = change.recorded.job
             if job is None or not change.recorded.changed:
-                return change.recorded
+                return change.recorded, False
             if change.event is None:
                 progress = self._q(
                     "record_progress",
@@ -251,7 +258,8 @@ class SQLStore:
                     cost=job.cost,
                 )
                 await tx.send(*progress)
-                return change.recorded
+                return change.recorded, False
+            text = json.dumps(change.event)  # as text: PostgreSQL's json column keeps it as built
             end = self._q(
                 "record_end",
                 id=job_id,
@@ -265,21 +273,28 @@ class SQLStore:
                 event_id=job.event_id,
                 cost=job.cost,
                 finished_at=update.finished_at,
-                event=json.dumps(change.event),  # as text: PostgreSQL's json column keeps it as built
+                event=text,
             )
             await tx.send(*end)
+            leased: list[DueDelivery] = []
             for route in change.routes:
                 row = {"job_id": job_id, "handler": route.name, "after": list(route.after)}
                 # A corrected end makes the first end's deliveries due again, for the new event.
                 if change.corrected:
                     await tx.send(*self._q("replay_delivery", next_attempt_at=now, **row))
-                else:
-                    await tx.send(*self._q("insert_delivery", next_attempt_at=now, **row))
-            await self._notify(tx)
-            return change.recorded
+                    continue
+                held = lease if not route.after else None  # one `after` another waits for it
+                await tx.send(*self._q("insert_delivery", next_attempt_at=now, locked_until=held, **row))
+                if held is not None:
+                    # Each its own copy, as a claim reads it: one handler's changes never reach another.
+                    leased.append(DueDelivery(job_id, route.name, 0, json.loads(text), {}))
+            claimable = len(leased) < len(change.routes)  # due now for any worker: wake them
+            if claimable:
+                await self._notify(tx)
+            return replace(change.recorded, leased=tuple(leased)), claimable
 
-        recorded = await self.connector.run(work)
-        if recorded.terminal:
+        recorded, claimable = await self.connector.run(work)
+        if claimable:
             self._wake()
         return recorded
 
@@ -396,9 +411,6 @@ class SQLStore:
         lease = now + timedelta(seconds=lease_seconds)
         rows = await self._write(self._q("claim_chosen_polls", job_ids=job_ids, now=now, lease=lease))
         return [_job(row) for row in rows]
-
-    async def extend_delivery_lease(self, job_id: str, handler: str, until: datetime) -> None:
-        await self._execute(*self._q("extend_delivery_lease", job_id=job_id, handler=handler, lease=until))
 
     async def schedule_poll(
         self, job_id: str, next_poll_at: datetime | None, polled_at: datetime | None = None

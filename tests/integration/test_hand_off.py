@@ -1,5 +1,6 @@
-"""The hand-off: a job this process ends is delivered by its worker at once, without a round of the loop,
-claimed in the store like any delivery, so neither the loop nor another worker runs it again."""
+"""The hand-off: a job this process ends is delivered by its worker at once, without a round of the loop:
+the record inserts its deliveries leased to this process, so neither the loop nor another worker runs
+them again, and no claim or wake-up stands between the commit and the handler's call."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from receiver.clock import VirtualClock
 from receiver.config import Settings
 from receiver.events import Job, JobStatus
 from receiver.service import Receiver
-from receiver.store import Update
+from receiver.store import Update, open_store
 from receiver.worker import CONCURRENCY
 from tests.support.waiting import wait_until_async
 
@@ -148,3 +149,112 @@ async def test_a_handed_off_delivery_that_fails_is_retried_when_due(receiver: Re
 
     assert job.deliveries[0].status == "delivered"
     assert job.deliveries[0].attempts == 2
+
+
+async def test_a_job_this_process_ends_reaches_its_handler_without_a_claim_or_a_wake_up(
+    receiver: Receiver, store_url: str
+) -> None:
+    gate = Gate(held=frozenset({"job_1"}))
+    use(receiver, gate)
+    stop = asyncio.Event()
+    loop = await started(receiver, stop)
+    store, clock = receiver.store, receiver.clock
+    assert isinstance(clock, VirtualClock)
+    # On PostgreSQL the loop looks once more when its listen connection is up: then it sleeps again.
+    notices = store.connector.notifies  # type: ignore[attr-defined]
+    await wait_until_async(
+        lambda: (store.listening or not notices) and not receiver.worker.wake_pending and clock.sleepers
+    )
+    calls: Counter[str] = Counter()
+    for name in ("claim_due_deliveries", "next_due"):
+        method = getattr(store, name)
+
+        async def counted(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+            calls[_name] += 1
+            return await _method(*args, **kwargs)
+
+        setattr(store, name, counted)
+    other = open_store(store_url)  # another process's worker
+    await other.open()
+    try:
+        await end(receiver, "job_1")
+        await wait_until_async(lambda: gate.calls["job_1"] == 1)
+        taken = await other.claim_due_deliveries(receiver.clock(), CONCURRENCY, 30)
+        woken = receiver.worker.wake_pending
+        gate.open.set()
+        await wait_until_async(lambda: not receiver.worker._handed)
+    finally:
+        gate.open.set()
+        stop.set()
+        await loop
+        await other.close()
+
+    assert taken == []  # leased by the record, to this process
+    assert not woken
+    assert calls == Counter()  # the loop slept through it; the hand-off claimed nothing
+    assert (await receiver.get_job("job_1")).deliveries[0].status == "delivered"
+
+
+async def test_deliveries_a_record_leased_to_a_worker_that_stopped_go_out_when_the_lease_runs_out(
+    receiver: Receiver,
+) -> None:
+    gate = Gate()
+    use(receiver, gate)
+    clock = receiver.clock
+    assert isinstance(clock, VirtualClock)
+    job = Job(
+        id="job_1", provider="runbase", status=JobStatus.PENDING, request={"prompt": "x"}, created_at=clock()
+    )
+    await receiver.store.create_job(job, clock() + timedelta(hours=1))
+    done = Update(JobStatus.SUCCEEDED, provider_job_id="rb_1")
+    lease = receiver.worker.lease()
+    # As if the process that recorded it was killed before its hand-off ran.
+    recorded = await receiver.store.record("job_1", done, "poll", clock(), receiver.routes, clock() + lease)
+    assert [d.handler for d in recorded.leased] == ["gate"]
+    stop = asyncio.Event()
+    loop = await started(receiver, stop)
+    end_of_lease = lease.total_seconds()
+    try:
+        clock.advance_to(end_of_lease - 0.5)  # past the loop's safety net: it looks, and sleeps again
+        await wait_until_async(lambda: clock.sleepers == [end_of_lease])  # until the lease runs out
+        assert gate.calls["job_1"] == 0
+        clock.advance_to(end_of_lease)
+        await wait_until_async(lambda: gate.calls["job_1"] == 1)
+    finally:
+        stop.set()
+        await loop
+
+    assert (await receiver.get_job("job_1")).deliveries[0].status == "delivered"
+    assert gate.calls["job_1"] == 1
+
+
+async def test_a_handed_off_job_goes_on_to_the_delivery_that_waits_after_its_first(
+    receiver: Receiver,
+) -> None:
+    order: list[str] = []
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def handle(self, event: dict[str, Any]) -> dict[str, Any]:
+            order.append(self.name)
+            return {"by": self.name}
+
+    first = replace(receiver.specs[0], name="storage", handler=Named("storage"))
+    then = replace(receiver.specs[0], name="db", handler=Named("db"), after=("storage",))
+    receiver.specs, receiver.by_name = [first, then], {"storage": first, "db": then}
+    receiver.worker._ordered = True  # as a Worker built with these handlers would be
+    stop = asyncio.Event()
+    loop = await started(receiver, stop)
+    try:
+        await end(receiver, "job_1")
+        await wait_until_async(lambda: len(order) == 2)
+    finally:
+        stop.set()
+        await loop
+    job = await receiver.get_job("job_1")
+
+    assert order == ["storage", "db"]
+    assert {d.handler: str(d.status) for d in job.deliveries} == {"storage": "delivered", "db": "delivered"}
+    assert receiver.clock.monotonic() == 0  # no sleep ran out: nothing waited for the loop's next round

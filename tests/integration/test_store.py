@@ -431,6 +431,19 @@ async def test_deliveries_wait_for_the_handlers_they_come_after(store: Store) ->
 
 
 @pytest.mark.anyio
+async def test_a_delivery_waiting_on_another_is_not_due_while_that_one_is_owed(store: Store) -> None:
+    """Else a worker of another process spins while a slow `storage` upload runs in this one."""
+    await _create(store, first_poll=None)
+    await _finish(store, routes=Routes(HandlerRoute("storage", ()), HandlerRoute("db", ("storage",))))
+    await store.claim_due_deliveries(_at(150), 10, 60)
+    assert await store.next_due() == _at(210)  # storage's lease, not db's due time (150)
+    await store.finish_delivery("job_1", "storage", delivered=False, error="503", retry_at=_at(170))
+    assert await store.next_due() == _at(170)
+    await store.finish_delivery("job_1", "storage", delivered=True)
+    assert await store.next_due() == _at(150)
+
+
+@pytest.mark.anyio
 async def test_a_dead_predecessor_frees_the_delivery_waiting_on_it(store: Store) -> None:
     await _create(store)
     await _finish(store, routes=Routes(HandlerRoute("storage", ()), HandlerRoute("db", ("storage",))))
@@ -450,6 +463,49 @@ async def test_claimed_delivery_is_leased(store: Store) -> None:
     assert await store.claim_due_deliveries(_at(209), 10, 60) == []
     (again,) = await store.claim_due_deliveries(_at(210), 10, 60)
     assert (again.handler, again.attempts) == ("log", 0)
+
+
+@pytest.mark.anyio
+async def test_a_record_with_a_lease_inserts_the_deliveries_due_at_once_leased_and_returns_them(
+    store: Store,
+) -> None:
+    routes = Routes(HandlerRoute("storage", ()), HandlerRoute("db", ("storage",)), HandlerRoute("log", ()))
+    await _create(store)
+    recorded = await store.record("job_1", DONE, "webhook", _at(150), routes, lease=_at(210))
+
+    # Those due at once, with the event as a claim would give them; `db` waits on `storage`.
+    assert sorted((d.handler, d.attempts, d.reports) for d in recorded.leased) == [
+        ("log", 0, {}),
+        ("storage", 0, {}),
+    ]
+    assert await store.claim_due_deliveries(_at(150), 10, 60) == []  # no other worker takes them
+    await store.finish_delivery("job_1", "storage", delivered=True, report={"urls": ["s3://b/1.mp4"]})
+    (db,) = await store.claim_due_deliveries(_at(151), 10, 60)
+    assert (db.handler, db.reports) == ("db", {"storage": {"urls": ["s3://b/1.mp4"]}})
+    # The holder stopped before `log` ran: it is anyone's once its lease runs out.
+    assert await store.claim_due_deliveries(_at(209), 10, 60) == []
+    (log,) = await store.claim_due_deliveries(_at(210), 10, 60)
+    assert (log.handler, log.attempts) == ("log", 0)
+    assert all(d.job_id == "job_1" and d.event == log.event == db.event for d in recorded.leased)
+    assert log.event["type"] == "job.succeeded"
+    first, second = recorded.leased
+    assert first.event["job"] is not second.event["job"]  # a handler that changes its event changes its own
+
+
+@pytest.mark.anyio
+async def test_a_worker_asleep_wakes_when_a_records_lease_runs_out(store: Store) -> None:
+    await _create(store, first_poll=None)
+    await store.record("job_1", DONE, "webhook", _at(150), LOG_AND_SLACK, lease=_at(210))
+    assert await store.next_due() == _at(210)
+
+
+@pytest.mark.anyio
+async def test_a_record_without_a_lease_or_that_changes_nothing_leases_nothing(store: Store) -> None:
+    await _create(store)
+    assert (await store.record("job_1", DONE, "webhook", _at(150), LOG_AND_SLACK)).leased == ()
+    again = await store.record("job_1", DONE, "webhook", _at(151), LOG_AND_SLACK, lease=_at(210))
+    assert (again.terminal, again.leased) == (False, ())
+    assert len(await store.claim_due_deliveries(_at(151), 10, 60)) == 2
 
 
 @pytest.mark.anyio

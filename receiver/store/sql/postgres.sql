@@ -75,6 +75,28 @@ SELECT c.job_id, c.handler, c.attempts, j.event,
 FROM claimed AS c JOIN receiver_jobs AS j ON j.id = c.job_id
 ORDER BY c.next_attempt_at, c.seq
 
+-- name: next_due
+-- Each branch is served by a partial index (due polls, due deliveries, deadlines, due budget events). Work another
+-- process has claimed is due when its lease runs out, not before: a worker never spins on it. Nor on a
+-- delivery that waits `after` another still owed: that one's own due time stands for both (whoever
+-- finishes it goes on to the one waiting).
+SELECT MIN(due) AS due FROM (
+    SELECT MIN(CASE WHEN locked_until > next_poll_at THEN locked_until ELSE next_poll_at END) AS due
+    FROM receiver_jobs
+    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL
+    UNION ALL
+    SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
+    FROM receiver_deliveries AS d WHERE d.status IN ('pending', 'retrying') AND NOT EXISTS (
+        SELECT 1 FROM receiver_deliveries AS p
+        WHERE p.job_id = d.job_id AND d.after ? p.handler AND p.status IN ('pending', 'retrying')
+    )
+    UNION ALL
+    SELECT MIN(deadline_at) FROM receiver_jobs WHERE completed_at IS NULL
+    UNION ALL
+    SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
+    FROM receiver_budget_deliveries WHERE status IN ('pending', 'retrying')
+) AS candidates
+
 -- name: claim_budget_deliveries
 -- Due `budget` events, leased in one statement, each with its event.
 WITH candidate AS (

@@ -67,8 +67,9 @@ UPDATE receiver_jobs SET status = :status, provider_job_id = :provider_job_id, o
 WHERE id = :id
 
 -- name: insert_delivery
-INSERT INTO receiver_deliveries (job_id, handler, status, attempts, next_attempt_at, after)
-VALUES (:job_id, :handler, 'pending', 0, :next_attempt_at, :after)
+-- Leased (`locked_until`) to the process that recorded the end and runs it at once, or free to claim (NULL).
+INSERT INTO receiver_deliveries (job_id, handler, status, attempts, next_attempt_at, after, locked_until)
+VALUES (:job_id, :handler, 'pending', 0, :next_attempt_at, :after, :locked_until)
 
 -- name: replay_delivery
 INSERT INTO receiver_deliveries (job_id, handler, status, attempts, next_attempt_at, after)
@@ -171,23 +172,6 @@ VALUES (:provider, :day, :level, :handler, 'pending', :now)
 ON CONFLICT (provider, day, level, handler) DO UPDATE SET status = 'pending', attempts = 0,
     last_error = NULL, next_attempt_at = :now, locked_until = NULL
 
--- name: next_due
--- Each branch is served by a partial index (due polls, due deliveries, deadlines, due budget events). Work another
--- process has claimed is due when its lease runs out, not before: a worker never spins on it.
-SELECT MIN(due) AS due FROM (
-    SELECT MIN(CASE WHEN locked_until > next_poll_at THEN locked_until ELSE next_poll_at END) AS due
-    FROM receiver_jobs
-    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL
-    UNION ALL
-    SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
-    FROM receiver_deliveries WHERE status IN ('pending', 'retrying')
-    UNION ALL
-    SELECT MIN(deadline_at) FROM receiver_jobs WHERE completed_at IS NULL
-    UNION ALL
-    SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
-    FROM receiver_budget_deliveries WHERE status IN ('pending', 'retrying')
-) AS candidates
-
 -- name: counts
 SELECT 'jobs' AS kind, status, COUNT(*) AS n FROM receiver_jobs GROUP BY status
 UNION ALL
@@ -204,11 +188,6 @@ SELECT provider, status, COUNT(*) AS n FROM receiver_jobs GROUP BY provider, sta
 -- name: ping
 -- /healthz: the store answers.
 SELECT 1 AS ok;
-
--- name: extend_delivery_lease
--- An attempt about to run for longer than its lease keeps it; a finished one (NULL) stays free.
-UPDATE receiver_deliveries SET locked_until = :lease
-WHERE job_id = :job_id AND handler = :handler AND locked_until IS NOT NULL;
 
 -- name: budget_key
 -- The rate budget: a row per key (to lock, and to hold a block) and a row per request that still counts.

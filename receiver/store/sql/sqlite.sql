@@ -62,6 +62,28 @@ RETURNING job_id, handler, attempts,
      FROM receiver_deliveries AS p, json_each(receiver_deliveries.after) AS a
      WHERE p.job_id = receiver_deliveries.job_id AND p.handler = a.value AND p.report IS NOT NULL) AS reports
 
+-- name: next_due
+-- Each branch is served by a partial index (due polls, due deliveries, deadlines, due budget events). Work another
+-- process has claimed is due when its lease runs out, not before: a worker never spins on it. Nor on a
+-- delivery that waits `after` another still owed: that one's own due time stands for both (whoever
+-- finishes it goes on to the one waiting).
+SELECT MIN(due) AS due FROM (
+    SELECT MIN(CASE WHEN locked_until > next_poll_at THEN locked_until ELSE next_poll_at END) AS due
+    FROM receiver_jobs
+    WHERE completed_at IS NULL AND next_poll_at IS NOT NULL
+    UNION ALL
+    SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
+    FROM receiver_deliveries AS d WHERE d.status IN ('pending', 'retrying') AND NOT EXISTS (
+        SELECT 1 FROM receiver_deliveries AS p, json_each(d.after) AS a
+        WHERE p.job_id = d.job_id AND p.handler = a.value AND p.status IN ('pending', 'retrying')
+    )
+    UNION ALL
+    SELECT MIN(deadline_at) FROM receiver_jobs WHERE completed_at IS NULL
+    UNION ALL
+    SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
+    FROM receiver_budget_deliveries WHERE status IN ('pending', 'retrying')
+) AS candidates
+
 -- name: claim_budget_deliveries
 -- Due `budget` events, leased in one statement, each with its event.
 UPDATE receiver_budget_deliveries SET locked_until = :lease
