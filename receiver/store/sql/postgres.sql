@@ -86,10 +86,10 @@ SELECT MIN(due) AS due FROM (
     WHERE completed_at IS NULL AND next_poll_at IS NOT NULL
     UNION ALL
     SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
-    FROM receiver_deliveries AS d WHERE d.status IN ('pending', 'retrying') AND NOT EXISTS (
+    FROM receiver_deliveries AS d WHERE d.status IN ('pending', 'retrying') AND (d.after = '[]'::jsonb OR NOT EXISTS (
         SELECT 1 FROM receiver_deliveries AS p
         WHERE p.job_id = d.job_id AND d.after ? p.handler AND p.status IN ('pending', 'retrying')
-    )
+    ))
     UNION ALL
     SELECT MIN(deadline_at) FROM receiver_jobs WHERE completed_at IS NULL
     UNION ALL

@@ -73,10 +73,10 @@ SELECT MIN(due) AS due FROM (
     WHERE completed_at IS NULL AND next_poll_at IS NOT NULL
     UNION ALL
     SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END)
-    FROM receiver_deliveries AS d WHERE d.status IN ('pending', 'retrying') AND NOT EXISTS (
+    FROM receiver_deliveries AS d WHERE d.status IN ('pending', 'retrying') AND (d.after = '[]' OR NOT EXISTS (
         SELECT 1 FROM receiver_deliveries AS p, json_each(d.after) AS a
         WHERE p.job_id = d.job_id AND p.handler = a.value AND p.status IN ('pending', 'retrying')
-    )
+    ))
     UNION ALL
     SELECT MIN(deadline_at) FROM receiver_jobs WHERE completed_at IS NULL
     UNION ALL
