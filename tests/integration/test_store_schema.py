@@ -301,8 +301,14 @@ POLL_QUERIES = {
 }
 
 
-# A claimed row is found again by its key (its job, its budget alert).
-BY_KEY = {"receiver_jobs_pkey", "receiver_budget_alerts_pkey", "receiver_budget_deliveries_pkey"}
+# A claimed row is found again by its key (its job, its budget alert), and a delivery's predecessor by its
+# job (the deliveries' key starts with the job's id).
+BY_KEY = {
+    "receiver_jobs_pkey",
+    "receiver_budget_alerts_pkey",
+    "receiver_budget_deliveries_pkey",
+    "receiver_deliveries_pkey",
+}
 
 
 @pytest.mark.parametrize("name", sorted(POLL_QUERIES))
