@@ -228,23 +228,32 @@ async def test_deliveries_a_record_leased_to_a_worker_that_stopped_go_out_when_t
     assert gate.calls["job_1"] == 1
 
 
+class Named:
+    """A handler that notes its name in `order` when called, and waits for `open` first if given."""
+
+    def __init__(self, name: str, order: list[str], open: asyncio.Event | None = None) -> None:
+        self.name, self.order, self.open = name, order, open
+
+    async def handle(self, event: dict[str, Any]) -> dict[str, Any]:
+        self.order.append(self.name)
+        if self.open is not None:
+            await self.open.wait()
+        return {"by": self.name}
+
+
+def storage_then_db(receiver: Receiver, order: list[str], held: asyncio.Event | None = None) -> None:
+    """Handlers `storage`, then `db` after it (`held`: storage waits for it before it ends)."""
+    first = replace(receiver.specs[0], name="storage", handler=Named("storage", order, held))
+    then = replace(receiver.specs[0], name="db", handler=Named("db", order), after=("storage",))
+    receiver.specs, receiver.by_name = [first, then], {"storage": first, "db": then}
+    receiver.worker._ordered = True  # as a Worker built with these handlers would be
+
+
 async def test_a_handed_off_job_goes_on_to_the_delivery_that_waits_after_its_first(
     receiver: Receiver,
 ) -> None:
     order: list[str] = []
-
-    class Named:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        async def handle(self, event: dict[str, Any]) -> dict[str, Any]:
-            order.append(self.name)
-            return {"by": self.name}
-
-    first = replace(receiver.specs[0], name="storage", handler=Named("storage"))
-    then = replace(receiver.specs[0], name="db", handler=Named("db"), after=("storage",))
-    receiver.specs, receiver.by_name = [first, then], {"storage": first, "db": then}
-    receiver.worker._ordered = True  # as a Worker built with these handlers would be
+    storage_then_db(receiver, order)
     stop = asyncio.Event()
     loop = await started(receiver, stop)
     try:
@@ -258,3 +267,46 @@ async def test_a_handed_off_job_goes_on_to_the_delivery_that_waits_after_its_fir
     assert order == ["storage", "db"]
     assert {d.handler: str(d.status) for d in job.deliveries} == {"storage": "delivered", "db": "delivered"}
     assert receiver.clock.monotonic() == 0  # no sleep ran out: nothing waited for the loop's next round
+
+
+async def test_another_process_sleeps_while_this_one_runs_the_delivery_another_waits_after(
+    receiver: Receiver,
+) -> None:
+    """Its worker cannot claim `db` while `storage` is owed: it used to find `db` due and look again at
+    once, for as long as the upload ran (hundreds of rounds a second)."""
+    order: list[str] = []
+    held = asyncio.Event()
+    storage_then_db(receiver, order, held)
+    clock = receiver.clock
+    assert isinstance(clock, VirtualClock)
+    other = Receiver.from_settings(receiver.settings, clock=clock)
+    await other.open()
+    storage_then_db(other, [])
+    rounds: Counter[str] = Counter()
+    next_due = other.store.next_due
+
+    async def counted() -> Any:
+        rounds["other"] += 1
+        return await next_due()
+
+    other.store.next_due = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loops = [await started(receiver, stop), asyncio.create_task(other.worker.run(stop))]
+    try:
+        await end(receiver, "job_1")
+        await wait_until_async(lambda: order == ["storage"])
+        # This loop waits for its hand-off; the other one sleeps on the clock instead of spinning on `db`.
+        await wait_until_async(lambda: len(clock.sleepers) == 1 and not other.worker.wake_pending)
+        asleep = rounds["other"]
+        held.set()
+        await wait_until_async(lambda: order == ["storage", "db"])
+        await wait_until_async(lambda: len(clock.sleepers) == 2)
+    finally:
+        held.set()
+        stop.set()
+        await asyncio.gather(*loops)
+        await other.close()
+    job = await receiver.get_job("job_1")
+
+    assert {d.handler: str(d.status) for d in job.deliveries} == {"storage": "delivered", "db": "delivered"}
+    assert rounds["other"] == asleep  # it slept through: this process went on to `db` itself
