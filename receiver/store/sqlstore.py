@@ -242,12 +242,20 @@ class SQLStore:
         routes: Matcher,
         lease: datetime | None = None,
     ) -> Recorded:
-        async def work(tx: Transaction) -> tuple[Recorded, bool]:
+        recorded: Recorded | None = None
+        text = ""  # the final event, as stored
+        held: list[str] = []  # the handlers whose deliveries were inserted leased to the caller
+
+        async def work(tx: Transaction) -> int:
+            """The record; how many of its deliveries any worker may claim now (`_made_due`)."""
+            nonlocal recorded, text
+            held.clear()
             rows = await tx.fetch(*self._q("lock_job", id=job_id))
             change = apply_update(_job(rows[0]) if rows else None, update, via, now, routes)
+            recorded = change.recorded
             job = change.recorded.job
             if job is None or not change.recorded.changed:
-                return change.recorded, False
+                return 0
             if change.event is None:
                 progress = self._q(
                     "record_progress",
@@ -258,7 +266,7 @@ class SQLStore:
                     cost=job.cost,
                 )
                 await tx.send(*progress)
-                return change.recorded, False
+                return 0
             text = json.dumps(change.event)  # as text: PostgreSQL's json column keeps it as built
             end = self._q(
                 "record_end",
@@ -276,27 +284,23 @@ class SQLStore:
                 event=text,
             )
             await tx.send(*end)
-            leased: list[DueDelivery] = []
             for route in change.routes:
                 row = {"job_id": job_id, "handler": route.name, "after": list(route.after)}
                 # A corrected end makes the first end's deliveries due again, for the new event.
                 if change.corrected:
                     await tx.send(*self._q("replay_delivery", next_attempt_at=now, **row))
                     continue
-                held = lease if not route.after else None  # one `after` another waits for it
-                await tx.send(*self._q("insert_delivery", next_attempt_at=now, locked_until=held, **row))
-                if held is not None:
-                    # Each its own copy, as a claim reads it: one handler's changes never reach another.
-                    leased.append(DueDelivery(job_id, route.name, 0, json.loads(text), {}))
-            claimable = len(leased) < len(change.routes)  # due now for any worker: wake them
-            if claimable:
-                await self._notify(tx)
-            return replace(change.recorded, leased=tuple(leased)), claimable
+                until = lease if not route.after else None  # one `after` another waits for it
+                await tx.send(*self._q("insert_delivery", next_attempt_at=now, locked_until=until, **row))
+                if until is not None:
+                    held.append(route.name)
+            return len(change.routes) - len(held)
 
-        recorded, claimable = await self.connector.run(work)
-        if claimable:
-            self._wake()
-        return recorded
+        await self._made_due(work)
+        assert recorded is not None
+        # Each its own copy of the event, as a claim reads it: one handler's changes never reach another.
+        leased = tuple(DueDelivery(job_id, name, 0, json.loads(text), {}) for name in held)
+        return replace(recorded, leased=leased)
 
     async def record_progress(self, job_id: str, update: Update) -> Progressed:
         if self._progress is not None:
