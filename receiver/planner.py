@@ -19,6 +19,14 @@ completion model (receiver/completion.py), its history (submit, last look) and t
   with it, which spend it on the slots the pool leaves idle (`choose`'s `spare`), a look each. A lone
   job has no one to inherit from and keeps its 1/THRESHOLD looks; the last jobs of a batch get the
   budget its first ones did not need.
+- Jobs submitted together (each within BATCH_GAP of another budgeted job in flight: `batch_mates`)
+  are a batch, awaited as one. While a job of a batch is inside its model's finishing window (its
+  FINISHING quantiles), every request the budget allows is worth sending (`pool` is full): at a
+  batch's two ends, before its first video can be ready and after the others were found, the price
+  would leave the budget idle while the whole batch waits on one video. A job keeps its place in the
+  batch after its batch-mates ended (the caller remembers it), so the last one is looked at every pace
+  step until its model's FINISHING p99.9; past that it keeps its own widening plan. A lone job, or
+  jobs submitted a minute apart, are no batch and keep the price.
 - Each request goes to the job whose video, if finished, has likely waited longest unseen (`waited`:
   the integral of its chance since the last look; ties: the one looked at longest ago). Ranking by
   chance alone looks at jobs near their end every few seconds and starves younger ones; by the
@@ -29,8 +37,9 @@ completion model (receiver/completion.py), its history (submit, last look) and t
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,6 +54,11 @@ RECONCILE_QUANTILE = 0.99
 # every MIN_GAP at a job it says must be done, the gap grows with the job's age.
 TAIL_QUANTILE = 0.99
 TAIL_GAP = 0.1
+# A batch: budgeted jobs submitted within this many seconds of each other (a batch of 10 takes 5 s to
+# submit under the default budget; a steady stream one job a minute is no batch).
+BATCH_GAP = 10.0
+# A batch's job is finishing between these quantiles of its model: every slot is spent on it there.
+FINISHING = (0.001, 0.999)
 WAIT_STEPS = 8
 POOL_STEPS = 20  # pool_fills looks for the moment the pool fills on this many steps, then bisects
 
@@ -123,6 +137,12 @@ class Due:
         marks = [chance(self.model, last, last + span * i / WAIT_STEPS) for i in range(WAIT_STEPS + 1)]
         return span / WAIT_STEPS * (math.fsum(marks) - (marks[0] + marks[-1]) / 2)
 
+    def finishing(self, now: datetime) -> bool:
+        """Budgeted, and between its model's FINISHING quantiles: where its video may be ready."""
+        age = (now - self.submitted_at).total_seconds()
+        low, high = FINISHING
+        return self.budgeted and self.model.quantile(low) <= age <= self.model.quantile(high)
+
     def pooled(self, now: datetime) -> float:
         """What it adds to the pool: its chance, while it is budgeted and younger than the model's
         TAIL_QUANTILE (past it the model is wrong for this job, which keeps its own widening plan)."""
@@ -130,9 +150,28 @@ class Due:
         return self.chance(now) if self.budgeted and young else 0.0
 
 
-def pool(candidates: Sequence[Due], now: datetime) -> float:
+def batch_mates(candidates: Sequence[Due]) -> set[str]:
+    """The budgeted jobs submitted within BATCH_GAP of another budgeted one: the batches in flight."""
+    submitted = sorted((d for d in candidates if d.budgeted), key=lambda d: d.submitted_at)
+    mates: set[str] = set()
+    for a, b in itertools.pairwise(submitted):
+        if (b.submitted_at - a.submitted_at).total_seconds() <= BATCH_GAP:
+            mates.update((a.id, b.id))
+    return mates
+
+
+def batch_finishing(candidates: Sequence[Due], now: datetime, batched: Collection[str]) -> bool:
+    """Whether a job of a batch (`batched`: ids found in one by `batch_mates`, then or before) is
+    finishing: every slot the budget allows is worth sending."""
+    return any(d.id in batched and d.finishing(now) for d in candidates)
+
+
+def pool(candidates: Sequence[Due], now: datetime, batched: Collection[str] = frozenset()) -> float:
     """The expected number of budgeted jobs that finished since their last look, of those not past
-    their model's tail: how much there is to find with the next request."""
+    their model's tail: how much there is to find with the next request; no limit while a job of a
+    batch is finishing."""
+    if batch_finishing(candidates, now, batched):
+        return math.inf
     return math.fsum(d.pooled(now) for d in candidates)
 
 
@@ -142,7 +181,12 @@ def unspent(looks: int) -> float:
 
 
 def choose(
-    candidates: Sequence[Due], now: datetime, budget_slots: int, most: int, spare: bool = False
+    candidates: Sequence[Due],
+    now: datetime,
+    budget_slots: int,
+    most: int,
+    spare: bool = False,
+    batched: Collection[str] = frozenset(),
 ) -> list[Due]:
     """The looks to make now (at most `most`): the `budget_slots` budgeted ones whose videos have
     likely waited longest unseen (`Due.waited`; ties: the longest since looked at, then the earliest
@@ -150,19 +194,23 @@ def choose(
     pool (`pool`) reaches THRESHOLD, from every job in it: the request is worth its price somewhere,
     and goes where a finished video has likely waited longest. With `spare` (an allowance that jobs
     ended before did not use, see `unspent`), from every budgeted job that may have finished since its
-    last look, in the pool or past its tail."""
+    last look, in the pool or past its tail. A job of a batch (`batched`) fills the pool while it is
+    finishing, and is taken then even past its model's p99."""
     ranked = sorted(candidates, key=lambda d: (-d.waited(now), d.last, d.submitted_at, d.id))
-    pooling = pool(candidates, now) >= THRESHOLD
+    pooling = pool(candidates, now, batched) >= THRESHOLD
 
     def takes(d: Due) -> bool:
-        return d.due_at <= now or (pooling and d.pooled(now) > 0) or (spare and d.chance(now) > 0)
+        pooled = d.pooled(now) > 0 or (d.id in batched and d.finishing(now))
+        return d.due_at <= now or (pooling and pooled) or (spare and d.chance(now) > 0)
 
     budgeted = [d for d in ranked if d.budgeted and takes(d)]
     free = [d for d in ranked if not d.budgeted and d.due_at <= now]
     return (budgeted[: max(0, budget_slots)] + free)[: max(0, most)]
 
 
-def pool_fills(candidates: Sequence[Due], now: datetime, until: datetime) -> datetime | None:
+def pool_fills(
+    candidates: Sequence[Due], now: datetime, until: datetime, batched: Collection[str] = frozenset()
+) -> datetime | None:
     """The first moment in [now, until] at which `pool(candidates)` reaches THRESHOLD (to within
     POOL_STEPS of the span and then MIN_GAP), None when it does not: when the next request is worth
     sending although no job is due by its own plan."""
@@ -172,7 +220,7 @@ def pool_fills(candidates: Sequence[Due], now: datetime, until: datetime) -> dat
     low = now
     for step in range(POOL_STEPS + 1):
         at = now + timedelta(seconds=span * step / POOL_STEPS)
-        if pool(candidates, at) >= THRESHOLD:
+        if pool(candidates, at, batched) >= THRESHOLD:
             break
         low = at
     else:
@@ -181,7 +229,7 @@ def pool_fills(candidates: Sequence[Due], now: datetime, until: datetime) -> dat
         return now
     while (at - low).total_seconds() > MIN_GAP:
         middle = low + (at - low) / 2
-        if pool(candidates, middle) >= THRESHOLD:
+        if pool(candidates, middle, batched) >= THRESHOLD:
             at = middle
         else:
             low = middle

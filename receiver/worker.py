@@ -54,6 +54,9 @@ class Worker:
         # by its own plan. Kept while a budgeted job is in flight; a lone job starts with none.
         self._spare = 0.0
         self._own: Counter[str] = Counter()
+        # Budgeted jobs found in a batch (planner.batch_mates), kept after their batch-mates ended so
+        # the last of a batch is still one; kept while a budgeted job is in flight.
+        self._batched: set[str] = set()
         # While `run` loops: the deliveries of jobs this process's records end, leased by the record and
         # handed to it (`hand_off`), each job's in a task of its own; `_promised`: records under way
         # that will hand theirs off (`promise`).
@@ -216,6 +219,7 @@ class Worker:
     async def _expire(self, counts: Counter[str]) -> None:
         for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):
             self._own.pop(job_id, None)
+            self._batched.discard(job_id)
             if (await self.receiver.time_out(job_id)).terminal:
                 counts["timed_out"] += 1
 
@@ -260,7 +264,8 @@ class Worker:
         ahead = await store.pending_polls(now, POLL_BATCH, now + window) if paced else []
         self._held, self._pool_at = False, None
         if paced and not any(registry.get(job.provider).spends_budget for job in claimed + ahead):
-            self._spare, self._own = 0.0, Counter()  # no job in flight left to pass an allowance to
+            # no job in flight left to pass an allowance to, or to share a batch with
+            self._spare, self._own, self._batched = 0.0, Counter(), set()
         if not claimed and not ahead:
             return
         models = await receiver.completion_models()
@@ -276,10 +281,14 @@ class Worker:
             )
             for job in jobs.values()
         ]
+        if len(jobs) < POLL_BATCH:  # every job in flight was read: forget those ended elsewhere
+            self._batched &= jobs.keys()
+        self._batched |= planner.batch_mates(due)
+        batched = self._batched
         moment = receiver.clock.monotonic()
         slots = self._pace.slots(moment) if paced else CONCURRENCY
         spare = paced and self._spare >= 1.0
-        chosen = planner.choose(due, now, slots, CONCURRENCY, spare=spare)
+        chosen = planner.choose(due, now, slots, CONCURRENCY, spare=spare, batched=batched)
         leased = {job.id for job in claimed}
         if early := [look.id for look in chosen if look.id not in leased]:
             # Read unleased: another process may have leased one since. What it took is its look.
@@ -291,16 +300,18 @@ class Worker:
             self._pace = self._pace.spent(moment)
             own = [look.id for look in budgeted_looks if look.due_at <= now]
             self._own.update(own)
-            if spare and not own and planner.pool(due, now) < planner.THRESHOLD:
+            if spare and not own and planner.pool(due, now, batched) < planner.THRESHOLD:
                 self._spare -= 1.0  # neither its plan nor the pool paid for this look
         picked = {look.id for look in chosen}
         left = [look for look in due if look.id not in picked]
-        if self._spare >= 1.0 and any(look.budgeted and look.chance(now) > 0 for look in due):
-            # The next slot the pace frees goes to a job in flight (one that may have finished: a job
-            # just submitted has nothing to find yet, and the loop would not sleep for it).
+        if planner.batch_finishing(due, now, batched) or (
+            self._spare >= 1.0 and any(look.budgeted and look.chance(now) > 0 for look in due)
+        ):
+            # The next slot the pace frees goes to a job in flight: a batch's, or one that may have
+            # finished (a job just submitted has nothing to find yet, and the loop would not sleep for it).
             self._pool_at = now
         else:
-            self._pool_at = planner.pool_fills(left, now, now + window)
+            self._pool_at = planner.pool_fills(left, now, now + window, batched)
         await store.release_polls([job.id for job in claimed if job.id not in picked])
         self._held = any(look.due_at <= now for look in left)
         budgeted = [jobs[look.id] for look in chosen if look.budgeted]
@@ -341,6 +352,7 @@ class Worker:
                 counts["completed"] += 1
                 if registry.get(job.provider).spends_budget:  # what it did not use passes on
                     self._spare += planner.unspent(self._own.pop(job.id, 0))
+                    self._batched.discard(job.id)
                 await receiver.store.schedule_poll(job.id, None, sent)
                 return True
             seen = sent

@@ -1,7 +1,8 @@
-"""The worker's poll allowance (receiver/planner.py): what a job ended by a poll did not use of its
-looks passes to the jobs still in flight with it, which spend it on the budget's idle slots; a lone job
-has none and keeps its own plan. The real worker, store, budget and Runbase emulator, on a virtual
-clock that the test moves one pace step at a time."""
+"""The worker's poll allowance and batches (receiver/planner.py): what a job ended by a poll did not use
+of its looks passes to the jobs still in flight with it, which spend it on the budget's idle slots; a
+lone job has none and keeps its own plan. Jobs submitted together are a batch: while one of them may
+be finishing, every slot goes to them, the last one's too. The real worker, store, budget and Runbase
+emulator, on a virtual clock that the test moves one pace step at a time."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
+from receiver import planner
 from receiver.clock import VirtualClock
+from receiver.completion import Lognormal
 from receiver.config import Settings
 from receiver.emulators.runbase import RunbaseEmulator
 from receiver.generation import KlingRequest
-from receiver.planner import ALLOWANCE
+from receiver.planner import ALLOWANCE, BATCH_GAP
 from receiver.providers.ratelimit import StoreBudget
 from receiver.providers.runbase import RunbaseClient
 from receiver.service import Receiver
@@ -55,12 +58,19 @@ async def submit(emulator: RunbaseEmulator, receiver: Receiver, end: float) -> s
     return job.id
 
 
-async def looks_at_the_last(folder: Path, ends: list[float], start: float | None) -> tuple[int, float, int]:
-    """Jobs submitted together, the i-th ending `ends[i]` s after its submit, the worker's paced rounds
-    every STEP s. From `start` (None: when the first job is seen to end), for SPAN s: the looks at the
-    last job; and `start`, and how many looks the first job took."""
+async def looks_at_the_last(
+    folder: Path, jobs_at: list[tuple[float, float]], start: float | None
+) -> tuple[int, float, int]:
+    """Jobs submitted at the first of each pair (seconds), ending the second s after, the worker's paced
+    rounds every STEP s. From `start` (None: when the first job is seen to end), for SPAN s: the looks
+    at the last job; and `start`, and how many looks the first job took."""
     async with runbase_receiver(folder) as (clock, emulator, receiver):
-        jobs = [await submit(emulator, receiver, end) for end in ends]
+        jobs = []
+        for at, end in jobs_at:
+            while clock.monotonic() < at:
+                clock.advance(STEP)
+                await receiver.worker.tick(paced=True)
+            jobs.append(await submit(emulator, receiver, end))
         before = 0
         while start is None or clock.monotonic() < start + SPAN:
             clock.advance(STEP)
@@ -74,18 +84,61 @@ async def looks_at_the_last(folder: Path, ends: list[float], start: float | None
         return last.poll_count - before, start, first.poll_count
 
 
-async def test_the_last_job_of_a_batch_gets_the_slots_its_first_one_did_not_need(tmp_path: Path) -> None:
-    """Two jobs, one ends at 110 s: the other (ends at 250 s) is looked at every pace step while the
-    first one's unused looks last; the same job alone, over the same seconds, waits for its own plan
-    (a look every several seconds there)."""
-    (tmp_path / "batch").mkdir()
+async def test_a_job_in_flight_gets_the_slots_one_ended_before_did_not_need(tmp_path: Path) -> None:
+    """Two jobs submitted 20 s apart (no batch), the first ends at 110 s: the other (ends at 250 s) is
+    looked at every pace step while the first one's unused looks last; the same job alone, over the
+    same seconds, waits for its own plan (a look every several seconds there)."""
+    (tmp_path / "pair").mkdir()
     (tmp_path / "lone").mkdir()
-    inherited, start, first_looks = await looks_at_the_last(tmp_path / "batch", [110.0, 250.0], None)
-    alone, _, _ = await looks_at_the_last(tmp_path / "lone", [250.0], start)
+    apart = BATCH_GAP + 10.0
+    pair = [(0.0, 110.0), (apart, 250.0)]
+    inherited, start, first_looks = await looks_at_the_last(tmp_path / "pair", pair, None)
+    alone, _, _ = await looks_at_the_last(tmp_path / "lone", pair[1:], start)
     spare = ALLOWANCE - first_looks
     assert spare > SPAN / STEP / 2
     assert inherited >= min(spare, SPAN / STEP) - 2  # a slot or two the budget's window held back
     assert alone <= 3
+
+
+async def test_the_last_job_of_a_batch_gets_every_slot_with_no_allowance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same two jobs submitted together, and no allowance at all: once the first ended, the last is
+    still looked at every pace step (its batch-mate is gone, the worker remembers the batch)."""
+    monkeypatch.setattr(planner, "ALLOWANCE", 0.0)
+    looks, _, _ = await looks_at_the_last(tmp_path, [(0.0, 110.0), (0.0, 250.0)], None)
+    assert looks >= SPAN / STEP - 2  # a slot or two the budget's window held back
+
+
+async def looks_between(folder: Path, second_at: float, ages: tuple[float, float]) -> int:
+    """Two jobs that end at 400 s, the second submitted `second_at` s after the first: their looks while
+    the first is between `ages`."""
+    async with runbase_receiver(folder) as (clock, emulator, receiver):
+        jobs = [await submit(emulator, receiver, 400.0)]
+        before = 0
+        while clock.monotonic() < ages[1]:
+            clock.advance(STEP)
+            await receiver.worker.tick(paced=True)
+            if len(jobs) == 1 and clock.monotonic() >= second_at:
+                jobs.append(await submit(emulator, receiver, 400.0))
+            if clock.monotonic() <= ages[0]:
+                before = sum([(await receiver.get_job(job_id)).poll_count for job_id in jobs])
+        return sum([(await receiver.get_job(job_id)).poll_count for job_id in jobs]) - before
+
+
+async def test_a_batch_gets_every_slot_from_where_its_videos_may_be_ready(tmp_path: Path) -> None:
+    """Two jobs submitted together, looked at from the model's p0.1 (69 s for a 150 s median): every pace
+    step, though the chance that either finished is well under the price; before it, none. The same two
+    submitted 20 s apart (no batch) are looked at by the price, a few times in those seconds."""
+    for name in ("batch", "apart", "early"):
+        (tmp_path / name).mkdir()
+    start = Lognormal.prior(150.0).quantile(planner.FINISHING[0]) + STEP
+    batch = await looks_between(tmp_path / "batch", 0.0, (start, start + SPAN))
+    apart = await looks_between(tmp_path / "apart", BATCH_GAP + 10.0, (start, start + SPAN))
+    early = await looks_between(tmp_path / "early", 0.0, (start - SPAN - 2 * STEP, start - 2 * STEP))
+    assert batch >= SPAN / STEP - 2
+    assert apart <= 3
+    assert early == 0
 
 
 async def test_an_allowance_never_keeps_the_loop_awake_for_a_job_with_nothing_to_find(tmp_path: Path) -> None:
