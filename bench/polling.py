@@ -2,10 +2,13 @@
 simple loops, on a virtual clock.
 
     .venv/bin/python bench/polling.py [--sigma 0.25 0.5] [--seed 1] [--jobs 200] [--only receiver fixed]
+        [--at-once 1 2 10 50 200] [--streams 2 10 50]
 
 Each run starts from an empty store. Jobs' completion times are lognormal (median 150 s, `--sigma`);
-they are submitted all at once (N = 1, 10, 50, 200) or as a steady stream (one every 150/n s, 3n jobs,
-so n are in flight on average). Four pollers, each on its own fresh run:
+they are submitted all at once (N = 1, 2, 10, 50, 200) or as a steady stream (one every 150/n s, 3n
+jobs, so n are in flight on average). A batch of 2 and a stream of 2 show what the receiver spends on
+the commonest small cases: jobs submitted together are a batch to it, a job every 75 s is not. Four
+pollers, each on its own fresh run:
 - `receiver`: the real `Worker.run` loop of a `Receiver` on SQLite, with its `StoreBudget`, submitting
   through `Receiver.submit` (queued submits go out from the worker);
 - `naive 2s`: the seed's loop, every open job every 2 s, no budget;
@@ -69,8 +72,8 @@ MEDIAN = 150.0
 LATENCY = 0.2
 LIMIT, WINDOW = 20, 10.0
 KEY = "rb_bench_key"
-AT_ONCE = (1, 10, 50, 200)
-STREAMS = (10, 50)
+AT_ONCE = (1, 2, 10, 50, 200)
+STREAMS = (2, 10, 50)
 POLLERS = ("receiver", "naive 2s", "fixed", "round robin")
 JOBS_PER_ROW = 200  # a case with fewer jobs runs again (each run from an empty store) until it has these
 RESAMPLES = 1000  # bootstrap draws for a 90 % interval
@@ -377,7 +380,7 @@ def table(rows: list[Row], sigma: float) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
-    cases = [("at once", n) for n in AT_ONCE] + [("stream", n) for n in STREAMS]
+    cases = [("at once", n) for n in args.at_once] + [("stream", n) for n in args.streams]
     print("$ " + shlex.join([".venv/bin/python", "bench/polling.py", *sys.argv[1:]]))
     for sigma in args.sigma:
         rows = [
@@ -394,6 +397,12 @@ if __name__ == "__main__":
     parser.add_argument("--sigma", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", nargs="+", choices=POLLERS)
+    parser.add_argument(
+        "--at-once", type=int, nargs="*", default=list(AT_ONCE), help="jobs submitted together"
+    )
+    parser.add_argument(
+        "--streams", type=int, nargs="*", default=list(STREAMS), help="jobs in flight on average"
+    )
     parser.add_argument(
         "--jobs", type=int, default=JOBS_PER_ROW, help="jobs measured per row (runs of the case)"
     )

@@ -17,8 +17,8 @@ completion model (receiver/completion.py), its history (submit, last look) and t
 - Each job is allowed about ALLOWANCE = 1/THRESHOLD looks by its own plan (what the pool sends is the
   pool's); when a job ends, what it did not use of that allowance passes to the jobs still in flight
   with it, which spend it on the slots the pool leaves idle (`choose`'s `spare`), a look each. A lone
-  job has no one to inherit from and keeps its 1/THRESHOLD looks; the last jobs of a batch get the
-  budget its first ones did not need.
+  job has no one to inherit from and keeps its 1/THRESHOLD looks; jobs in flight together (a batch
+  or not) get the budget that the ones ended before them did not need.
 - Jobs submitted together (each within BATCH_GAP of another budgeted job in flight: `batch_mates`)
   are a batch, awaited as one. While a job of a batch is inside its model's finishing window (its
   FINISHING quantiles), every request the budget allows is worth sending (`pool` is full): at a
