@@ -56,7 +56,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -94,7 +94,11 @@ class Inbox:
         if time.monotonic() < self.down_until:
             self.refused += 1
             return Response(status_code=503)
-        self.events.append(json.loads(await request.body()))
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the sender was killed mid-request: nothing was delivered
+            return Response(status_code=400)
+        self.events.append(json.loads(body))
         return Response(status_code=200)
 
 
