@@ -216,10 +216,14 @@ class Worker:
             until = min(until, max((self._pool_at - clock()).total_seconds(), pace))
         return min(longest, max(0.0, until))
 
+    def _forget(self, job_id: str) -> int:
+        """A job ended: drop what the loop kept for it (its batch, its looks); its looks by its own plan."""
+        self._batched.discard(job_id)
+        return self._own.pop(job_id, 0)
+
     async def _expire(self, counts: Counter[str]) -> None:
         for job_id in await self.receiver.store.overdue_jobs(self.receiver.clock(), POLL_BATCH):
-            self._own.pop(job_id, None)
-            self._batched.discard(job_id)
+            self._forget(job_id)
             if (await self.receiver.time_out(job_id)).terminal:
                 counts["timed_out"] += 1
 
@@ -351,8 +355,7 @@ class Worker:
             if (await receiver.record(job.id, confirmed(status), via="poll")).terminal:
                 counts["completed"] += 1
                 if registry.get(job.provider).spends_budget:  # what it did not use passes on
-                    self._spare += planner.unspent(self._own.pop(job.id, 0))
-                    self._batched.discard(job.id)
+                    self._spare += planner.unspent(self._forget(job.id))
                 await receiver.store.schedule_poll(job.id, None, sent)
                 return True
             seen = sent
